@@ -1,0 +1,28 @@
+# The whole set-up on a fresh machine: `make train` (train + evaluate the default) and `make test`.
+PY312 := $(shell for p in python3.12 /root/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+PYTEST_ARGS ?=
+
+.PHONY: venv test train bench clean
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements.txt pyproject.toml
+	@test -n "$(PY312)" || { echo "error: python3.12 not found; install Python 3.12 (jax 0.12 needs it)"; exit 1; }
+	$(PY312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: venv
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --timeout=900 $(PYTEST_ARGS)
+
+train: venv
+	JAX_PLATFORMS=cpu $(PY) train.py --config=configs/default.py --workdir=$(WORKDIR)
+	JAX_PLATFORMS=cpu $(PY) eval.py --workdir=$(WORKDIR)
+
+clean:
+	rm -rf $(VENV) runs
