@@ -14,7 +14,7 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 test: venv
