@@ -1,0 +1,265 @@
+"""Multi-head attention and the one kernel-dispatch function.
+
+Layout everywhere: q [B, Nq, H, D], k and v [B, Nk, H, D] (jax.nn.dot_product_attention's BTNH).
+Masks are expressed structurally, so every backend can take them on its fast path:
+
+  kv_mask          [B, Nk] bool   padding of the keys (False = padding, never attended to)
+  q_segment_ids    [B, Nq] int    optional; a query attends only to keys of the same segment
+  kv_segment_ids   [B, Nk] int    (packed sequences, modality blocks)
+
+Computed: out[b,q,h] = sum_k softmax_k(q.k / sqrt(D) + bias) v[b,k,h], bias = -inf where masked.
+A query with no valid key at all (an absent modality) gets a defined output of zeros, never NaN.
+
+`attention_kernel` is the single place where a backend is chosen (`attention.impl`):
+  xla        jax.nn.dot_product_attention, XLA's fused path (the reference)
+  chunked    blockwise online softmax over query and key chunks (never materializes Nq x Nk;
+             backward recomputes per query chunk, so memory is O(N) in both passes)
+  cudnn      cuDNN flash attention (GPU, bf16/fp16, head dim % 8 == 0 and <= 128/256)
+  pallas_gpu, pallas_tpu   Pallas flash / splash kernels (see mmjax/kernels when present)
+  auto       picks by platform, dtype and shapes, and logs its choice once
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "chunked", "cudnn", "pallas_gpu", "pallas_tpu")
+_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+_logged_choices: set = set()
+
+
+def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int] = None):
+  """Dense boolean mask [B, 1, Nq, Nk] from the structural description (None if no masking)."""
+  mask = None
+  if kv_mask is not None:
+    mask = kv_mask[:, None, None, :]
+  if q_segment_ids is not None and kv_segment_ids is not None:
+    seg = q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
+    mask = seg if mask is None else mask & seg
+  if mask is not None and nq is not None and mask.shape[2] == 1:
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (nq,) + mask.shape[3:])
+  return mask
+
+
+def _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids):
+  """[B, Nq] bool: does this query have at least one valid key?"""
+  b, nq = q.shape[:2]
+  if kv_mask is None and q_segment_ids is None:
+    return None
+  if q_segment_ids is None or kv_segment_ids is None:
+    any_valid = jnp.any(kv_mask, axis=-1)  # [B]
+    return jnp.broadcast_to(any_valid[:, None], (b, nq))
+  m = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  if kv_mask is not None:
+    m = m & kv_mask[:, None, :]
+  return jnp.any(m, axis=-1)
+
+
+def xla_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                  return_weights=False):
+  """Reference path. With return_weights, also returns softmax weights [B, H, Nq, Nk]."""
+  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids)
+  if not return_weights:
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    return out, None
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, _NEG)
+  weights = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+  return out, weights
+
+
+def _pad_to(x, axis, multiple, value=0):
+  n = x.shape[axis]
+  extra = (-n) % multiple
+  if extra == 0:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, extra)
+  return jnp.pad(x, pad, constant_values=value)
+
+
+def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                      q_chunk: int = 512, kv_chunk: int = 512):
+  """Memory-efficient attention: online softmax over kv chunks inside a scan over q chunks.
+
+  Peak memory is O(q_chunk * kv_chunk) per (batch, head) for the scores, O(N * D) overall;
+  the outer scan body is rematerialized, so the backward pass never holds Nq x Nk either.
+  """
+  b, nq, h, d = q.shape
+  nk = k.shape[1]
+  qc, kc = min(q_chunk, nq), min(kv_chunk, nk)
+  scale = 1.0 / math.sqrt(d)
+  if kv_mask is None:
+    kv_mask = jnp.ones((b, nk), bool)
+  qs = q_segment_ids if q_segment_ids is not None else jnp.zeros((b, nq), jnp.int32)
+  ks = kv_segment_ids if kv_segment_ids is not None else jnp.zeros((b, nk), jnp.int32)
+  qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, -1)
+  kp, vp = _pad_to(k, 1, kc), _pad_to(v, 1, kc)
+  kmp, ksp = _pad_to(kv_mask, 1, kc, False), _pad_to(ks, 1, kc, -2)
+  nqc, nkc = qp.shape[1] // qc, kp.shape[1] // kc
+  # Chunk-major layouts for scanning.
+  q_blocks = qp.reshape(b, nqc, qc, h, d).transpose(1, 0, 2, 3, 4)
+  qs_blocks = qsp.reshape(b, nqc, qc).transpose(1, 0, 2)
+  k_blocks = kp.reshape(b, nkc, kc, h, d).transpose(1, 0, 2, 3, 4)
+  v_blocks = vp.reshape(b, nkc, kc, h, d).transpose(1, 0, 2, 3, 4)
+  km_blocks = kmp.reshape(b, nkc, kc).transpose(1, 0, 2)
+  ks_blocks = ksp.reshape(b, nkc, kc).transpose(1, 0, 2)
+
+  def q_step(_, xs):
+    qb, qsb = xs  # [B, qc, H, D], [B, qc]
+
+    def kv_step(carry, ys):
+      acc, m, l = carry  # [B, H, qc, D] f32, [B, H, qc], [B, H, qc]
+      kb, vb, kmb, ksb = ys
+      s = jnp.einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
+      valid = kmb[:, None, None, :] & (qsb[:, None, :, None] == ksb[:, None, None, :])
+      s = jnp.where(valid, s, -jnp.inf)
+      # The running max only stabilizes exp(); the result does not depend on it.
+      m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+      p = jnp.exp(s - m_safe[..., None])
+      corr = jnp.exp(jnp.where(jnp.isfinite(m), m, -jnp.inf) - m_safe)
+      l_new = l * corr + jnp.sum(p, axis=-1)
+      acc_new = acc * corr[..., None] + jnp.einsum(
+          "bhqk,bkhd->bhqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+      return (acc_new, m_new, l_new), None
+
+    init = (jnp.zeros((b, h, qc, d), jnp.float32), jnp.full((b, h, qc), -jnp.inf, jnp.float32),
+            jnp.zeros((b, h, qc), jnp.float32))
+    (acc, _, l), _ = jax.lax.scan(kv_step, init, (k_blocks, v_blocks, km_blocks, ks_blocks))
+    out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # rows with no valid key -> 0
+    return None, out.transpose(0, 2, 1, 3).astype(q.dtype)  # [B, qc, H, D]
+
+  _, out = jax.lax.scan(jax.checkpoint(q_step), None, (q_blocks, qs_blocks))
+  out = out.transpose(1, 0, 2, 3, 4).reshape(b, nqc * qc, h, d)
+  return out[:, :nq]
+
+
+def cudnn_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None):
+  """cuDNN flash attention through jax.nn.dot_product_attention (GPU only)."""
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention.impl=cudnn needs bf16/fp16 inputs, got {q.dtype}; "
+                     "set model.dtype=bfloat16 or attention.impl=auto")
+  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def _cudnn_ok(q, k) -> bool:
+  d = q.shape[-1]
+  max_d = 256 if _is_hopper() else 128
+  return q.dtype in (jnp.bfloat16, jnp.float16) and d % 8 == 0 and d <= max_d
+
+
+@functools.lru_cache(maxsize=None)
+def _is_hopper() -> bool:
+  try:
+    kind = jax.devices()[0].device_kind.lower()
+  except Exception:  # pragma: no cover
+    return False
+  return "h100" in kind or "h200" in kind or "h800" in kind or "gh200" in kind
+
+
+def choose_impl(impl: str, q, k, platform: Optional[str] = None) -> str:
+  """Resolve `auto` to a concrete backend (logged once per distinct choice)."""
+  if impl not in IMPLS:
+    raise ValueError(f"unknown attention.impl={impl!r}; choose one of {', '.join(IMPLS)}")
+  if impl != "auto":
+    return impl
+  platform = platform or jax.default_backend()
+  nq, nk = q.shape[1], k.shape[1]
+  if platform == "gpu" and _cudnn_ok(q, k):
+    choice = "cudnn"
+  elif nq * nk >= 4096 * 4096:
+    choice = "chunked"  # dense scores would not fit comfortably; stay O(N) in memory
+  else:
+    choice = "xla"
+  key = (platform, choice, str(q.dtype), q.shape[-1])
+  if key not in _logged_choices:
+    _logged_choices.add(key)
+    logging.info("attention.impl=auto chose %s (platform=%s, dtype=%s, head_dim=%d)",
+                 choice, platform, q.dtype, q.shape[-1])
+  return choice
+
+
+def attention_kernel(q, k, v, *, impl: str = "auto", kv_mask=None, q_segment_ids=None,
+                     kv_segment_ids=None, return_weights: bool = False,
+                     chunk_size: int = 512):
+  """The one dispatch point. Returns (out [B, Nq, H, D], weights [B, H, Nq, Nk] or None)."""
+  choice = "xla" if return_weights else choose_impl(impl, q, k)
+  masks = dict(kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+  weights = None
+  if choice == "xla":
+    out, weights = xla_attention(q, k, v, return_weights=return_weights, **masks)
+  elif choice == "chunked":
+    out = chunked_attention(q, k, v, q_chunk=chunk_size, kv_chunk=chunk_size, **masks)
+  elif choice == "cudnn":
+    out = cudnn_attention(q, k, v, **masks)
+  else:
+    from mmjax import kernels  # pylint: disable=import-outside-toplevel
+    out = kernels.pallas_attention(choice, q, k, v, **masks)
+  rows = _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids)
+  if rows is not None:  # a query with nothing to attend to outputs zeros, never NaN
+    out = jnp.where(rows[:, :, None, None], out, jnp.zeros((), out.dtype))
+  return out, weights
+
+
+def attention_flops(b: int, nq: int, nk: int, h: int, d: int) -> int:
+  """Forward FLOPs of the attention core: QK^T and PV, 2 * 2 * B * H * Nq * Nk * D."""
+  return 4 * b * h * nq * nk * d
+
+
+class MultiHeadAttention(nn.Module):
+  """MHSA(Q from x_q, K and V from x_kv): self-attention when x_kv is x_q, cross otherwise.
+
+  x_q [B, Nq, E], x_kv [B, Nk, E] -> [B, Nq, E]. Parameters carry logical axes
+  (embed, heads, kv). With `capture_weights`, the weights [B, H, Nq, Nk] are sown into the
+  'intermediates' collection as 'attention_weights' (for inspection; forces the xla path).
+  Its analytic attention-core FLOPs are sown into 'attn_flops' (summed by mmjax.summary).
+  """
+  num_heads: int
+  head_dim: int
+  impl: str = "auto"
+  chunk_size: int = 512
+  capture_weights: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv=None, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None):
+    x_kv = x_q if x_kv is None else x_kv
+    init = nn.initializers.xavier_uniform()
+    dense = functools.partial(
+        nn.DenseGeneral, features=(self.num_heads, self.head_dim), dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))
+    q = dense(name="query")(x_q)
+    k = dense(name="key")(x_kv)
+    v = dense(name="value")(x_kv)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+    out, weights = attention_kernel(
+        q, k, v, impl=self.impl, kv_mask=kv_mask, q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids, return_weights=self.capture_weights,
+        chunk_size=self.chunk_size)
+    if weights is not None:
+      self.sow("intermediates", "attention_weights", weights)
+    b, nq, _ = x_q.shape
+    self.sow("attn_flops", "flops",
+             jnp.asarray(attention_flops(b, nq, x_kv.shape[1], self.num_heads, self.head_dim),
+                         jnp.float32))
+    return nn.DenseGeneral(
+        features=x_q.shape[-1], axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(init, ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name="out")(out)

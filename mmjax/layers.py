@@ -1,0 +1,186 @@
+"""Transformer layers: MLP, pre-LN self-attention block, cross-attention blocks, layer stacks.
+
+Every block is pre-LN: x <- x + Attn(LN(x)); x <- x + MLP(LN(x)). Parameters carry logical axis
+names (embed, mlp, heads, kv, layers) for the one rules table in mmjax/sharding.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.attention import MultiHeadAttention
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """What every transformer block needs to know (hashable, so modules can hold it)."""
+  width: int
+  num_heads: int
+  mlp_dim: int
+  attention_impl: str = "auto"
+  chunk_size: int = 512
+  capture_weights: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+  scan: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+
+def _layer_norm(cfg: BlockConfig, name: str):
+  return nn.LayerNorm(
+      dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def _mha(cfg: BlockConfig, name: str):
+  return MultiHeadAttention(
+      num_heads=cfg.num_heads, head_dim=cfg.head_dim, impl=cfg.attention_impl,
+      chunk_size=cfg.chunk_size, capture_weights=cfg.capture_weights, dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype, name=name)
+
+
+class Mlp(nn.Module):
+  """Position-wise FFN: Dense(E->M), GELU, Dense(M->E). [B, N, E] -> [B, N, E]."""
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    init = nn.initializers.xavier_uniform()
+    h = nn.Dense(cfg.mlp_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="fc1",
+                 kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
+    h = nn.with_logical_constraint(nn.gelu(h), ("batch", "length", "mlp"))
+    return nn.Dense(x.shape[-1], dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="fc2",
+                    kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN self-attention block. x [B, N, E], mask [B, N] -> [B, N, E]."""
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x, mask, segment_ids=None):
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    h = _layer_norm(self.cfg, "ln_attn")(x)
+    x = x + _mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
+                                   kv_segment_ids=segment_ids)
+    x = x + Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_mlp")(x))
+    return x
+
+
+class CrossBlock(nn.Module):
+  """One stream's cross-attention layer, in place (ViLBERT/LXMERT/METER residual form).
+
+  mode='pure':       x <- x + MHSA(Q=x, K=V=y);                      x <- x + MLP(x)
+  mode='self_cross': x <- x + MHSA(x, x); x <- x + MHSA(Q=x, K=V=y); x <- x + MLP(x)
+  x [B, Nx, E] with mask [B, Nx]; y [B, Ny, E] with mask [B, Ny]. `cross_attn` may be a shared
+  MultiHeadAttention (LXMERT shares it between the two directions).
+  """
+  cfg: BlockConfig
+  mode: str = "pure"
+
+  @nn.compact
+  def __call__(self, x, x_mask, y, y_mask, cross_attn: Optional[nn.Module] = None):
+    cfg = self.cfg
+    if self.mode == "self_cross":
+      x = x + _mha(cfg, "self_attn")(_layer_norm(cfg, "ln_self")(x), kv_mask=x_mask)
+    elif self.mode != "pure":
+      raise ValueError(f"unknown cross mode {self.mode!r}; use 'pure' or 'self_cross'")
+    attn = cross_attn if cross_attn is not None else _mha(cfg, "cross_attn")
+    x = x + attn(_layer_norm(cfg, "ln_cross_q")(x), _layer_norm(cfg, "ln_cross_kv")(y),
+                 kv_mask=y_mask)
+    return x + Mlp(cfg, name="mlp")(_layer_norm(cfg, "ln_mlp")(x))
+
+
+class _ScanBlock(nn.Module):
+  """EncoderBlock with the (carry, out) signature nn.scan wants."""
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x, mask, segment_ids):
+    return EncoderBlock(self.cfg, name="block")(x, mask, segment_ids), None
+
+
+class Encoder(nn.Module):
+  """A stack of `depth` EncoderBlocks, optionally nn.scan-ned (stacked params on 'layers')
+  and rematerialized with a named policy, closed by a final LayerNorm.
+
+  x [B, N, E], mask [B, N] -> [B, N, E]. depth 0 is the identity (no final norm).
+  """
+  cfg: BlockConfig
+  depth: int
+  final_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x, mask, segment_ids=None):
+    if self.depth == 0:
+      return x
+    cfg = self.cfg
+    if cfg.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {cfg.remat!r}; choose one of "
+                       f"{', '.join(REMAT_POLICIES)}")
+    if cfg.scan:
+      block = _ScanBlock
+      if cfg.remat != "none":
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+      stack = nn.scan(
+          block, length=self.depth, variable_axes={"params": 0, "intermediates": 0,
+                                                   "attn_flops": 0},
+          split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast),
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, name="layers")(x, mask, segment_ids)
+    else:
+      block = EncoderBlock
+      if cfg.remat != "none":
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat])
+      for i in range(self.depth):
+        x = block(cfg, name=f"layer_{i}")(x, mask, segment_ids)
+    if self.final_norm:
+      x = _layer_norm(cfg, "ln_final")(x)
+    return x
+
+
+class CrossStreamLayer(nn.Module):
+  """Two-stream co-attention layer: both streams read the other's *input* states.
+
+  (a, b) <- (CrossBlock(a | b), CrossBlock(b | a)). With share=True one MultiHeadAttention
+  serves both directions (LXMERT). a [B, Na, E], b [B, Nb, E] with their masks.
+  """
+  cfg: BlockConfig
+  mode: str = "pure"
+  share: bool = False
+
+  @nn.compact
+  def __call__(self, a, a_mask, b, b_mask):
+    shared = _mha(self.cfg, "shared_cross_attn") if self.share else None
+    block = CrossBlock
+    if self.cfg.remat != "none" and not self.share:  # a shared submodule can't cross remat
+      block = nn.remat(block, policy=REMAT_POLICIES[self.cfg.remat])
+    new_a = block(self.cfg, self.mode, name="a")(a, a_mask, b, b_mask, shared)
+    new_b = block(self.cfg, self.mode, name="b")(b, b_mask, a, a_mask, shared)
+    return new_a, new_b
+
+
+def masked_mean(x, mask):
+  """Mean over valid tokens. x [B, N, E], mask [B, N] -> [B, E]; all-invalid rows give 0."""
+  m = mask.astype(x.dtype)[..., None]
+  return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)

@@ -1,0 +1,270 @@
+"""Modality tokenizers / embedders (survey Table 1): modality -> (tokens [B, N, D], mask [B, N]).
+
+Every embedder computes token embedding + position embedding + modality-type embedding, summed
+element-wise (the simplest early fusion), and optionally prepends a learned [CLS] token.
+Positions are learned tables or fixed sin-cos (1D/2D/3D); learned tables are stored at the
+configured grid and interpolated to another grid or clip length at apply time.
+
+Patch order is row-major: time, then height, then width (frequency for audio), so MIM targets
+from `patchify_*` line up with tokens.
+
+Optional arguments every embedder takes:
+  valid    [B] bool       this example has the modality (False = absent: all tokens masked)
+  mim_mask [B, N] bool    patch embedders only: replace these tokens by a learned [MASK] embedding
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- patches
+
+def patchify_image(x, patch: int):
+  """[B, H, W, C] -> [B, (H/p)(W/p), p*p*C]."""
+  _check_divisible("image", x.shape[1:3], (patch, patch))
+  return einops.rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=patch, p2=patch)
+
+
+def patchify_video(x, tubelet: Sequence[int]):
+  """[B, T, H, W, C] -> [B, (T/t)(H/p)(W/p), t*p*p*C]."""
+  t, p1, p2 = tubelet
+  _check_divisible("video", x.shape[1:4], tubelet)
+  return einops.rearrange(x, "b (n t) (h p1) (w p2) c -> b (n h w) (t p1 p2 c)",
+                          t=t, p1=p1, p2=p2)
+
+
+def patchify_spectrogram(x, patch: Sequence[int]):
+  """[B, T, F] -> [B, (T/pt)(F/pf), pt*pf]."""
+  pt, pf = patch
+  _check_divisible("audio", x.shape[1:3], patch)
+  return einops.rearrange(x, "b (t pt) (f pf) -> b (t f) (pt pf)", pt=pt, pf=pf)
+
+
+def _check_divisible(name, shape, patch):
+  if any(s % p for s, p in zip(shape, patch)):
+    raise ValueError(f"{name} input of shape {tuple(shape)} is not divisible by the patch size "
+                     f"{tuple(patch)}; resize the input or change the patch size")
+
+
+# ----------------------------------------------------------------------------- positions
+
+def sincos_1d(n: int, d: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed sin-cos positions [n, d] (d even)."""
+  pos = np.arange(n, dtype=np.float64)[:, None]
+  omega = 1.0 / temperature ** (np.arange(d // 2, dtype=np.float64) / (d // 2))
+  ang = pos * omega[None]
+  return np.concatenate([np.sin(ang), np.cos(ang)], axis=1).astype(np.float32)
+
+
+def sincos_nd(grid: Sequence[int], d: int) -> np.ndarray:
+  """Fixed sin-cos positions for a grid (2D: [h*w, d]; 3D: [t*h*w, d]); d split over axes."""
+  k = len(grid)
+  per = (d // (2 * k)) * 2
+  parts = []
+  coords = np.meshgrid(*[np.arange(g) for g in grid], indexing="ij")
+  for c in coords:
+    parts.append(sincos_1d(int(np.max(c)) + 1, per)[c.reshape(-1)])
+  out = np.concatenate(parts, axis=1)
+  if out.shape[1] < d:  # pad leftover channels with zeros
+    out = np.pad(out, ((0, 0), (0, d - out.shape[1])))
+  return out.astype(np.float32)
+
+
+def _interpolate(table, grid: Sequence[int]):
+  """Resize a learned position table [*old_grid, D] to [*grid, D] (linear), then flatten."""
+  if tuple(table.shape[:-1]) != tuple(grid):
+    table = jax.image.resize(table, tuple(grid) + table.shape[-1:], method="linear")
+  return table.reshape(-1, table.shape[-1])
+
+
+class _Embedder(nn.Module):
+  """Shared pieces: positions, type embedding, [CLS], masks."""
+  width: int
+  pos: str = "learned"  # learned | sincos
+  add_cls: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _param(self, name, shape, axes, init=nn.initializers.normal(0.02)):
+    return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+
+  def _positions(self, ref_grid, grid):
+    if self.pos == "sincos":
+      return jnp.asarray(sincos_nd(grid, self.width) if len(grid) > 1
+                         else sincos_1d(grid[0], self.width))
+    if self.pos != "learned":
+      raise ValueError(f"unknown position embedding {self.pos!r}; use 'learned' or 'sincos'")
+    axes = (None,) * len(ref_grid) + ("embed",)
+    table = self._param("pos_embedding", tuple(ref_grid) + (self.width,), axes)
+    return _interpolate(table, grid)
+
+  def _finish(self, tokens, mask, ref_grid, grid, valid):
+    """tokens [B, N, D] (+ positions unless ref_grid is None, + type, then [CLS])."""
+    if ref_grid is not None:
+      tokens = tokens + self._positions(ref_grid, grid).astype(tokens.dtype)[None]
+    tokens = tokens + self._param("type_embedding", (self.width,), ("embed",)).astype(
+        tokens.dtype)
+    if self.add_cls:
+      cls = self._param("cls", (self.width,), ("embed",)).astype(tokens.dtype)
+      cls = jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width))
+      tokens = jnp.concatenate([cls, tokens], axis=1)
+      mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+    if valid is not None:
+      mask = mask & valid[:, None]
+    tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "embed"))
+    return tokens, mask
+
+  def _project(self, x, name="proj"):
+    return nn.Dense(
+        self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 (None, "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+
+  def _mim(self, tokens, mim_mask):
+    if mim_mask is None:
+      return tokens
+    mask_tok = self._param("mask_token", (self.width,), ("embed",)).astype(tokens.dtype)
+    return jnp.where(mim_mask[..., None], mask_tok, tokens)
+
+
+class TextEmbedder(_Embedder):
+  """Word/subword ids [B, L] -> tokens [B, L, D]; mask = ids != pad_id.
+
+  Learned table (logical axes vocab x embed) + 1D positions (max_len, interpolated beyond) +
+  type. The text tokenizer already puts [CLS] first, so add_cls defaults to False.
+  """
+  vocab_size: int = 261
+  max_len: int = 64
+  pad_id: int = 0
+  add_cls: bool = False
+
+  @nn.compact
+  def __call__(self, ids, *, valid=None, mim_mask=None):
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"text input must be int ids [batch, length], got {ids.dtype}{ids.shape}")
+    table = self._param("token_embedding", (self.vocab_size, self.width), ("vocab", "embed"))
+    tokens = jnp.take(table, ids, axis=0).astype(self.dtype)
+    return self._finish(tokens, ids != self.pad_id, (self.max_len,), (ids.shape[1],), valid)
+
+
+class ImagePatchEmbedder(_Embedder):
+  """RGB [B, H, W, C] -> fixed-size patches -> linear projection (= conv with stride = patch)
+  + 2D positions (learned at `grid`, interpolated to the input's grid) + type (+ [CLS])."""
+  patch: int = 16
+  grid: Sequence[int] = (14, 14)
+
+  @nn.compact
+  def __call__(self, x, *, valid=None, mim_mask=None):
+    if x.ndim != 4:
+      raise ValueError(f"image input must be [batch, height, width, channels], got {x.shape}")
+    tokens = self._mim(self._project(patchify_image(x, self.patch).astype(self.dtype)), mim_mask)
+    grid = (x.shape[1] // self.patch, x.shape[2] // self.patch)
+    mask = jnp.ones(tokens.shape[:2], bool)
+    return self._finish(tokens, mask, self.grid, grid, valid)
+
+
+class VideoTubeletEmbedder(_Embedder):
+  """Video [B, T, H, W, C] -> t x p x p tubelets -> linear projection + space-time positions
+  (learned 3D at `grid`, interpolated to a new clip length/resolution) + type (+ [CLS])."""
+  tubelet: Sequence[int] = (2, 16, 16)
+  grid: Sequence[int] = (4, 14, 14)
+
+  @nn.compact
+  def __call__(self, x, *, valid=None, mim_mask=None):
+    if x.ndim != 5:
+      raise ValueError(f"video input must be [batch, time, height, width, channels], "
+                       f"got {x.shape}")
+    tokens = self._mim(self._project(patchify_video(x, self.tubelet).astype(self.dtype)),
+                       mim_mask)
+    grid = tuple(s // t for s, t in zip(x.shape[1:4], self.tubelet))
+    return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid)
+
+
+class AudioSpectrogramEmbedder(_Embedder):
+  """Log-mel spectrogram [B, T, F] -> (time x mel) patches -> linear projection + 2D positions
+  (interpolated along time for longer clips) + type (+ [CLS]) (AST, MBT)."""
+  patch: Sequence[int] = (16, 16)
+  grid: Sequence[int] = (8, 8)
+
+  @nn.compact
+  def __call__(self, x, *, valid=None, mim_mask=None):
+    if x.ndim != 3:
+      raise ValueError(f"audio input must be a spectrogram [batch, time, mel], got {x.shape}")
+    tokens = self._mim(self._project(patchify_spectrogram(x, self.patch).astype(self.dtype)),
+                       mim_mask)
+    grid = (x.shape[1] // self.patch[0], x.shape[2] // self.patch[1])
+    return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid)
+
+
+class RegionEmbedder(_Embedder):
+  """Detector regions: {'features' [B, N, F] (e.g. 2048-d), 'boxes' [B, N, 5]
+  (x1, y1, x2, y2, area, normalized), optional 'mask' [B, N]} -> LN(W_f f) + LN(W_b box),
+  combined by sum or mean (ViLBERT, LXMERT, UNITER), + type (+ [CLS]). The box is the position."""
+  combine: str = "sum"  # sum | mean
+
+  @nn.compact
+  def __call__(self, x, *, valid=None, mim_mask=None):
+    feats, boxes = x["features"], x["boxes"]
+    mask = x.get("mask", jnp.ones(feats.shape[:2], bool))
+    ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    f = ln("ln_feature")(self._project(feats.astype(self.dtype), "feature_proj"))
+    b = ln("ln_box")(self._project(boxes.astype(self.dtype), "box_proj"))
+    if self.combine not in ("sum", "mean"):
+      raise ValueError(f"unknown region combine {self.combine!r}; use 'sum' or 'mean'")
+    tokens = self._mim(f + b if self.combine == "sum" else 0.5 * (f + b), mim_mask)
+    return self._finish(tokens, mask, None, None, valid)
+
+
+class FeatureEmbedder(_Embedder):
+  """Generic per-element vectors (music frames, point clouds, tabular cells, pose):
+  [B, N, F] (or {'features', 'mask'}) -> linear or MLP projection + 1D positions + type."""
+  hidden: int = 0  # 0: linear; > 0: MLP with this hidden width
+  max_len: int = 64
+  use_positions: bool = True  # False for sets (point clouds)
+
+  @nn.compact
+  def __call__(self, x, *, valid=None, mim_mask=None):
+    feats = x["features"] if isinstance(x, dict) else x
+    mask = x.get("mask") if isinstance(x, dict) else None
+    mask = jnp.ones(feats.shape[:2], bool) if mask is None else mask
+    h = feats.astype(self.dtype)
+    if self.hidden:
+      h = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                           name="hidden")(h))
+    tokens = self._mim(self._project(h), mim_mask)
+    ref = (self.max_len,) if self.use_positions else None
+    return self._finish(tokens, mask, ref, (feats.shape[1],), valid)
+
+
+EMBEDDERS = {
+    "text": TextEmbedder,
+    "image": ImagePatchEmbedder,
+    "video": VideoTubeletEmbedder,
+    "audio": AudioSpectrogramEmbedder,
+    "regions": RegionEmbedder,
+    "features": FeatureEmbedder,
+}
+
+
+def build_embedder(kind: str, name: str, width: int, dtype, param_dtype, **kwargs) -> nn.Module:
+  """Embedder for a modality config {'kind': ..., **kwargs}."""
+  if kind not in EMBEDDERS:
+    raise ValueError(f"modality {name!r} has unknown kind {kind!r}; choose one of "
+                     f"{', '.join(EMBEDDERS)}")
+  cls = EMBEDDERS[kind]
+  fields = set(cls.__dataclass_fields__)
+  unknown = set(kwargs) - fields
+  if unknown:
+    raise ValueError(f"modality {name!r} ({kind}) has unknown option(s) {sorted(unknown)}; "
+                     f"valid: {sorted(fields - {'parent', 'name', 'width', 'dtype', 'param_dtype'})}")
+  for k in ("grid", "tubelet", "patch"):
+    if k in kwargs and isinstance(kwargs[k], (list, tuple)):
+      kwargs[k] = tuple(kwargs[k])
+  return cls(width=width, dtype=dtype, param_dtype=param_dtype, name=f"embed_{name}", **kwargs)
