@@ -195,6 +195,7 @@ def attention_kernel(q, k, v, *, impl: str = "auto", kv_mask=None, q_segment_ids
                      chunk_size: int = 512):
   """The one dispatch point. Returns (out [B, Nq, H, D], weights [B, H, Nq, Nk] or None)."""
   choice = "xla" if return_weights else choose_impl(impl, q, k)
+  kv_mask = None if kv_mask is None else kv_mask.astype(bool)
   masks = dict(kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
   weights = None
   if choice == "xla":

@@ -108,13 +108,13 @@ class _Embedder(nn.Module):
     """tokens [B, N, D] (+ positions unless ref_grid is None, + type, then [CLS])."""
     if ref_grid is not None:
       tokens = tokens + self._positions(ref_grid, grid).astype(tokens.dtype)[None]
-    tokens = tokens + self._param("type_embedding", (self.width,), ("embed",)).astype(
-        tokens.dtype)
     if self.add_cls:
       cls = self._param("cls", (self.width,), ("embed",)).astype(tokens.dtype)
       cls = jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width))
       tokens = jnp.concatenate([cls, tokens], axis=1)
       mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+    tokens = tokens + self._param("type_embedding", (self.width,), ("embed",)).astype(
+        tokens.dtype)  # [CLS] included: the joint stream knows whose [CLS] it is
     if valid is not None:
       mask = mask & valid[:, None]
     tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "embed"))
@@ -137,8 +137,8 @@ class _Embedder(nn.Module):
 class TextEmbedder(_Embedder):
   """Word/subword ids [B, L] -> tokens [B, L, D]; mask = ids != pad_id.
 
-  Learned table (logical axes vocab x embed) + 1D positions (max_len, interpolated beyond) +
-  type. The text tokenizer already puts [CLS] first, so add_cls defaults to False.
+  Learned table (logical axes vocab x embed) + 1D positions (the first L of max_len; longer
+  text interpolates the table) + type. The text tokenizer already puts [CLS] first, so add_cls defaults to False.
   """
   vocab_size: int = 261
   max_len: int = 64
@@ -151,7 +151,12 @@ class TextEmbedder(_Embedder):
       raise ValueError(f"text input must be int ids [batch, length], got {ids.dtype}{ids.shape}")
     table = self._param("token_embedding", (self.vocab_size, self.width), ("vocab", "embed"))
     tokens = jnp.take(table, ids, axis=0).astype(self.dtype)
-    return self._finish(tokens, ids != self.pad_id, (self.max_len,), (ids.shape[1],), valid)
+    n = ids.shape[1]
+    if self.pos == "learned" and n <= self.max_len:  # shorter text: the first n positions
+      pos = self._param("pos_embedding", (self.max_len, self.width), (None, "embed"))
+      tokens = tokens + pos[:n].astype(tokens.dtype)[None]
+      return self._finish(tokens, ids != self.pad_id, None, None, valid)
+    return self._finish(tokens, ids != self.pad_id, (self.max_len,), (n,), valid)
 
 
 class ImagePatchEmbedder(_Embedder):
