@@ -1,7 +1,7 @@
 """The embedded default: image-text on the built-in set, ALBEF-style fusion, trains on a CPU.
 
 hier_multi_to_one: unimodal towers (contrastive on their pooled outputs), then a joint stream
-(masked modelling and hard-negative ITM on the fused outputs).
+(hard-negative ITM and masked modelling on the fused outputs).
 """
 import ml_collections
 
@@ -10,7 +10,11 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1500
-  c.batch_size = 64
+  c.batch_size = 64            # global
+  c.grad_accum_steps = 1
+  c.nan_policy = "stop"        # stop | skip
+  c.log_every_steps = 25
+  c.eval_every_steps = 0       # 0: evaluate only at the end (eval.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.fusion = "hier_multi_to_one"
@@ -18,9 +22,9 @@ def get_config():
   c.model.heads = 4
   c.model.mlp_dim = 512
   c.model.embed_dim = 128
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"    # compute dtype; bfloat16 for mixed precision
   c.model.param_dtype = "float32"
-  c.model.remat = "none"
+  c.model.remat = "none"       # none | full | dots | dots_no_batch
   c.model.scan = False
   c.model.pool = "cls"
   c.model.pool_combine = "concat"
@@ -36,6 +40,25 @@ def get_config():
       "text": {"kind": "text", "vocab_size": 261, "max_len": 32},
   })
 
-  c.attention = ml_collections.ConfigDict({"impl": "auto", "chunk_size": 512,
-                                           "capture_weights": False})
+  c.attention = ml_collections.ConfigDict(
+      {"impl": "auto", "chunk_size": 512, "capture_weights": False})
+
+  c.loss_weights = ml_collections.ConfigDict(
+      {"contrastive": 1.0, "sigmoid": 0.0, "mlm": 0.5, "mim": 0.5, "itm": 1.0})
+  c.objectives = ml_collections.ConfigDict(
+      {"mlm_prob": 0.15, "mim_ratio": 0.5, "norm_pix": True})
+
+  c.optimizer = ml_collections.ConfigDict({
+      "learning_rate": 1e-3, "warmup_steps": 100, "weight_decay": 0.05, "b1": 0.9,
+      "b2": 0.98, "eps": 1e-8, "grad_clip": 1.0, "end_lr_ratio": 0.0})
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.checkpoint = ml_collections.ConfigDict({"every_steps": 250, "keep": 3, "async_save": True})
+
+  c.data = ml_collections.ConfigDict({
+      "source": "builtin", "task": "image_text", "image_size": 32, "text_len": 32,
+      "tokenizer": "bytes", "num_workers": 0})
+  c.eval = ml_collections.ConfigDict({
+      "evaluators": ("zero_shot", "retrieval", "itm", "mlm", "mim"), "batch_size": 100,
+      "num_examples": 1000})
   return c

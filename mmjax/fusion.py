@@ -164,14 +164,17 @@ class Fusion(nn.Module):
     return self.interact(self.encode(inputs))
 
   def encode(self, inputs: Mapping[str, Tokens]) -> Dict[str, Tokens]:
-    """Per-modality towers (identity where depth is 0). No modality sees another."""
-    missing = [m for m in self.modalities if m not in inputs]
-    if missing:
-      raise ValueError(f"fusion inputs lack modalities {missing}; got {sorted(inputs)}")
-    return {m: (self.towers[m](*inputs[m]), inputs[m][1]) for m in self.modalities}
+    """Per-modality towers (identity where depth is 0) for the modalities present.
+    No modality sees another."""
+    return {m: (self.towers[m](*inputs[m]), inputs[m][1]) for m in self.modalities
+            if m in inputs}
 
   def interact(self, streams: Mapping[str, Tokens]):
     name, mods = self.cfg.name, self.modalities
+    missing = [m for m in mods if m not in streams]
+    if missing:
+      raise ValueError(f"fusion inputs lack modalities {missing}; got {sorted(streams)} (mark "
+                       "an absent modality with <modality>_valid=False instead of dropping it)")
     if name == "early_sum":
       return self._early_sum(streams)
     if name in ("early_concat", "hier_multi_to_one"):

@@ -124,14 +124,14 @@ class MultimodalModel(nn.Module):
   # -- stages ---------------------------------------------------------------------------------
 
   def embed(self, batch: Mapping[str, Any], mim_masks: Optional[Mapping[str, Any]] = None):
+    """Embeds every modality present in `batch` (a subset is fine: zero-shot prompts)."""
     mim_masks = mim_masks or {}
-    out = {}
-    for m in self.modalities:
-      if m not in batch:
-        raise ValueError(f"batch has no {m!r} input; it has {sorted(batch)}")
-      out[m] = self.embedders[m](batch[m], valid=batch.get(f"{m}_valid"),
-                                 mim_mask=mim_masks.get(m))
-    return out
+    present = [m for m in self.modalities if m in batch]
+    if not present:
+      raise ValueError(f"batch has none of the model's modalities {list(self.modalities)}; "
+                       f"it has {sorted(batch)}")
+    return {m: self.embedders[m](batch[m], valid=batch.get(f"{m}_valid"),
+                                 mim_mask=mim_masks.get(m)) for m in present}
 
   def encode(self, embedded):
     return self.fusion.encode(embedded)
@@ -147,7 +147,7 @@ class MultimodalModel(nn.Module):
   def contrastive_embedding(self, encoded) -> Dict[str, Any]:
     """Unimodal pooled -> projection, per modality: {m: [B, embed_dim]} (not normalized)."""
     pooled = fusion_lib.pool_unimodal(encoded, self.fusion_cfg.pool)
-    return {m: self.projections[m](pooled[m]) for m in self.modalities}
+    return {m: self.projections[m](pooled[m]) for m in self.modalities if m in pooled}
 
   def itm_logits(self, joint):
     """[B, D'] -> [B, 2] (not matched, matched)."""

@@ -1,0 +1,136 @@
+"""Train-step benchmark: steps/s, examples/s, TFLOP/s per device and MFU against a named peak.
+
+  python -m mmjax.bench.step --config=configs/default.py [--steps=10] [--warmup=2]
+      [--config.batch_size=...] [--config.model.dtype=bfloat16]
+
+FLOPs per step are XLA's cost analysis of the compiled step (forward, backward and optimizer,
+everything the device executes; remat recomputation included), divided over the devices.
+Peak: on CPU a float32 2048^3 matmul measured in the same run; on GPU and TPU the chip's dense
+bf16 peak from its data sheet (a measured bf16 matmul peak is printed beside it on GPU).
+The last stdout line is one JSON object (step_s, examples_per_s, tflops_per_device,
+peak_tflops, mfu, ...).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmjax import models, sharding, train_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
+                                          lock_config=False)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+
+# Dense bf16 peak TFLOP/s per chip (data sheets; SXM parts for GPUs).
+PEAKS = {"h100": 989.4, "h200": 989.4, "h800": 989.4, "a100": 312.0, "l4": 121.0,
+         "tpu v5p": 459.0, "tpu v5 lite": 197.0, "tpu v5e": 197.0, "tpu v4": 275.0,
+         "tpu v6": 918.0, "tpu7x": 2307.0}
+
+
+def measured_matmul_tflops(n: int, dtype, reps: int = 5) -> float:
+  """TFLOP/s of an n^3 matmul on the default device, best of `reps`."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e12
+
+
+def chip_peak():
+  """(peak TFLOP/s, name of the peak) for this platform."""
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return measured_matmul_tflops(2048, jnp.float32), "measured f32 2048^3 matmul (this run)"
+  kind = dev.device_kind.lower()
+  for key, peak in PEAKS.items():
+    if key in kind:
+      return peak, f"{dev.device_kind} dense bf16 data-sheet peak"
+  return measured_matmul_tflops(8192, jnp.bfloat16), "measured bf16 8192^3 matmul"
+
+
+def synthetic_batch(config, seed: int = 0):
+  """Random inputs of the config's shapes (text: valid ids with padding)."""
+  rng = np.random.RandomState(seed)
+  batch = models.dummy_batch(config, config.batch_size)
+  for m, x in batch.items():
+    if isinstance(x, dict):
+      batch[m] = {k: (rng.randn(*v.shape).astype(v.dtype) if v.dtype != bool else v)
+                  for k, v in x.items()}
+    elif x.dtype == np.int32:
+      vocab = config.model.modalities[m].get("vocab_size", 261)
+      ids = rng.randint(5, vocab, size=x.shape).astype(np.int32)
+      ids[:, 0] = 1
+      lengths = rng.randint(x.shape[1] // 2, x.shape[1] + 1, size=x.shape[0])
+      ids[np.arange(x.shape[1])[None] >= lengths[:, None]] = 0
+      batch[m] = ids
+    else:
+      batch[m] = rng.randn(*x.shape).astype(np.float32)
+  return batch
+
+
+def step_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0))
+
+
+def benchmark(config, steps: int, warmup: int):
+  model = models.build_model(config)
+  tx, schedule = train_lib.make_optimizer(config)
+  mesh = sharding.make_mesh(config.mesh)
+  state, shard = train_lib.create_state(config, model, tx, mesh)
+  step = train_lib.make_train_step(config, model, tx, schedule, mesh, shard)
+  batch = jax.device_put(synthetic_batch(config), sharding.batch_sharding(mesh))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  flops_device = step_flops(compiled)  # per device: the SPMD module one device runs
+  for _ in range(warmup):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  peak, peak_name = chip_peak()
+  tflops = flops_device / step_s / 1e12
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  return {
+      "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+      "fusion": config.model.fusion, "dtype": config.model.dtype,
+      "batch_size": config.batch_size, "params": n_params, "compile_s": compile_s,
+      "step_s": step_s, "steps_per_s": 1 / step_s, "examples_per_s": config.batch_size / step_s,
+      "flops_per_step_per_device": flops_device, "tflops_per_device": tflops,
+      "peak_tflops": peak, "peak": peak_name, "mfu": tflops / peak,
+      "loss": float(metrics["loss"]),
+  }
+
+
+def main(argv):
+  del argv
+  res = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  print(f"{res['fusion']} on {res['num_devices']} x {res['device']}: "
+        f"{res['params'] / 1e6:.1f}M params, batch {res['batch_size']}, {res['dtype']}")
+  print(f"  step {res['step_s'] * 1e3:.1f} ms  |  {res['examples_per_s']:.1f} examples/s  |  "
+        f"{res['tflops_per_device'] * 1e3:.1f} GFLOP/s per device  |  MFU {res['mfu']:.1%} "
+        f"of {res['peak_tflops'] * 1e3:.1f} GFLOP/s ({res['peak']})")
+  print(json.dumps(res))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,66 @@
+"""What every evaluator shares: jitted model stages and batched iteration over a split."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax import models
+
+
+class Evaluated:
+  """A restored model with jitted stages, on the devices at hand."""
+
+  def __init__(self, config, model: models.MultimodalModel, params, mesh, batch_sharding):
+    self.config, self.model, self.params = config, model, params
+    self.mesh, self.batch_sharding = mesh, batch_sharding
+    self.a, self.b = model.modalities[0], model.modalities[1]
+    self._encode = jax.jit(lambda p, b: model.apply(
+        p, model.apply(p, b, method=model.embed), method=model.encode))
+    self._embed_contrastive = jax.jit(lambda p, enc: model.apply(
+        p, enc, method=model.contrastive_embedding))
+    self._itm = jax.jit(lambda p, enc: jax.nn.log_softmax(model.apply(
+        p, model.apply(p, enc, method=model.interact)["joint"], method=model.itm_logits))[:, 1])
+
+  def encode(self, batch):
+    return self._encode(self.params, self.put(batch))
+
+  def embeddings(self, encoded) -> Dict[str, np.ndarray]:
+    emb = self._embed_contrastive(self.params, encoded)
+    return {m: np.asarray(_normalize(v)) for m, v in emb.items()}
+
+  def itm_scores(self, encoded) -> np.ndarray:
+    """log P(match) for each row's pairing of the encoded modalities."""
+    return np.asarray(self._itm(self.params, encoded))
+
+  def put(self, batch):
+    keep = set(self.model.modalities) | {f"{m}_valid" for m in self.model.modalities}
+    batch = {k: v for k, v in batch.items() if k in keep}
+    return jax.device_put(batch, self.batch_sharding)
+
+  @property
+  def has_towers(self) -> bool:
+    """Alignment embeddings are meaningful (dual encoder, or unimodal towers)."""
+    cfg = self.model.fusion_cfg
+    return cfg.name in ("dual_encoder", "hier_multi_to_one") or all(
+        d > 0 for _, d in cfg.unimodal_depth)
+
+  @property
+  def has_itm(self) -> bool:
+    return self.model.fusion_cfg.name != "dual_encoder"
+
+
+def _normalize(x):
+  x = x.astype(jnp.float32)
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-6)
+
+
+def take(tree, idx):
+  return jax.tree.map(lambda t: jnp.take(t, jnp.asarray(idx), axis=0), tree)
+
+
+def concat(*trees):
+  return jax.tree.map(lambda *t: jnp.concatenate(t, axis=0), *trees)

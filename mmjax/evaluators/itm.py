@@ -1,0 +1,39 @@
+"""Image-text matching against hard negatives that differ from the truth in one binding.
+
+For each example x with true caption t and K negatives n_k: the model scores every pair
+(ITM log P(match); a dual encoder uses its similarity). Reports the pairwise accuracy
+(score(x, t) > score(x, n_k), chance 0.5) and the group accuracy (t beats all K, chance 1/(K+1)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmjax.evaluators.common import concat, take
+
+
+def evaluate(ev, batches) -> dict:
+  pair_correct = group_correct = pairs = groups = 0
+  k = None
+  for batch in batches:
+    neg = batch["neg_text"]  # [B, K, L]
+    n, k, l = neg.shape
+    enc_x = ev.encode({ev.a: batch[ev.a]})
+    texts = np.concatenate([batch[ev.b][:, None], neg], axis=1).reshape(n * (k + 1), l)
+    enc_t = ev.encode({ev.b: texts})
+    if ev.has_itm:
+      idx = np.repeat(np.arange(n), k + 1)
+      scores = ev.itm_scores({ev.a: take(enc_x[ev.a], idx), ev.b: enc_t[ev.b]})
+    else:
+      za = ev.embeddings(enc_x)[ev.a]
+      zt = ev.embeddings(enc_t)[ev.b].reshape(n, k + 1, -1)
+      scores = np.einsum("nd,nkd->nk", za, zt)
+    scores = np.asarray(scores).reshape(n, k + 1)
+    wins = scores[:, :1] > scores[:, 1:]
+    pair_correct += int(wins.sum())
+    group_correct += int(wins.all(axis=1).sum())
+    pairs += n * k
+    groups += n
+  return {"itm/pairwise_accuracy": pair_correct / max(pairs, 1), "itm/pairwise_chance": 0.5,
+          "itm/group_accuracy": group_correct / max(groups, 1),
+          "itm/group_chance": 1.0 / ((k or 1) + 1), "itm/examples": groups,
+          "itm/method": "ITM head" if ev.has_itm else "embedding similarity"}

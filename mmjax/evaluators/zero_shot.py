@@ -1,0 +1,43 @@
+"""Zero-shot classification with prompt templates (CLIP): top-1 accuracy over the classes.
+
+Towers (dual encoder, unimodal towers): class embedding = normalized mean over templates of
+the normalized prompt embeddings; prediction = argmax_c <z_x, z_c>. Fusion without towers:
+prediction = argmax_c log P(match | x, prompt_c) from the ITM head (first template).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmjax.evaluators.common import concat, take
+
+
+def evaluate(ev, batches, prompts: np.ndarray) -> dict:
+  """prompts: int ids [C, T, L] (class x template x length). batches yield 'label'."""
+  c, t, l = prompts.shape
+  correct = total = 0
+  if ev.has_towers:
+    enc = ev.encode({ev.b: prompts.reshape(c * t, l)})
+    z = ev.embeddings(enc)[ev.b].reshape(c, t, -1).mean(1)
+    z = z / np.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
+    for batch in batches:
+      za = ev.embeddings(ev.encode({ev.a: batch[ev.a]}))[ev.a]
+      pred = np.argmax(za @ z.T, axis=1)
+      correct += int(np.sum(pred == batch["label"]))
+      total += len(pred)
+    method = "embedding similarity"
+  else:
+    enc_prompts = ev.encode({ev.b: prompts[:, 0]})
+    for batch in batches:
+      enc_x = ev.encode({ev.a: batch[ev.a]})
+      n = len(batch["label"])
+      scores = np.zeros((n, c))
+      for k in range(c):
+        pair = {ev.a: enc_x[ev.a], ev.b: take(enc_prompts[ev.b], np.full((n,), k))}
+        scores[:, k] = ev.itm_scores(pair)
+      pred = np.argmax(scores, axis=1)
+      correct += int(np.sum(pred == batch["label"]))
+      total += n
+    method = "ITM head"
+  return {"zero_shot/accuracy": correct / max(total, 1), "zero_shot/chance": 1.0 / c,
+          "zero_shot/num_classes": c, "zero_shot/examples": total,
+          "zero_shot/method": method}

@@ -1,0 +1,125 @@
+"""The sharded train step: identical on 1 and 8 devices for every mesh, params really sharded,
+NaN updates never applied, accumulation exact, decay mask right."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmjax import models, sharding, train_lib
+from tests.helpers import random_batch, tiny_config
+
+
+def _run(config, n_devices, steps=3):
+  model = models.build_model(config)
+  tx, schedule = train_lib.make_optimizer(config)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:n_devices])
+  state, shard = train_lib.create_state(config, model, tx, mesh)
+  step = train_lib.make_train_step(config, model, tx, schedule, mesh, shard)
+  losses, metrics = [], None
+  for i in range(steps):
+    batch = jax.device_put(random_batch(config, seed=i), sharding.batch_sharding(mesh))
+    state, metrics = step(state, batch)
+    losses.append({k: float(v) for k, v in metrics.items()})
+  return losses, state, mesh
+
+
+@pytest.mark.parametrize("mesh", [(2, 2, 2), (8, 1, 1), (1, 8, 1)])
+def test_sharded_equals_single_device(mesh):
+  cfg = tiny_config()
+  ref_losses, ref_state, _ = _run(cfg, 1)
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh
+  losses, state, m = _run(cfg, 8)
+  for ref, got in zip(ref_losses, losses):
+    for k in ("loss", "contrastive/loss", "itm/loss", "mlm/loss", "mim/loss", "grad_norm"):
+      np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(ref_state.params),
+                              atol=1e-5, rtol=1e-5)
+  kernel = state.params["params"]["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["kernel"]
+  spec = tuple(kernel.sharding.spec)
+  data, fsdp, tensor = mesh
+  assert spec[0] == ("fsdp" if fsdp > 1 else spec[0])
+  if fsdp > 1:
+    assert spec == ("fsdp", "tensor") if tensor > 1 else spec[0] == "fsdp"
+  if tensor > 1:
+    q = state.params["params"]["fusion"]["joint"]["layer_0"]["attn"]["query"]["kernel"]
+    assert tuple(q.sharding.spec)[1] == "tensor"  # heads over tensor
+  if fsdp == 1 and tensor == 1:
+    assert kernel.sharding.is_fully_replicated
+  # Optimizer moments follow their parameters.
+  mu = state.opt_state[1][0].mu["params"]["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["kernel"]
+  assert mu.sharding.spec == kernel.sharding.spec
+
+
+@pytest.mark.parametrize("fusion", ["dual_encoder", "cross_attention", "bottleneck"])
+def test_other_fusions_train(fusion):
+  cfg = tiny_config(fusion)
+  if fusion == "dual_encoder":
+    cfg.loss_weights.sigmoid = 1.0
+  losses, state, _ = _run(cfg, 1, steps=2)
+  assert all(np.isfinite(l["loss"]) for l in losses)
+  assert int(state.step) == 2
+
+
+def test_nan_update_is_never_applied():
+  cfg = tiny_config()
+  model = models.build_model(cfg)
+  tx, schedule = train_lib.make_optimizer(cfg)
+  mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+  state, shard = train_lib.create_state(cfg, model, tx, mesh)
+  before = jax.device_get(state.params)
+  step = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
+  bad = random_batch(cfg)
+  bad["image"][0, 0, 0, 0] = np.nan
+  state, metrics = step(state, bad)
+  assert float(metrics["skipped"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
+  chex.assert_trees_all_equal(jax.device_get(state.params), before)
+  state, metrics = step(state, random_batch(cfg))
+  assert float(metrics["skipped"]) == 0.0
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients():
+  cfg = tiny_config(**{"loss_weights.itm": 0.0})
+  cfg.grad_accum_steps = 2
+  model = models.build_model(cfg)
+  tx, schedule = train_lib.make_optimizer(cfg)
+  mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+  state, shard = train_lib.create_state(cfg, model, tx, mesh)
+  params0 = jax.device_get(state.params)
+  opt0 = jax.device_get(state.opt_state)
+  batch = random_batch(cfg)
+  step = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
+  state, _ = step(state, batch)
+  # Reference: mean of the two micro-batch gradients, one AdamW update.
+  rng = jax.random.fold_in(jax.random.key(cfg.seed), 0)
+  grads = []
+  for i in range(2):
+    micro = jax.tree.map(lambda x: x[i * 4:(i + 1) * 4], batch)
+    g = jax.grad(lambda p: train_lib.compute_losses(
+        model, p, micro, jax.random.fold_in(rng, i), cfg, mesh)[0])(params0)
+    grads.append(g)
+  g = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  updates, _ = tx.update(g, opt0, params0)
+  chex.assert_trees_all_close(jax.device_get(state.params), optax.apply_updates(params0, updates),
+                              atol=1e-6)
+
+
+def test_weight_decay_mask():
+  cfg = tiny_config()
+  model = models.build_model(cfg)
+  params = model.init(jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
+  mask = train_lib.weight_decay_mask(params["params"])
+  assert mask["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["kernel"]
+  assert not mask["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["bias"]
+  assert not mask["embed_text"]["token_embedding"]
+  assert not mask["embed_image"]["pos_embedding"]
+  assert not mask["fusion"]["joint"]["ln_final"]["scale"]
+
+
+def test_mesh_errors():
+  with pytest.raises(ValueError, match="needs 6 devices but 8 are present"):
+    sharding.mesh_shape({"data": 2, "fsdp": 3, "tensor": 1}, 8)
+  with pytest.raises(ValueError, match="only one axis may be -1"):
+    sharding.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+  assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)

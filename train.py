@@ -1,0 +1,37 @@
+"""Train (or resume) a multimodal transformer.
+
+  python train.py --config=configs/default.py --workdir=runs/default [--config.KEY=VALUE ...]
+
+Rerunning on a workdir resumes from its latest committed checkpoint. Multi-host: pass
+--coordinator/--num_processes/--process_id (or MMJAX_COORDINATOR, ...), or run on a TPU pod
+or under SLURM, where jax.distributed starts by itself.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard go.")
+flags.DEFINE_string("coordinator", None, "jax.distributed coordinator host:port.")
+flags.DEFINE_integer("num_processes", None, "Process count (with --coordinator).")
+flags.DEFINE_integer("process_id", None, "This process's id (with --coordinator).")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from mmjax import sharding  # pylint: disable=import-outside-toplevel
+  sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  from mmjax import checkpoint, config_lib, trainer  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)
+  try:
+    trainer.train(_CONFIG.value, FLAGS.workdir)
+  except (config_lib.ConfigError, checkpoint.CheckpointError, trainer.TrainingError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
