@@ -5,6 +5,8 @@ hier_multi_to_one: unimodal towers (contrastive on their pooled outputs), then a
 """
 import ml_collections
 
+from mmjax.data import config as data_config
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -55,9 +57,9 @@ def get_config():
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.checkpoint = ml_collections.ConfigDict({"every_steps": 250, "keep": 3, "async_save": True})
 
-  c.data = ml_collections.ConfigDict({
-      "source": "builtin", "task": "image_text", "image_size": 32, "text_len": 32,
-      "tokenizer": "bytes", "num_workers": 0})
+  c.data = data_config.get_config()  # every data key, documented in mmjax/data/config.py
+  c.data.update({"source": "builtin", "task": "image_text", "image_size": 32, "text_len": 32,
+                 "tokenizer": "bytes"})
   c.eval = ml_collections.ConfigDict({
       "evaluators": ("zero_shot", "retrieval", "itm", "mlm", "mim"), "batch_size": 100,
       "num_examples": 1000})

@@ -168,16 +168,38 @@ def _is_hopper() -> bool:
   return "h100" in kind or "h200" in kind or "h800" in kind or "gh200" in kind
 
 
+_PALLAS_MIN_LEN = 256  # below this, padding to kernel blocks costs more than XLA's dense path
+
+
+def _pallas_ok(choice: str, q, k) -> bool:
+  try:
+    from mmjax import kernels  # pylint: disable=import-outside-toplevel
+    return kernels.supported(choice, q, k)
+  except Exception:  # pragma: no cover - Pallas not importable in this jax
+    return False
+
+
 def choose_impl(impl: str, q, k, platform: Optional[str] = None) -> str:
-  """Resolve `auto` to a concrete backend (logged once per distinct choice)."""
+  """Resolve `auto` to a concrete backend (logged once per distinct choice).
+
+  TPU: pallas_tpu (splash) when head_dim is 64 or a multiple of 128 and both lengths >= 256.
+  GPU: cudnn when its constraints hold (bf16/fp16, head_dim % 8 == 0, <= 128, 256 on Hopper);
+       else pallas_gpu (any dtype, head_dim <= 256) when both lengths >= 256.
+  Otherwise (CPU, or short sequences): chunked when Nq * Nk >= 4096^2, else xla.
+  """
   if impl not in IMPLS:
     raise ValueError(f"unknown attention.impl={impl!r}; choose one of {', '.join(IMPLS)}")
   if impl != "auto":
     return impl
   platform = platform or jax.default_backend()
   nq, nk = q.shape[1], k.shape[1]
-  if platform == "gpu" and _cudnn_ok(q, k):
+  long_enough = min(nq, nk) >= _PALLAS_MIN_LEN
+  if platform == "tpu" and long_enough and _pallas_ok("pallas_tpu", q, k):
+    choice = "pallas_tpu"
+  elif platform == "gpu" and _cudnn_ok(q, k):
     choice = "cudnn"
+  elif platform == "gpu" and long_enough and _pallas_ok("pallas_gpu", q, k):
+    choice = "pallas_gpu"
   elif nq * nk >= 4096 * 4096:
     choice = "chunked"  # dense scores would not fit comfortably; stay O(N) in memory
   else:
@@ -185,8 +207,8 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None) -> str:
   key = (platform, choice, str(q.dtype), q.shape[-1])
   if key not in _logged_choices:
     _logged_choices.add(key)
-    logging.info("attention.impl=auto chose %s (platform=%s, dtype=%s, head_dim=%d)",
-                 choice, platform, q.dtype, q.shape[-1])
+    logging.info("attention.impl=auto chose %s (platform=%s, dtype=%s, head_dim=%d, Nq=%d, "
+                 "Nk=%d)", choice, platform, q.dtype, q.shape[-1], nq, nk)
   return choice
 
 
@@ -237,15 +259,23 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x_q, x_kv=None, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None):
     x_kv = x_q if x_kv is None else x_kv
-    init = nn.initializers.xavier_uniform()
-    dense = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, self.head_dim), dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))
-    q = dense(name="query")(x_q)
-    k = dense(name="key")(x_kv)
-    v = dense(name="value")(x_kv)
+    e, h, d = x_q.shape[-1], self.num_heads, self.head_dim
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+
+    def project(name, x, bias=True):  # [B, N, E] x [E, H, D] -> [B, N, H, D]
+      w = self.param(f"{name}_kernel", nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+                     (e, h, d), self.param_dtype)
+      x, w = nn.dtypes.promote_dtype(x, w, dtype=self.dtype)
+      y = jnp.einsum("bne,ehd->bnhd", x, w)
+      if not bias:
+        return y
+      b = self.param(f"{name}_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, ("heads", "kv")), (h, d), self.param_dtype)
+      return y + b.astype(y.dtype)
+
+    # No key bias: q.(k + b) shifts every logit of a query equally, so softmax ignores it
+    # (its gradient is exactly zero; a parameter that only ever receives rounding noise).
+    q, k, v = project("query", x_q), project("key", x_kv, bias=False), project("value", x_kv)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
@@ -259,8 +289,10 @@ class MultiHeadAttention(nn.Module):
     self.sow("attn_flops", "flops",
              jnp.asarray(attention_flops(b, nq, x_kv.shape[1], self.num_heads, self.head_dim),
                          jnp.float32))
-    return nn.DenseGeneral(
-        features=x_q.shape[-1], axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="out")(out)
+    w_out = self.param("out_kernel", nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
+        (h, d, e), self.param_dtype)
+    b_out = self.param("out_bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, ("embed",)), (e,), self.param_dtype)
+    out, w_out, b_out = nn.dtypes.promote_dtype(out, w_out, b_out, dtype=self.dtype)
+    return jnp.einsum("bnhd,hde->bne", out, w_out) + b_out

@@ -25,17 +25,10 @@ def validate(config, num_devices: int = 1) -> None:
   try:
     fusion_lib.validate(models.fusion_config(mc), mods)
     models.block_config(mc, config.attention)
-    objectives.check_objectives(mc.fusion, dict(config.loss_weights))
+    objectives.check_objectives(mc.fusion, dict(config.loss_weights),
+                                has_towers=_has_towers(mc.depth.unimodal))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  w = config.loss_weights
-  aligns = w.get("contrastive", 0) or w.get("sigmoid", 0)
-  if aligns and mc.fusion not in ("dual_encoder", "hier_multi_to_one") and \
-      not _has_towers(mc.depth.unimodal):
-    raise ConfigError(
-        f"contrastive/sigmoid alignment with fusion {mc.fusion} needs unimodal towers to align "
-        "(set model.depth.unimodal > 0) or set loss_weights.contrastive=0 and "
-        "loss_weights.sigmoid=0")
   if mc.fusion == "early_sum" and mc.get("early_sum_align", "none") == "none":
     lengths = _token_counts(config)
     if len(set(lengths.values())) > 1:

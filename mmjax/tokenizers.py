@@ -128,9 +128,10 @@ class _Embedder(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
 
   def _mim(self, tokens, mim_mask):
+    """Masked modelling: the tokens where mim_mask is True become a learned [MASK]."""
+    mask_tok = self._param("mask_token", (self.width,), ("embed",)).astype(tokens.dtype)
     if mim_mask is None:
       return tokens
-    mask_tok = self._param("mask_token", (self.width,), ("embed",)).astype(tokens.dtype)
     return jnp.where(mim_mask[..., None], mask_tok, tokens)
 
 

@@ -201,7 +201,8 @@ def _itm(model, params, encoded, za, zb, rng, a, b):
   """ITM with hard negatives: B positives, B (A_i, hard B) and B (hard A, B_j) negatives."""
   za_n = za / jnp.linalg.norm(za, axis=-1, keepdims=True).clip(1e-6)
   zb_n = zb / jnp.linalg.norm(zb, axis=-1, keepdims=True).clip(1e-6)
-  sim = jax.lax.stop_gradient(za_n @ zb_n.T)
+  scale = jnp.exp(params["params"]["logit_scale"]).clip(max=100.0)
+  sim = jax.lax.stop_gradient(scale * (za_n @ zb_n.T))  # scaled: softmax over cosines is flat
   neg_b, neg_a = objectives.itm_hard_negatives(rng, sim)
   take = lambda x, idx: jax.tree.map(lambda t: jnp.take(t, idx, axis=0), x)
   ea, eb = encoded[a], encoded[b]

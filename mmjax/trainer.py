@@ -25,6 +25,7 @@ import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config_lib, models, sharding, train_lib
+from mmjax.perf import chip_peak, step_flops
 from mmjax.data import pipeline
 
 
@@ -91,7 +92,7 @@ def _summary(config, state, compiled, mesh, peak) -> str:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   sharded = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)
                 if not x.sharding.is_fully_replicated)
-  flops = train_lib_flops(compiled)
+  flops = step_flops(compiled)
   lines = [
       f"mmjax: {config.model.fusion} over {list(config.model.modalities.keys())}",
       f"  params      {n_params / 1e6:.2f}M ({sharded / max(n_params, 1):.0%} sharded)",
@@ -105,13 +106,6 @@ def _summary(config, state, compiled, mesh, peak) -> str:
       f"  peak        {peak[0] * 1e3:.1f} GFLOP/s per device ({peak[1]})",
   ]
   return "\n".join(lines)
-
-
-def train_lib_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", 0.0))
 
 
 def train(config, workdir: str, *, stop_after: Optional[int] = None,
@@ -143,8 +137,7 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
 
   batch = next_batch()
   compiled = step_fn.lower(state, batch).compile()
-  flops = train_lib_flops(compiled)
-  from mmjax.bench.step import chip_peak  # pylint: disable=import-outside-toplevel
+  flops = step_flops(compiled)
   peak = chip_peak()
   primary = jax.process_index() == 0
   if primary and log_to_stdout:

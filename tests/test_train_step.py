@@ -1,6 +1,7 @@
 """The sharded train step: identical on 1 and 8 devices for every mesh, params really sharded,
 NaN updates never applied, accumulation exact, decay mask right."""
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +44,7 @@ def test_sharded_equals_single_device(mesh):
   if fsdp > 1:
     assert spec == ("fsdp", "tensor") if tensor > 1 else spec[0] == "fsdp"
   if tensor > 1:
-    q = state.params["params"]["fusion"]["joint"]["layer_0"]["attn"]["query"]["kernel"]
+    q = state.params["params"]["fusion"]["joint"]["layer_0"]["attn"]["query_kernel"]
     assert tuple(q.sharding.spec)[1] == "tensor"  # heads over tensor
   if fsdp == 1 and tensor == 1:
     assert kernel.sharding.is_fully_replicated
@@ -109,7 +110,7 @@ def test_weight_decay_mask():
   cfg = tiny_config()
   model = models.build_model(cfg)
   params = model.init(jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
-  mask = train_lib.weight_decay_mask(params["params"])
+  mask = train_lib.weight_decay_mask(nn.meta.unbox(params["params"]))
   assert mask["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["kernel"]
   assert not mask["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["bias"]
   assert not mask["embed_text"]["token_embedding"]

@@ -1,0 +1,13 @@
+"""Data layer: built-in synthetic multimodal tasks, TFDS / JSONL sources, grain pipeline.
+
+  config.py    get_config(): every data key with its default; resolve() validates
+  text.py      tokenizers: bytes (default), sentencepiece:PATH, hf:PATH
+  builtin.py   image_text / video_text / audio_text / audio_video, generated per index
+  sources.py   TfdsSource (ArrayRecord, no TensorFlow), JsonlSource (manifest)
+  decode.py    image / video / audio decoding and preprocessing of external examples
+  audio.py     WAV I/O and numpy log-mel
+  pipeline.py  make_dataset (grain, per-process shards, checkpointable), to_global_arrays
+
+Submodules are imported explicitly (`from mmjax.data import pipeline`); this file imports
+nothing, so `mmjax.data.text` stays cheap to import.
+"""

@@ -1,0 +1,10 @@
+"""cross_attention on the built-in image-text set, at the size every configs/fusion/ entry shares
+(width 128, 4 transformer blocks on each token's path; compare parameters in its summary)."""
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.model.fusion = "cross_attention"
+  c.model.depth.update({'unimodal': 1, 'joint': 0, 'post': 0, 'cross': 3})
+  return c

@@ -1,0 +1,108 @@
+"""The data config (`config.data`): defaults, merging, validation with one-line errors."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+SOURCES = ("builtin", "tfds", "jsonl")
+FEATURE_NAMES = ("image", "video", "audio", "text", "label")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # pixel normalization for external images
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults for every data key (a train config's `data` may set any subset)."""
+  c = ml_collections.ConfigDict()
+  c.source = "builtin"             # builtin | tfds | jsonl
+  c.task = "image_text"            # builtin: image_text | video_text | audio_text | audio_video
+  # shapes
+  c.image_size = 32                # image / video frames: S x S (external images: resize + crop)
+  c.num_frames = 8                 # video frames T
+  c.audio_frames = 64              # spectrogram time frames (10 ms hop)
+  c.mel_bins = 32
+  c.sample_rate = 16_000           # built-in synthesis rate; mel bins span 20 Hz..sample_rate/2
+  c.text_len = 32
+  c.tokenizer = "bytes"            # bytes | sentencepiece:/path | hf:/path/tokenizer.json
+  # built-in set
+  c.num_hard_negatives = 3         # K captions differing in exactly one binding
+  c.max_objects = 3                # image_text: 1..max_objects shapes per image
+  c.train_examples = 50_000
+  c.test_examples = 1_000
+  c.builtin_seed = 0               # generation seed (the shuffle seed is make_dataset's seed)
+  c.include_caption = False        # add raw 'caption' strings (not for jitted steps)
+  # TFDS (ArrayRecord, prepared in tfds_data_dir; never downloaded)
+  c.tfds_name = ""                 # e.g. "coco_captions/2017" or "my_set:1.0.0"
+  c.tfds_data_dir = ""
+  c.tfds_split_train = "train"
+  c.tfds_split_eval = "test"
+  c.feature_keys = ml_collections.ConfigDict(  # output name -> TFDS feature path
+      {"image": "image", "text": "caption", "label": "label"})
+  # JSONL manifest (paths relative to the manifest's folder)
+  c.jsonl_path = ""
+  c.jsonl_eval_path = ""           # '' = use jsonl_path for evaluation too
+  # external pixel normalization (the built-in set uses its own measured statistics)
+  c.image_mean = CLIP_MEAN
+  c.image_std = CLIP_STD
+  # loading
+  c.num_workers = 0                # >0: grain multiprocess prefetch
+  c.read_threads = 2               # grain ReadOptions.num_threads per process
+  c.prefetch_batches = 4           # grain ReadOptions.prefetch_buffer_size (in batches)
+  return c
+
+
+def _fail(msg: str, exc=ValueError):
+  raise exc(msg.replace("\n", " "))
+
+
+def resolve(data_cfg=None) -> ml_collections.ConfigDict:
+  """Defaults overlaid with `data_cfg` (a ConfigDict or dict), then validated."""
+  cfg = get_config()
+  if data_cfg is not None:
+    items = data_cfg.items() if hasattr(data_cfg, "items") else dict(data_cfg).items()
+    for k, v in items:
+      if k not in cfg:
+        _fail(f"unknown data config key data.{k}; known keys: {', '.join(sorted(cfg.keys()))}")
+      if k == "feature_keys":
+        cfg.feature_keys = ml_collections.ConfigDict(dict(v))
+      else:
+        with cfg.ignore_type():
+          cfg[k] = v
+  validate(cfg)
+  return cfg
+
+
+def validate(cfg) -> None:
+  """Raises a one-line ValueError / FileNotFoundError naming the problem and the fix."""
+  if cfg.source not in SOURCES:
+    _fail(f"unknown data.source {cfg.source!r}; use one of {', '.join(SOURCES)}")
+  for key in ("image_size", "num_frames", "audio_frames", "mel_bins", "text_len", "sample_rate"):
+    if int(cfg[key]) < 1:
+      _fail(f"data.{key}={cfg[key]} must be a positive integer")
+  if cfg.text_len < 2:
+    _fail(f"data.text_len={cfg.text_len} leaves no room for [CLS] and [SEP]; use >= 2")
+  if cfg.source == "builtin":
+    from mmjax.data import builtin  # pylint: disable=g-import-not-at-top
+    if cfg.task not in builtin.TASKS:
+      _fail(f"unknown data.task {cfg.task!r} for the built-in source; use one of "
+            f"{', '.join(builtin.TASKS)}")
+  elif cfg.source == "tfds":
+    if not cfg.tfds_name:
+      _fail("data.source='tfds' needs data.tfds_name (e.g. 'coco_captions'); set it")
+    if not cfg.tfds_data_dir:
+      _fail("data.source='tfds' needs data.tfds_data_dir, the folder the dataset was prepared in")
+    if not os.path.isdir(os.path.expanduser(cfg.tfds_data_dir)):
+      _fail(f"TFDS data_dir not found: {cfg.tfds_data_dir}; prepare the dataset there "
+            "(tfds build --file_format=array_record) or fix data.tfds_data_dir", FileNotFoundError)
+    bad = [k for k in cfg.feature_keys if k not in FEATURE_NAMES]
+    if bad:
+      _fail(f"data.feature_keys has unknown output name(s) {bad}; use {', '.join(FEATURE_NAMES)}")
+  elif cfg.source == "jsonl":
+    if not cfg.jsonl_path:
+      _fail("data.source='jsonl' needs data.jsonl_path, a manifest with one JSON object per line")
+    for key in ("jsonl_path", "jsonl_eval_path"):
+      p = cfg[key]
+      if p and not os.path.isfile(os.path.expanduser(p)):
+        _fail(f"JSONL manifest not found: {p}; fix data.{key}", FileNotFoundError)
+  if len(cfg.image_mean) != 3 or len(cfg.image_std) != 3 or min(cfg.image_std) <= 0:
+    _fail("data.image_mean / data.image_std must be 3 numbers each (std > 0)")

@@ -1,0 +1,138 @@
+"""Random-access sources of raw examples (see mmjax.data.decode for the raw format).
+
+  TfdsSource   a TFDS dataset prepared as ArrayRecord in a data_dir (`tfds.data_source`, no
+               TensorFlow, never downloads); data.feature_keys maps output names to features
+               ('caption' or nested 'captions/text').
+  JsonlSource  a manifest, one JSON object per line: {"image": "rel/a.png", "video": "rel/clip.npy"
+               or "rel/frames_dir", "audio": "rel/a.wav" or "rel/a.npy", "caption": "...",
+               "label": 3}; paths relative to the manifest's folder; all keys optional.
+Both return dicts keyed by output name plus '_where' (for error messages).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+from mmjax.data.decode import _one_line
+
+JSONL_KEYS = {"image": "image", "video": "video", "audio": "audio", "caption": "text",
+              "text": "text", "label": "label"}
+
+
+def split_name(cfg, split: str) -> str:
+  """'train' -> data.tfds_split_train; 'test' / 'eval' -> data.tfds_split_eval."""
+  return cfg.tfds_split_train if split == "train" else cfg.tfds_split_eval
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+def _lookup(tree, path: str):
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree
+
+
+def _feature_names(features, prefix: str = "") -> List[str]:
+  """All feature paths of a FeaturesDict, nested ones joined with '/'."""
+  out = []
+  for k, f in features.items():
+    name = prefix + k
+    out.append(name)
+    inner = getattr(f, "feature", f)  # Sequence(FeaturesDict) -> FeaturesDict
+    if hasattr(inner, "items") and callable(inner.items):
+      out.extend(_feature_names(inner, name + "/"))
+  return out
+
+
+class TfdsSource:
+  """len(src), src[i] -> {'image': uint8 array, 'text': bytes, 'label': int, ...} from TFDS."""
+
+  def __init__(self, cfg, split: str):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.name, self.split = cfg.tfds_name, split_name(cfg, split)
+    data_dir = os.path.expanduser(cfg.tfds_data_dir)
+    base = self.name.split(":")[0].split("/")[0]
+    if not os.path.isdir(os.path.join(data_dir, base)):
+      raise FileNotFoundError(
+          f"TFDS dataset {self.name!r} is not prepared in {data_dir} (no folder {base}/); "
+          "prepare it there with file_format='array_record' or fix data.tfds_name / tfds_data_dir")
+    try:
+      self._ds = tfds.data_source(self.name, split=self.split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds messages span lines (lists of datasets): keep the first
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(_one_line(
+          f"cannot open TFDS {self.name!r} split {self.split!r} in {data_dir}: {first}; prepare "
+          "it as ArrayRecord or fix data.tfds_name / tfds_split_train / tfds_split_eval")) from None
+    features = self._ds.dataset_info.features
+    names = _feature_names(features)
+    self.keys = dict(cfg.feature_keys)
+    for out, feat in self.keys.items():
+      if feat not in names:
+        raise ValueError(f"TFDS {self.name!r} has no feature {feat!r} (data.feature_keys.{out}); "
+                         f"available: {', '.join(names)}; fix data.feature_keys")
+    self.audio_rate = None
+    if "audio" in self.keys:
+      self.audio_rate = getattr(_lookup(features, self.keys["audio"]), "sample_rate", None)
+
+  def __len__(self) -> int:
+    return len(self._ds)
+
+  def __getitem__(self, index: int) -> Dict[str, Any]:
+    rec = self._ds[int(index)]
+    raw = {out: _lookup(rec, feat) for out, feat in self.keys.items()}
+    if self.audio_rate:
+      raw["audio_rate"] = self.audio_rate
+    raw["_where"] = f"(TFDS {self.name} {self.split} #{index})"
+    return raw
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+class JsonlSource:
+  """len(src), src[i] -> raw dict from one manifest line (paths made absolute, checked to exist)."""
+
+  def __init__(self, path: str):
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"JSONL manifest not found: {path}; fix data.jsonl_path")
+    root = os.path.dirname(path)
+    self.path, self.rows = path, []
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        where = f"(line {n} of {path})"
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(
+              f"bad JSON {where}: {_one_line(e)}; write one JSON object per line") from None
+        if not isinstance(obj, dict):
+          raise ValueError(f"{where} is not a JSON object; write one object per line")
+        unknown = sorted(set(obj) - set(JSONL_KEYS))
+        if unknown:
+          raise ValueError(f"unknown manifest key(s) {unknown} {where}; use "
+                           f"{', '.join(sorted(JSONL_KEYS))}")
+        row: Dict[str, Any] = {"_where": where}
+        for key, value in obj.items():
+          if key in ("image", "video", "audio"):
+            value = os.path.join(root, value)
+            if not os.path.exists(value):
+              raise FileNotFoundError(f"{key} file not found: {value} {where}; fix the path "
+                                      "(relative to the manifest's folder) or remove the line")
+          row[JSONL_KEYS[key]] = value
+        self.rows.append(row)
+    if not self.rows:
+      raise ValueError(f"JSONL manifest {path} has no examples; add one JSON object per line, "
+                       'e.g. {"image": "img/0.png", "caption": "a cat", "label": 0}')
+    kinds = {frozenset(k for k in r if k != "_where") for r in self.rows}
+    if len(kinds) > 1:
+      raise ValueError(f"JSONL manifest {path} mixes lines with different keys "
+                       f"({sorted(map(sorted, kinds))}); give every line the same keys")
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, index: int) -> Dict[str, Any]:
+    return self.rows[int(index)]

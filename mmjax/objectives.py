@@ -1,0 +1,409 @@
+"""Pretraining objectives (survey Table 3) as pure functions on jax arrays.
+
+Every loss returns `(loss, metrics)`: a float32 scalar and a dict of float32 scalars that holds
+the loss and, where one exists, an accuracy. `combine_losses` weights and flattens them;
+`check_objectives` rejects objectives a fusion design cannot train.
+
+Batch-level losses (contrastive, sigmoid, hard-negative sampling) take `axis_name`: None means
+the arrays hold the whole batch; otherwise the function runs inside `jax.shard_map` over the
+data-parallel mesh axes (a name or a tuple of names, e.g. ('data', 'fsdp')), each device holding
+its rows of the global batch, and the result equals the single-device result on that global
+batch (value and gradients, with `check_vma` True or False). In the sharded case:
+  contrastive  all-gathers both towers' embeddings with gradient; each device computes its
+               rows against all global columns. Memory per device grows with the global batch.
+  sigmoid      a ring: each device keeps its A rows and passes B chunks around with ppermute
+               (forward and a hand-written backward ring), so no device holds more than a
+               [local, local] logits block; memory per device does not grow with device count.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Dict, Mapping, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+AxisName = Union[str, Tuple[str, ...], None]
+Metrics = Dict[str, jax.Array]
+LossAndMetrics = Tuple[jax.Array, Metrics]
+
+OBJECTIVES = ("contrastive", "sigmoid", "mlm", "mim", "itm")
+
+# Which objectives each fusion design (mmjax.fusion names) can train.
+#  - dual_encoder: no interaction, so no joint representation to classify (no ITM); alignment
+#    (contrastive / sigmoid) plus unimodal MLM / MIM on each tower.
+#  - early_sum / early_concat: a single stream from the first layer on; there are no separate
+#    per-modality embeddings to contrast, so no contrastive / sigmoid.
+#  - the rest keep per-modality streams (unimodal towers before fusion, or per-stream pooled
+#    outputs): everything.
+VALID_OBJECTIVES: Dict[str, frozenset] = {
+    "dual_encoder": frozenset({"contrastive", "sigmoid", "mlm", "mim"}),
+    "early_sum": frozenset(OBJECTIVES),
+    "early_concat": frozenset(OBJECTIVES),
+    "hier_multi_to_one": frozenset(OBJECTIVES),
+    "hier_one_to_multi": frozenset(OBJECTIVES),
+    "cross_attention": frozenset(OBJECTIVES),
+    "cross_to_concat": frozenset(OBJECTIVES),
+    "bottleneck": frozenset(OBJECTIVES),
+}
+ALIGNMENT = ("contrastive", "sigmoid")
+# These always have per-modality towers before any interaction (Tf1, Tf2).
+ALWAYS_TOWERS = ("dual_encoder", "hier_multi_to_one")
+
+_WHY_NOT = {
+    ("dual_encoder", "itm"): "dual_encoder has no cross-modal interaction, so there is no joint "
+                             "output for the matching head",
+    "no_towers": "{fusion} without unimodal towers mixes the modalities before any "
+                 "per-modality embedding exists (pooled streams of a paired forward have seen "
+                 "their partner), so there is nothing honest to contrast",
+}
+
+
+def _axes(axis_name: AxisName) -> Tuple[str, ...]:
+  return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def _varying(x, axis_name: AxisName):
+  """Mark `x` as varying over `axis_name` inside shard_map (its transpose is a psum).
+
+  A no-op where x already varies, or when shard_map runs with check_vma=False.
+  """
+  aval = jax.typeof(x)
+  have = getattr(aval, "vma", None)
+  if have is None:
+    have = getattr(getattr(aval, "mat", None), "varying", frozenset())
+  missing = tuple(a for a in _axes(axis_name) if a not in have)
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+def _l2_normalize(x, eps: float = 1e-6):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def _global_rows(n_local: int, axis_name: AxisName):
+  """Global indices of this device's rows: axis_index * n_local + arange(n_local)."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n_local
+  return offset + jnp.arange(n_local)
+
+
+# ------------------------------------------------------------------------------ contrastive
+
+def contrastive_loss(za, zb, logit_scale_param, *, axis_name: AxisName = None,
+                     max_logit_scale: float = 100.0) -> LossAndMetrics:
+  """Symmetric InfoNCE (CLIP) with a learnable, clamped temperature and global-batch negatives.
+
+  za, zb: [B_local, D] embeddings of towers A and B (row i of each is a positive pair); they
+  are L2-normalized here. logit_scale_param: scalar log(scale), initialise to log(1/0.07);
+  scale s = min(exp(param), max_logit_scale) (above the cap the parameter gets zero gradient).
+  With A, B the global (all-gathered, with gradient) normalized embeddings and r = the global
+  indices of the local rows:
+    L = 1/2 [ CE(s * za @ B.T, r) + CE(s * zb @ A.T, r) ],  averaged over the global batch.
+  Metrics: loss, i2t_accuracy (A->B top-1), t2i_accuracy (B->A top-1), logit_scale.
+  """
+  za, zb = _l2_normalize(za), _l2_normalize(zb)
+  scale = jnp.minimum(jnp.exp(jnp.asarray(logit_scale_param, jnp.float32)), max_logit_scale)
+  if axis_name is None:
+    za_all, zb_all = za, zb
+  else:
+    za_all = jax.lax.all_gather(za, axis_name, tiled=True)
+    zb_all = jax.lax.all_gather(zb, axis_name, tiled=True)
+  labels = _global_rows(za.shape[0], axis_name)
+  logits_ab = scale * (za @ zb_all.T)  # [B_local, B_global]
+  logits_ba = scale * (zb @ za_all.T)
+
+  def ce(logits):
+    correct = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - correct)
+
+  def acc(logits):
+    return jnp.mean((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))
+
+  loss = 0.5 * (ce(logits_ab) + ce(logits_ba))
+  metrics = {"loss": loss, "i2t_accuracy": acc(logits_ab), "t2i_accuracy": acc(logits_ba)}
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
+  metrics["logit_scale"] = scale
+  return metrics["loss"], metrics
+
+
+# ------------------------------------------------------------------------------ sigmoid
+
+def _pair_loss_sum(za, zb, t, b, positive_diagonal: bool):
+  """-sum_ij log sigmoid(z_ij (t za_i.zb_j + b)); z_ij = +1 on the diagonal if positive."""
+  logits = t * (za @ zb.T) + b
+  if positive_diagonal:
+    sign = 2.0 * jnp.eye(za.shape[0], zb.shape[0], dtype=logits.dtype) - 1.0
+  else:
+    sign = -1.0
+  return -jnp.sum(jax.nn.log_sigmoid(sign * logits)), logits
+
+
+def _ring_perm(n: int):
+  return [(j, (j + 1) % n) for j in range(n)]
+
+
+def _ring_forward(za, zb, t, b, axis_name):
+  """Loss sum of the local rows against every chunk, and top-1 hit counts both ways.
+
+  Step k (0..n-1): device i holds the B chunk of device (i - k) mod n; only step 0 (its own
+  chunk) has positives. Per-column best scores travel with their chunk.
+  """
+  n = jax.lax.axis_size(axis_name)
+  m = za.shape[0]
+  me = jax.lax.axis_index(axis_name)
+  rows = me * m + jnp.arange(m)
+  perm = _ring_perm(n)
+
+  loss, logits = _pair_loss_sum(za, zb, t, b, True)
+  row_val, row_idx = jnp.max(logits, axis=1), rows[jnp.argmax(logits, axis=1)]
+  col_val, col_idx = jnp.max(logits, axis=0), rows[jnp.argmax(logits, axis=0)]
+
+  def step(carry, k):
+    chunk, col_val, col_idx, loss, row_val, row_idx = carry
+    chunk, col_val, col_idx = jax.lax.ppermute((chunk, col_val, col_idx), axis_name, perm)
+    part, logits = _pair_loss_sum(za, chunk, t, b, False)
+    src = (me - k) % n
+    r_val = jnp.max(logits, axis=1)
+    r_idx = src * m + jnp.argmax(logits, axis=1)
+    better = r_val > row_val
+    row_val, row_idx = jnp.where(better, r_val, row_val), jnp.where(better, r_idx, row_idx)
+    c_val = jnp.max(logits, axis=0)
+    c_idx = rows[jnp.argmax(logits, axis=0)]
+    better = c_val > col_val
+    col_val, col_idx = jnp.where(better, c_val, col_val), jnp.where(better, c_idx, col_idx)
+    return (chunk, col_val, col_idx, loss + part, row_val, row_idx), None
+
+  carry = (zb, col_val, col_idx, loss, row_val, row_idx)
+  if n > 1:
+    carry, _ = jax.lax.scan(step, carry, jnp.arange(1, n))
+  _, col_val, col_idx, loss, row_val, row_idx = carry
+  owner = (me + 1) % n if n > 1 else me  # whose chunk (and column stats) this device ends with
+  hits_ab = jnp.sum((row_idx == rows).astype(jnp.float32))
+  hits_ba = jnp.sum((col_idx == owner * m + jnp.arange(m)).astype(jnp.float32))
+  return loss, hits_ab, hits_ba
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _sigmoid_ring(za, zb, t, b, axis_name):
+  return _ring_forward(za, zb, t, b, axis_name)
+
+
+def _sigmoid_ring_fwd(za, zb, t, b, axis_name):
+  return _ring_forward(za, zb, t, b, axis_name), (za, zb, t, b)
+
+
+def _sigmoid_ring_bwd(axis_name, res, cts):
+  """Backward ring: the gradient for a B chunk travels with the chunk and, after n shifts,
+  arrives back at its owner. Logits are recomputed per step; nothing is kept per step."""
+  za, zb, t, b = res
+  g = cts[0]  # hit counts are metrics: their cotangents are ignored
+  n = jax.lax.axis_size(axis_name)
+  perm = _ring_perm(n)
+
+  def grads(chunk, positive):
+    fn = lambda a, c, tt, bb: _pair_loss_sum(a, c, tt, bb, positive)[0]
+    return jax.vjp(fn, za, chunk, t, b)[1](g)
+
+  d_za, d_chunk, d_t, d_b = grads(zb, True)
+
+  def step(carry, _):
+    chunk, d_chunk, d_za, d_t, d_b = carry
+    chunk, d_chunk = jax.lax.ppermute((chunk, d_chunk), axis_name, perm)
+    a, c, tt, bb = grads(chunk, False)
+    return (chunk, d_chunk + c, d_za + a, d_t + tt, d_b + bb), None
+
+  if n > 1:
+    (_, d_chunk, d_za, d_t, d_b), _ = jax.lax.scan(
+        step, (zb, d_chunk, d_za, d_t, d_b), None, length=n - 1)
+    d_chunk = jax.lax.ppermute(d_chunk, axis_name, perm)  # home to the chunk's owner
+  return d_za, d_chunk, d_t, d_b
+
+
+_sigmoid_ring.defvjp(_sigmoid_ring_fwd, _sigmoid_ring_bwd)
+
+
+def sigmoid_loss(za, zb, t_param, b_param, *, axis_name: AxisName = None) -> LossAndMetrics:
+  """SigLIP pairwise sigmoid loss with learnable temperature and bias.
+
+  za, zb: [B_local, D] (L2-normalized here). t = exp(t_param) (init log 10), b = b_param
+  (init -10). With z_ij = +1 for the positive pair i == j and -1 otherwise, over the global
+  batch of size N:
+    L = -1/N sum_{i,j} log sigmoid(z_ij (t za_i . zb_j + b)).
+  Sharded: a ppermute ring over `axis_name` (see the module docstring); per-device memory is
+  O(B_local^2 + B_local D) whatever the device count.
+  Metrics: loss, i2t_accuracy / t2i_accuracy (top-1 retrieval over the global batch), t, b.
+  """
+  za, zb = _l2_normalize(za), _l2_normalize(zb)
+  t = jnp.exp(jnp.asarray(t_param, jnp.float32))
+  b = jnp.asarray(b_param, jnp.float32)
+  if axis_name is None:
+    total, logits = _pair_loss_sum(za, zb, t, b, True)
+    labels = jnp.arange(za.shape[0])
+    n_global = za.shape[0]
+    hits_ab = jnp.sum((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))
+    hits_ba = jnp.sum((jnp.argmax(logits, axis=0) == labels).astype(jnp.float32))
+  else:
+    n_global = za.shape[0] * jax.lax.axis_size(axis_name)
+    total, hits_ab, hits_ba = _sigmoid_ring(
+        za, zb, _varying(t, axis_name), _varying(b, axis_name), axis_name)
+    total, hits_ab, hits_ba = jax.lax.psum((total, hits_ab, hits_ba), axis_name)
+  loss = total / n_global
+  metrics = {"loss": loss, "i2t_accuracy": jax.lax.stop_gradient(hits_ab) / n_global,
+             "t2i_accuracy": jax.lax.stop_gradient(hits_ba) / n_global, "t": t, "b": b}
+  return loss, metrics
+
+
+# ------------------------------------------------------------------------------ masking losses
+
+def _weighted_mean(x, weights):
+  total = jnp.sum(weights)
+  return jnp.sum(x * weights) / jnp.where(total > 0, total, 1.0)
+
+
+def mlm_loss(logits, targets, weights) -> LossAndMetrics:
+  """Masked language modelling: cross entropy over the masked positions.
+
+  logits [..., L, V]; targets int [..., L]; weights [..., L] (1 where masked, else 0).
+  L = sum_i w_i (logsumexp(logits_i) - logits_i[target_i]) / sum_i w_i (0 if nothing masked).
+  Metrics: loss, accuracy (argmax == target over masked positions).
+  """
+  logits = logits.astype(jnp.float32)
+  weights = weights.astype(jnp.float32)
+  correct = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  ce = jax.nn.logsumexp(logits, axis=-1) - correct
+  loss = _weighted_mean(ce, weights)
+  hits = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return loss, {"loss": loss, "accuracy": _weighted_mean(hits, weights)}
+
+
+def mim_loss(pred, target, weights, *, norm_pix: bool = True, eps: float = 1e-6
+             ) -> LossAndMetrics:
+  """MAE-style masked regression (pixels of image / video / audio patches, or features).
+
+  pred, target [B, N, P] (P = values per patch, see mmjax.masking.patchify); weights [B, N]
+  (1 for masked patches). With norm_pix each target patch is normalized over its own P values:
+  (x - mean) / sqrt(var + eps). Use norm_pix=False for region / frame / generic features.
+  L = sum_{b,n} w_bn mean_p (pred - target)^2 / sum w. Metrics: loss.
+  """
+  pred = pred.astype(jnp.float32)
+  target = jax.lax.stop_gradient(target.astype(jnp.float32))
+  if norm_pix:
+    mean = jnp.mean(target, axis=-1, keepdims=True)
+    var = jnp.var(target, axis=-1, keepdims=True)
+    target = (target - mean) * jax.lax.rsqrt(var + eps)
+  per_patch = jnp.mean(jnp.square(pred - target), axis=-1)
+  loss = _weighted_mean(per_patch, weights.astype(jnp.float32))
+  return loss, {"loss": loss}
+
+
+# ------------------------------------------------------------------------------ matching
+
+def itm_hard_negatives(rng, sim, *, sim_ba=None, axis_name: AxisName = None
+                       ) -> Tuple[jax.Array, jax.Array]:
+  """Hard negatives for ITM (ALBEF / BLIP): sample from softmax(sim) with the positive zeroed.
+
+  sim: [B_local, B_global] similarity logits of local A rows against all B (pass the scaled
+  logits, e.g. logit_scale * cos, since softmax over raw cosines is nearly uniform).
+  sim_ba: [B_local, B_global] local B rows against all A; defaults to sim.T (unsharded only).
+  Returns (neg_b, neg_a), int32 [B_local] global indices, no gradient:
+    neg_b[i] ~ softmax_j(sim[i, j]), j != global index of row i   (a negative B for each A)
+    neg_a[j] ~ softmax_i(sim_ba[j, i]), i != global index of row j (a negative A for each B)
+  Needs a global batch of at least 2. Sharded, rng is folded with the device index.
+
+  A model then scores 3B pairs with its matching head:
+    (A_i, B_i)            positives,       labels 1
+    (A_i, B_neg_b[i])     hard-negative B, labels 0
+    (A_neg_a[j], B_j)     hard-negative A, labels 0
+  i.e. inputs A = concat(A, A, A[neg_a]), B = concat(B, B[neg_b], B),
+  labels = [1]*B + [0]*2B, and itm_loss(head_logits [3B, 2], labels).
+  """
+  sim = jax.lax.stop_gradient(jnp.asarray(sim, jnp.float32))
+  if sim_ba is None:
+    if axis_name is not None:
+      raise ValueError("itm_hard_negatives with axis_name needs sim_ba (local B rows against "
+                       "all A); the transpose of local rows is not available")
+    sim_ba = sim.T
+  sim_ba = jax.lax.stop_gradient(jnp.asarray(sim_ba, jnp.float32))
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  rows = _global_rows(sim.shape[0], axis_name)
+  positive = rows[:, None] == jnp.arange(sim.shape[1])[None, :]
+  r_b, r_a = jax.random.split(rng)
+  neg_b = jax.random.categorical(r_b, jnp.where(positive, -jnp.inf, sim), axis=-1)
+  neg_a = jax.random.categorical(r_a, jnp.where(positive, -jnp.inf, sim_ba), axis=-1)
+  return neg_b.astype(jnp.int32), neg_a.astype(jnp.int32)
+
+
+def itm_loss(logits, labels) -> LossAndMetrics:
+  """Image-text matching: 2-way cross entropy. logits [M, 2]; labels int [M] in {0, 1}
+  (1 = matched pair). L = mean_m (logsumexp(logits_m) - logits_m[label_m]).
+  Metrics: loss, accuracy. See itm_hard_negatives for how the M = 3B pairs are built."""
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+  correct = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - correct)
+  acc = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+  return loss, {"loss": loss, "accuracy": acc}
+
+
+# ------------------------------------------------------------------------------ combining
+
+def combine_losses(losses: Mapping[str, LossAndMetrics], weights: Mapping[str, float]
+                   ) -> Tuple[jax.Array, Metrics]:
+  """total = sum_k weights[k] * loss_k over the objectives with a positive weight.
+
+  losses: name -> (loss, metrics); weights: name -> float (a missing name is an error; extra
+  names are ignored). Returns (total, metrics) with metrics '<name>/<metric>' per kept objective
+  and 'loss' = total. Objectives weighted 0 are dropped (neither summed nor reported).
+  """
+  missing = [k for k in losses if k not in weights]
+  if missing:
+    raise ValueError(f"combine_losses: no weight for {missing}; add them to the weights dict")
+  total = jnp.zeros((), jnp.float32)
+  flat: Metrics = {}
+  for name, (loss, metrics) in losses.items():
+    w = float(weights[name])
+    if w == 0.0:
+      continue
+    total = total + w * loss.astype(jnp.float32)
+    flat[f"{name}/loss"] = loss
+    for key, value in metrics.items():
+      flat[f"{name}/{key}"] = value
+  flat["loss"] = total
+  return total, flat
+
+
+def check_objectives(fusion: str, weights: Mapping[str, float], has_towers: bool = True) -> None:
+  """Raise ValueError (one line: the problem and the fix) for an impossible objective set.
+
+  Rules: dual_encoder takes contrastive / sigmoid and unimodal mlm / mim, not itm (no joint
+  output). Every other fusion takes mlm / mim / itm. Alignment losses (contrastive / sigmoid)
+  contrast per-modality embeddings taken *before* any interaction (ALBEF), so they need
+  unimodal towers: always there for dual_encoder and hier_multi_to_one, and for the other
+  fusions when model.depth.unimodal > 0 (`has_towers`). Only objectives with a positive weight
+  count; at least one is required; weights must be finite and >= 0.
+  """
+  if fusion not in VALID_OBJECTIVES:
+    raise ValueError(f"unknown fusion {fusion!r}; use one of {sorted(VALID_OBJECTIVES)}")
+  unknown = sorted(k for k in weights if k not in OBJECTIVES)
+  if unknown:
+    raise ValueError(f"unknown objective(s) {unknown} in the loss weights; valid names are "
+                     f"{list(OBJECTIVES)}")
+  for k, w in weights.items():
+    if not (math.isfinite(float(w)) and float(w) >= 0):
+      raise ValueError(f"loss weight {k}={w} must be a finite number >= 0")
+  active = [k for k in OBJECTIVES if float(weights.get(k, 0.0)) > 0]
+  if not active:
+    raise ValueError(f"no objective has a positive weight; set at least one of "
+                     f"{sorted(VALID_OBJECTIVES[fusion])} > 0 for fusion {fusion}")
+  for k in active:
+    if k not in VALID_OBJECTIVES[fusion]:
+      why = _WHY_NOT[("dual_encoder", "itm")]
+      fix = "set loss_weights.itm=0 or choose a fusion with interaction (e.g. hier_multi_to_one)"
+      raise ValueError(f"objective {k!r} is not available with fusion {fusion!r}: {why}; {fix}")
+    if k in ALIGNMENT and not has_towers and fusion not in ALWAYS_TOWERS:
+      why = _WHY_NOT["no_towers"].format(fusion=fusion)
+      raise ValueError(f"objective {k!r} is not available with fusion {fusion!r}: {why}; set "
+                       f"loss_weights.{k}=0 or model.depth.unimodal > 0")

@@ -1,0 +1,47 @@
+"""Peak FLOP/s of the chip at hand and FLOPs of a compiled step (for TFLOP/s and MFU)."""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+# Dense bf16 peak TFLOP/s per chip (data sheets; SXM parts for GPUs).
+PEAKS = {"h100": 989.4, "h200": 989.4, "h800": 989.4, "a100": 312.0, "l4": 121.0,
+         "tpu v5p": 459.0, "tpu v5 lite": 197.0, "tpu v5e": 197.0, "tpu v4": 275.0,
+         "tpu v6": 918.0, "tpu7x": 2307.0}
+
+
+def measured_matmul_tflops(n: int, dtype, reps: int = 5) -> float:
+  """TFLOP/s of an n^3 matmul on the default device, best of `reps`."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e12
+
+
+def chip_peak():
+  """(peak TFLOP/s, name of the peak) for this platform."""
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return measured_matmul_tflops(2048, jnp.float32), "measured f32 2048^3 matmul (this run)"
+  kind = dev.device_kind.lower()
+  for key, peak in PEAKS.items():
+    if key in kind:
+      return peak, f"{dev.device_kind} dense bf16 data-sheet peak"
+  return measured_matmul_tflops(8192, jnp.bfloat16), "measured bf16 8192^3 matmul"
+
+
+def step_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0))
+
+

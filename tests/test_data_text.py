@@ -1,0 +1,88 @@
+"""Text tokenizers: the byte default fully; SentencePiece / HF when their packages are present."""
+import numpy as np
+import pytest
+
+from mmjax.data import text
+
+
+def test_byte_constants():
+  tok = text.get_tokenizer("bytes")
+  assert (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3)
+  assert text.UNK_ID == 4 and text.BYTE_OFFSET == 5
+  assert tok.vocab_size == text.BYTE_VOCAB_SIZE == 261
+
+
+def test_byte_encode_layout_and_roundtrip():
+  tok = text.ByteTokenizer()
+  ids = tok.encode("a red circle", 20)
+  assert ids.dtype == np.int32 and ids.shape == (20,)
+  assert ids[0] == text.CLS_ID and ids[13] == text.SEP_ID
+  assert np.all(ids[14:] == text.PAD_ID)
+  assert ids[1] == ord("a") + text.BYTE_OFFSET
+  assert tok.decode(ids) == "a red circle"
+  assert ids.max() < tok.vocab_size
+
+
+def test_byte_truncation_keeps_cls_and_sep():
+  tok = text.ByteTokenizer()
+  ids = tok.encode("x" * 100, 8)
+  assert ids.shape == (8,) and ids[0] == text.CLS_ID and ids[-1] == text.SEP_ID
+  assert tok.decode(ids) == "x" * 6
+  assert list(tok.encode("", 4)) == [text.CLS_ID, text.SEP_ID, 0, 0]
+
+
+def test_byte_unicode_and_decode_ignores_specials():
+  tok = text.ByteTokenizer()
+  s = "café ünïcode 猫"
+  assert tok.decode(tok.encode(s, 64)) == s
+  ids = tok.encode("ab", 6)
+  ids[1] = text.MASK_ID
+  assert tok.decode(ids) == "b"
+
+
+def test_encode_batch():
+  tok = text.ByteTokenizer()
+  out = text.encode_batch(tok, ["a", "bb"], 5)
+  assert out.shape == (2, 5) and out.dtype == np.int32
+  assert text.encode_batch(tok, [], 5).shape == (0, 5)
+
+
+def test_get_tokenizer_errors_are_one_line():
+  with pytest.raises(ValueError) as e:
+    text.get_tokenizer("wordpiece:/x")
+  assert "unknown tokenizer spec" in str(e.value) and "\n" not in str(e.value)
+  with pytest.raises((FileNotFoundError, ImportError)) as e:
+    text.get_tokenizer("hf:/nonexistent/tokenizer.json")
+  assert "\n" not in str(e.value)
+
+
+def test_sentencepiece_tokenizer(tmp_path):
+  spm = pytest.importorskip("sentencepiece")
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(f"a {c} {s} left of a {s} shape" for c in
+                              ("red", "green", "blue") for s in ("circle", "square")) * 20)
+  prefix = str(tmp_path / "sp")
+  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=prefix, vocab_size=24,
+                                 model_type="unigram", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+                                 minloglevel=2)
+  tok = text.get_tokenizer(f"sentencepiece:{prefix}.model")
+  assert (tok.pad_id, tok.cls_id, tok.sep_id) == (0, 2, 3)
+  assert tok.mask_id == 24 and tok.vocab_size == 25  # [MASK] appended
+  ids = tok.encode("a red circle", 16)
+  assert ids[0] == tok.cls_id and tok.sep_id in ids and ids.shape == (16,)
+  assert tok.decode(ids) == "a red circle"
+
+
+def test_hf_tokenizer(tmp_path):
+  tk = pytest.importorskip("tokenizers")
+  model = tk.models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4,
+                               "red": 5, "circle": 6}, unk_token="[UNK]")
+  t = tk.Tokenizer(model)
+  t.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+  path = str(tmp_path / "tokenizer.json")
+  t.save(path)
+  tok = text.get_tokenizer(f"hf:{path}")
+  assert (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.vocab_size) == (0, 2, 3, 7, 8)
+  ids = tok.encode("a red circle", 8)
+  assert list(ids) == [2, 4, 5, 6, 3, 0, 0, 0]
+  assert tok.decode(ids) == "a red circle"
