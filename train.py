@@ -34,4 +34,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mmjax.cli import parse_flags  # pylint: disable=import-outside-toplevel
+  app.run(main, flags_parser=parse_flags)

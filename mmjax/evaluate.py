@@ -21,8 +21,9 @@ from mmjax.evaluators.common import Evaluated
 EVALUATORS = ("zero_shot", "retrieval", "itm", "mlm", "mim")
 
 
-def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, overrides=None):
-  """(config, model, params, mesh, step) restored onto the present devices."""
+def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, overrides=None,
+            devices=None):
+  """(config, model, params, mesh, step) restored onto `devices` (default: all present)."""
   ckpt, step = ckpt_lib.find_checkpoint(workdir, checkpoint)
   config = ckpt.restore_config(step)
   config.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
@@ -30,7 +31,7 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, ove
     config.update_from_flattened_dict(overrides)
   model = models.build_model(config)
   tx, _ = train_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   abstract, shard = train_lib.state_shardings(config, model, tx, mesh)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shard)
@@ -39,19 +40,22 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, ove
   return config, model, state.params, mesh, step
 
 
-def _test_batches(config, batch_size: int, num_examples: int):
-  n_dev = jax.device_count()
-  batch_size = max(n_dev, batch_size - batch_size % n_dev)
-  ds = pipeline.make_dataset(config.data, "test", global_batch_size=batch_size,
-                             seed=config.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count(), shuffle=False, repeat=False)
-  out, seen = [], 0
+def _test_batches(config, batch_size: int, num_examples: int, n_dev: int):
+  """The first num_examples test examples (rounded down to a multiple of the device count),
+  in batches whose size divides over the devices: the same examples on any mesh. Every
+  process reads the whole set (evaluation sets are small); arrays are placed globally."""
+  num_examples -= num_examples % n_dev
+  ds = pipeline.make_dataset(config.data, "test", global_batch_size=n_dev, seed=config.seed,
+                             shuffle=False, repeat=False)
+  rows, seen = [], 0
   for batch in ds:
-    out.append({k: np.asarray(v) for k, v in batch.items()})
-    seen += batch_size
+    rows.append({k: np.asarray(v) for k, v in batch.items()})
+    seen += n_dev
     if seen >= num_examples:
       break
-  return out
+  data = {k: np.concatenate([r[k] for r in rows])[:num_examples] for k in rows[0]}
+  step = max(n_dev, batch_size - batch_size % n_dev)
+  return [{k: v[i:i + step] for k, v in data.items()} for i in range(0, len(data["label"]), step)]
 
 
 def class_prompts(config) -> np.ndarray:
@@ -65,16 +69,16 @@ def class_prompts(config) -> np.ndarray:
 
 
 def run(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
-        evaluators=None, overrides=None) -> Dict[str, Any]:
-  config, model, params, mesh, step = restore(workdir, checkpoint, overrides)
+        evaluators=None, overrides=None, devices=None) -> Dict[str, Any]:
+  config, model, params, mesh, step = restore(workdir, checkpoint, overrides, devices)
   ev = Evaluated(config, model, params, mesh, sharding.batch_sharding(mesh))
   names = tuple(evaluators or config.eval.evaluators)
   unknown = [n for n in names if n not in EVALUATORS]
   if unknown:
     raise ValueError(f"unknown evaluator(s) {unknown}; choose from {', '.join(EVALUATORS)}")
-  batches = _test_batches(config, config.eval.batch_size, config.eval.num_examples)
+  batches = _test_batches(config, config.eval.batch_size, config.eval.num_examples, mesh.size)
   results: Dict[str, Any] = {"step": step, "fusion": config.model.fusion,
-                             "devices": jax.device_count()}
+                             "devices": mesh.size}
   if "zero_shot" in names and config.data.source == "builtin":
     results.update(zero_shot.evaluate(ev, batches, class_prompts(config)))
   if "retrieval" in names:

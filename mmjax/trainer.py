@@ -96,9 +96,9 @@ def _summary(config, state, compiled, mesh, peak) -> str:
   lines = [
       f"mmjax: {config.model.fusion} over {list(config.model.modalities.keys())}",
       f"  params      {n_params / 1e6:.2f}M ({sharded / max(n_params, 1):.0%} sharded)",
-      f"  FLOPs       {flops * jax.device_count() / config.batch_size / 1e9:.3f} GFLOP per "
+      f"  FLOPs       {flops * mesh.size / config.batch_size / 1e9:.3f} GFLOP per "
       f"example per train step (XLA)",
-      f"  mesh        {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
+      f"  mesh        {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform} "
       f"device(s), {jax.process_count()} process(es)",
       f"  data        {config.data.source}:{config.data.get('task', '')}, global batch "
       f"{config.batch_size}",
@@ -109,13 +109,14 @@ def _summary(config, state, compiled, mesh, peak) -> str:
 
 
 def train(config, workdir: str, *, stop_after: Optional[int] = None,
-          log_to_stdout: bool = True) -> Dict[str, Any]:
-  """Train (or resume) in `workdir`. `stop_after` ends the run early at that step (tests,
-  simulated preemption) after saving, as SIGTERM does."""
-  config_lib.validate(config, jax.device_count())
+          log_to_stdout: bool = True, devices=None) -> Dict[str, Any]:
+  """Train (or resume) in `workdir` on `devices` (default: all). `stop_after` ends the run
+  early at that step (tests, simulated preemption) after saving, as SIGTERM does."""
+  devices = list(devices) if devices is not None else jax.devices()
+  config_lib.validate(config, len(devices))
   model = models.build_model(config)
   tx, schedule = train_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   abstract, shard = train_lib.state_shardings(config, model, tx, mesh)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.get("async_save", True))

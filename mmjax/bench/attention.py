@@ -176,7 +176,7 @@ def check_pallas_gpu(interpret: bool = False) -> Dict:
     from mmjax import attention  # noqa: PLC0415
     from mmjax.kernels import pallas_gpu  # noqa: PLC0415
     for dtype, tol in (("float32", 2e-2), ("bfloat16", 6e-2)):
-      for d in (64, 128):
+      for d in (64, 128, 256):
         ks = jax.random.split(jax.random.key(1), 3)
         b, nq, nk, h = 2, 300, 520, 4
         q = jax.random.normal(ks[0], (b, nq, h, d)).astype(dtype)
@@ -298,6 +298,12 @@ def gpu_sweep(args) -> List[Dict]:
           rec = dict(impl=impl, seq_len=n, heads=heads, head_dim=head_dim, batch=batch,
                      dtype="bfloat16", mode=args.mode, ok=False,
                      error="skipped: --max_total_seconds reached")
+        elif impl == "xla" and 3 * dense_score_bytes(batch, n, heads) > max_bytes:
+          est = 3 * dense_score_bytes(batch, n, heads)
+          rec = dict(impl=impl, seq_len=n, heads=heads, head_dim=head_dim, batch=batch,
+                     dtype="bfloat16", mode=args.mode, ok=False, peak_bytes=None,
+                     error=f"would need ~{est / GiB:.0f} GiB (3 dense f32 NxN score buffers) "
+                     f"> {max_bytes / GiB:.0f} GiB; not run")
         else:
           rec = measure(impl, n, heads, head_dim, batch, "bfloat16", args.mode, reps=args.reps,
                         warmup=1, chunk_size=args.chunk_size, max_bytes=max_bytes,

@@ -30,16 +30,18 @@ class Evaluated:
 
   def embeddings(self, encoded) -> Dict[str, np.ndarray]:
     emb = self._embed_contrastive(self.params, encoded)
-    return {m: np.asarray(_normalize(v)) for m, v in emb.items()}
+    return {m: to_host(_normalize(v)) for m, v in emb.items()}
 
   def itm_scores(self, encoded) -> np.ndarray:
     """log P(match) for each row's pairing of the encoded modalities."""
-    return np.asarray(self._itm(self.params, encoded))
+    return to_host(self._itm(self.params, encoded))
 
   def put(self, batch):
+    """Host batch (the same on every process) -> global arrays sharded over the batch axes."""
     keep = set(self.model.modalities) | {f"{m}_valid" for m in self.model.modalities}
     batch = {k: v for k, v in batch.items() if k in keep}
-    return jax.device_put(batch, self.batch_sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), self.batch_sharding, lambda idx, x=x: np.asarray(x)[idx]), batch)
 
   @property
   def has_towers(self) -> bool:
@@ -53,9 +55,42 @@ class Evaluated:
     return self.model.fusion_cfg.name != "dual_encoder"
 
 
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process) global array as numpy on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def _normalize(x):
   x = x.astype(jnp.float32)
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-6)
+
+
+RESOLUTION = 1e-4
+
+
+def quantize(scores) -> np.ndarray:
+  """Scores rounded to RESOLUTION before any comparison, so a metric never depends on the
+  last bits of how a mesh laid out the computation (1 vs 8 devices give identical numbers).
+  Evaluators count ties as misses (a collapsed model scores chance, not perfect)."""
+  return np.round(np.asarray(scores, np.float64) / RESOLUTION) * RESOLUTION
+
+
+def strictly_best(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+  """[N, C] scores, [N] correct column -> [N] bool: the correct column beats every other."""
+  s = quantize(scores)
+  c = s[np.arange(len(s)), correct][:, None]
+  others = np.ones_like(s, bool)
+  others[np.arange(len(s)), correct] = False
+  return ~np.any((s >= c) & others, axis=1)
+
+
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+  """Repeat the last row until the row count divides over `multiple` batch shards."""
+  extra = (-x.shape[0]) % multiple
+  return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
 
 def take(tree, idx):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmjax.evaluators.common import concat, take
+from mmjax.evaluators.common import quantize, take
 
 
 def evaluate(ev, batches) -> dict:
@@ -27,7 +27,7 @@ def evaluate(ev, batches) -> dict:
       za = ev.embeddings(enc_x)[ev.a]
       zt = ev.embeddings(enc_t)[ev.b].reshape(n, k + 1, -1)
       scores = np.einsum("nd,nkd->nk", za, zt)
-    scores = np.asarray(scores).reshape(n, k + 1)
+    scores = quantize(scores).reshape(n, k + 1)
     wins = scores[:, :1] > scores[:, 1:]
     pair_correct += int(wins.sum())
     group_correct += int(wins.all(axis=1).sum())

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmjax.evaluators.common import take
+from mmjax.evaluators.common import quantize, take
 
 
 def recall_at_k(sim: np.ndarray, ks=(1, 5, 10)) -> dict:
-  """sim [N, N], the match of row i is column i. Returns R@k of rows (a->b) and columns."""
+  """sim [N, N], the match of row i is column i. Returns R@k of rows (a->b) and columns.
+  Rank = how many other candidates score at least as high (ties count against)."""
   n = sim.shape[0]
   out = {}
+  sim = quantize(sim)
   for name, s in (("a2b", sim), ("b2a", sim.T)):
-    rank = np.sum(s > s[np.arange(n), np.arange(n)][:, None], axis=1)  # 0 = first
+    rank = np.sum(s >= s[np.arange(n), np.arange(n)][:, None], axis=1) - 1  # 0 = first
     for k in ks:
       out[f"{name}_R@{k}"] = float(np.mean(rank < k))
   return out

@@ -3,12 +3,13 @@
 Towers (dual encoder, unimodal towers): class embedding = normalized mean over templates of
 the normalized prompt embeddings; prediction = argmax_c <z_x, z_c>. Fusion without towers:
 prediction = argmax_c log P(match | x, prompt_c) from the ITM head (first template).
+Correct means the true class scores strictly highest (ties are misses).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from mmjax.evaluators.common import concat, take
+from mmjax.evaluators.common import pad_rows, strictly_best, take
 
 
 def evaluate(ev, batches, prompts: np.ndarray) -> dict:
@@ -16,17 +17,16 @@ def evaluate(ev, batches, prompts: np.ndarray) -> dict:
   c, t, l = prompts.shape
   correct = total = 0
   if ev.has_towers:
-    enc = ev.encode({ev.b: prompts.reshape(c * t, l)})
-    z = ev.embeddings(enc)[ev.b].reshape(c, t, -1).mean(1)
+    enc = ev.encode({ev.b: pad_rows(prompts.reshape(c * t, l), ev.mesh.size)})
+    z = ev.embeddings(enc)[ev.b][:c * t].reshape(c, t, -1).mean(1)
     z = z / np.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
     for batch in batches:
       za = ev.embeddings(ev.encode({ev.a: batch[ev.a]}))[ev.a]
-      pred = np.argmax(za @ z.T, axis=1)
-      correct += int(np.sum(pred == batch["label"]))
-      total += len(pred)
+      correct += int(np.sum(strictly_best(za @ z.T, batch["label"])))
+      total += len(za)
     method = "embedding similarity"
   else:
-    enc_prompts = ev.encode({ev.b: prompts[:, 0]})
+    enc_prompts = ev.encode({ev.b: pad_rows(prompts[:, 0], ev.mesh.size)})
     for batch in batches:
       enc_x = ev.encode({ev.a: batch[ev.a]})
       n = len(batch["label"])
@@ -34,8 +34,7 @@ def evaluate(ev, batches, prompts: np.ndarray) -> dict:
       for k in range(c):
         pair = {ev.a: enc_x[ev.a], ev.b: take(enc_prompts[ev.b], np.full((n,), k))}
         scores[:, k] = ev.itm_scores(pair)
-      pred = np.argmax(scores, axis=1)
-      correct += int(np.sum(pred == batch["label"]))
+      correct += int(np.sum(strictly_best(scores, batch["label"])))
       total += n
     method = "ITM head"
   return {"zero_shot/accuracy": correct / max(total, 1), "zero_shot/chance": 1.0 / c,

@@ -1,0 +1,231 @@
+"""train.py / eval.py behaviour: exact resume, kill -9 safety, restore onto another mesh, and
+one-line errors for every bad input the issue names."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from mmjax import checkpoint, config_lib, evaluate, trainer
+from tests.configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cfg(**kw):
+  c = tiny.get_config()
+  c.mesh.data = 1  # one device in-process (the suite runs with 8 simulated devices)
+  for k, v in kw.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def _one_device(fn):
+  """Run fn with trainer/evaluate on the first device only (the suite has 8 simulated)."""
+  import functools
+  orig_train, orig_run = trainer.train, evaluate.run
+  trainer.train = functools.partial(orig_train, devices=jax.devices()[:1])
+  evaluate.run = functools.partial(orig_run, devices=jax.devices()[:1])
+  try:
+    return fn()
+  finally:
+    trainer.train, evaluate.run = orig_train, orig_run
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def test_exact_resume(tmp_path):
+  cfg = _cfg(total_steps=6, **{"checkpoint.every_steps": 100})
+  full = _one_device(lambda: trainer.train(cfg, str(tmp_path / "a"), log_to_stdout=False))
+  _one_device(lambda: trainer.train(cfg, str(tmp_path / "b"), stop_after=3,
+                                    log_to_stdout=False))
+  assert checkpoint.Checkpointer(str(tmp_path / "b" / "checkpoints")).latest_step() == 3
+  resumed = _one_device(lambda: trainer.train(cfg, str(tmp_path / "b"), log_to_stdout=False))
+  assert resumed["step"] == 6
+  chex.assert_trees_all_equal(jax.device_get(resumed["state"].params),
+                              jax.device_get(full["state"].params))
+  la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+  assert sorted(la) == sorted(lb) == list(range(1, 7))
+  assert all(la[s] == lb[s] for s in la), (la, lb)
+
+
+def _train_cmd(workdir, *extra):
+  return [sys.executable, "train.py", "--config=tests/configs/tiny.py", f"--workdir={workdir}",
+          "--config.mesh.data=-1", *extra]
+
+
+def _env(devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def _committed(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def test_kill_minus_9_always_resumes_from_the_latest_commit(tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd = _train_cmd(workdir, "--config.total_steps=400", "--config.checkpoint.every_steps=3",
+                   "--config.checkpoint.keep=2")
+  rng = random.Random(0)
+  for trial in range(3):
+    before = _committed(workdir)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    # Wait until it trains (a committed step beyond the last), then kill at a random moment.
+    deadline = time.time() + 120
+    while time.time() < deadline and (not _committed(workdir) or
+                                       _committed(workdir)[-1] <= (before or [0])[-1]):
+      time.sleep(0.2)
+    time.sleep(rng.uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    out = proc.communicate()[0]
+    if before:
+      assert f"resumed     from checkpoint step {before[-1]}" in out, out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+  # A final clean run finishes from the last commit.
+  last = _committed(workdir)[-1]
+  out = subprocess.run(cmd[:-3] + [f"--config.total_steps={last + 2}",
+                                   "--config.checkpoint.every_steps=3"],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed     from checkpoint step {last}" in out.stdout
+  assert f"done: step {last + 2}/{last + 2}" in out.stdout
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.Popen(_train_cmd(workdir, "--config.total_steps=100000",
+                                     "--config.checkpoint.every_steps=100000"),
+                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and \
+        len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) >= 3:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out[-2000:]
+  steps = _committed(workdir)
+  assert steps and steps[-1] >= 3
+
+
+def test_restore_onto_other_meshes_gives_identical_metrics(tmp_path):
+  workdir = str(tmp_path / "run")
+  out = subprocess.run(_train_cmd(workdir, "--config.mesh.data=2", "--config.mesh.fsdp=2",
+                                  "--config.total_steps=12"),
+                       cwd=ROOT, env=_env(4), capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "'data': 2, 'fsdp': 2" in out.stdout
+  results = {}
+  for n in (1, 8):
+    r = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", f"--out={tmp_path}/{n}"],
+                       cwd=ROOT, env=_env(n), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results[n] = json.load(open(tmp_path / str(n) / "results.json"))
+  assert results[1]["devices"] == 1 and results[8]["devices"] == 8
+  for k, v in results[1].items():
+    if k == "devices":
+      continue
+    if isinstance(v, float):
+      assert abs(results[8][k] - v) < 1e-5, (k, v, results[8][k])
+    else:
+      assert results[8][k] == v, k
+  assert "zero_shot/accuracy" in results[1] and "itm/group_accuracy" in results[1]
+
+
+def _cli_error(args, devices=1):
+  r = subprocess.run([str(a) for a in args], cwd=ROOT, env=_env(devices), capture_output=True,
+                     text=True)
+  assert r.returncode != 0
+  err = r.stderr.strip().splitlines()
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  return err[-1]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  line = _cli_error(_train_cmd(tmp_path / "x", "--config.model.widht=64"))
+  assert "widht" in line
+  line = _cli_error(_train_cmd(tmp_path / "x", "--config.model.fusion=late_fusion"))
+  assert line.startswith("error: unknown model.fusion='late_fusion'")
+  line = _cli_error([sys.executable, "eval.py", f"--workdir={tmp_path / 'empty'}"])
+  assert line.startswith("error: no checkpoint in") and "train first" in line
+
+
+def test_config_errors():
+  with pytest.raises(config_lib.ConfigError, match="early_sum needs aligned tokens") as e:
+    config_lib.validate(_cfg(**{"model.fusion": "early_sum", "loss_weights.contrastive": 0.0}))
+  assert "early_sum_align='pad'" in str(e.value)
+  with pytest.raises(config_lib.ConfigError, match="'itm' is not available with fusion "
+                     "'dual_encoder'"):
+    config_lib.validate(_cfg(**{"model.fusion": "dual_encoder"}))
+  with pytest.raises(config_lib.ConfigError, match="not divisible by the 8 batch shards"):
+    config_lib.validate(_cfg(**{"batch_size": 12, "mesh.data": -1}), num_devices=8)
+  for e in (config_lib.ConfigError,):
+    assert issubclass(e, ValueError)
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+  cfg = _cfg(total_steps=4, **{"checkpoint.every_steps": 2})
+  _one_device(lambda: trainer.train(cfg, str(tmp_path), log_to_stdout=False))
+  ckdir = tmp_path / "checkpoints" / "4" / "state"
+  for root, _, files in os.walk(ckdir):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    _one_device(lambda: evaluate.run(str(tmp_path)))
+  msg = str(e.value)
+  assert "\n" not in msg and "corrupt or incomplete" in msg and "fall back to step 2" in msg
+  with pytest.raises(checkpoint.CheckpointError, match="corrupt or incomplete"):
+    _one_device(lambda: trainer.train(cfg, str(tmp_path), log_to_stdout=False))
+
+
+def _poison(step_to_poison):
+  """Wrap trainer.model_inputs so one step's image batch holds a NaN."""
+  orig = trainer.model_inputs
+  calls = {"n": 0}
+
+  def poisoned(batch, model):
+    out = orig(batch, model)
+    calls["n"] += 1
+    if calls["n"] == step_to_poison:
+      out = dict(out)
+      out["image"] = out["image"].copy()
+      out["image"][0, 0, 0, 0] = np.nan
+    return out
+  return poisoned
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nan_loss(tmp_path, policy, monkeypatch):
+  monkeypatch.setattr(trainer, "model_inputs", _poison(3))
+  cfg = _cfg(total_steps=5, nan_policy=policy, **{"checkpoint.every_steps": 2})
+  if policy == "stop":
+    with pytest.raises(trainer.TrainingError) as e:
+      _one_device(lambda: trainer.train(cfg, str(tmp_path), log_to_stdout=False))
+    msg = str(e.value)
+    assert "\n" not in msg and "non-finite loss at step 3" in msg
+    assert "Last good checkpoint: step 2" in msg
+  else:
+    out = _one_device(lambda: trainer.train(cfg, str(tmp_path), log_to_stdout=False))
+    assert out["step"] == 5 and out["metrics"]["skipped_total"] == 1.0
+    assert np.isfinite(out["metrics"]["loss"])
