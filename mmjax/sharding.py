@@ -96,6 +96,8 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
   clusters jax detects itself (jax.distributed.initialize() with no arguments).
   """
   coordinator = coordinator or os.environ.get("MMJAX_COORDINATOR")
+  if coordinator and "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
   if coordinator:
     num_processes = int(num_processes or os.environ["MMJAX_NUM_PROCESSES"])
     process_id = int(process_id if process_id is not None else os.environ["MMJAX_PROCESS_ID"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mmjax import checkpoint, config_lib, evaluate, trainer
-from tests.configs import tiny
+from tests import tiny_config as tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,7 @@ def test_exact_resume(tmp_path):
 
 
 def _train_cmd(workdir, *extra):
-  return [sys.executable, "train.py", "--config=tests/configs/tiny.py", f"--workdir={workdir}",
+  return [sys.executable, "train.py", "--config=tests/tiny_config.py", f"--workdir={workdir}",
           "--config.mesh.data=-1", *extra]
 
 
