@@ -11,7 +11,7 @@ from mmjax.data import config as data_config
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 1500
+  c.total_steps = 400
   c.batch_size = 64            # global
   c.grad_accum_steps = 1
   c.nan_policy = "stop"        # stop | skip
@@ -51,7 +51,7 @@ def get_config():
       {"mlm_prob": 0.15, "mim_ratio": 0.5, "norm_pix": True})
 
   c.optimizer = ml_collections.ConfigDict({
-      "learning_rate": 1e-3, "warmup_steps": 100, "weight_decay": 0.05, "b1": 0.9,
+      "learning_rate": 1e-3, "warmup_steps": 50, "weight_decay": 0.05, "b1": 0.9,
       "b2": 0.98, "eps": 1e-8, "grad_clip": 1.0, "end_lr_ratio": 0.0})
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
