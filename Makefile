@@ -18,7 +18,7 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 	touch $@
 
 test: venv
-	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --timeout=900 $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile --timeout=900 $(PYTEST_ARGS)
 
 train: venv
 	JAX_PLATFORMS=cpu $(PY) train.py --config=configs/default.py --workdir=$(WORKDIR)
