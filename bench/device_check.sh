@@ -21,8 +21,8 @@ run() {  # name, timeout, command...
   timeout "$t" "$@" >>"$OUT/$name.log" 2>&1; echo "exit $?" >>"$OUT/$name.log"
   tail -n 3 "$OUT/$name.log"
 }
-run step_default_bf16 150 python3 -m mmjax.bench.step --config=configs/default.py \
+run step_default_bf16 120 python3 -m mmjax.bench.step --config=configs/default.py \
   --config.model.dtype=bfloat16 --config.batch_size=512 --steps=20
-run step_clip_b16_bf16 200 python3 -m mmjax.bench.step --config=configs/clip_vit_b16.py \
+run step_clip_b16_bf16 150 python3 -m mmjax.bench.step --config=configs/clip_vit_b16.py \
   --config.model.dtype=bfloat16 --config.batch_size=256 --steps=10
-run attention_gpu_sweep 240 python3 -m mmjax.bench.attention --gpu_sweep --out="$OUT"
+run attention_gpu_sweep 200 python3 -m mmjax.bench.attention --gpu_sweep --max_total_seconds=170 --out="$OUT"
