@@ -7,7 +7,7 @@ One measurement (prints ONE JSON line on stdout, never raises):
 CPU sweep (no --impl): seq_len 1k..32k for xla and chunked, each measurement in a subprocess
 with a timeout; xla rows whose dense scores exceed --max_bytes are reported as "would need N GiB"
 instead of run. Prints a markdown table, writes attention_sweep.json + attention_sweep.png to --out:
-  python -m mmjax.bench.attention [--heads=1 --head_dim=64 --batch=1 --out=docs/]
+  python -m mmjax.bench.attention [--heads=8 --head_dim=64 --batch=1 --out=docs/]   (~3.5 min on 2 cores)
 
 GPU sweep (run in one process, each case guarded, one JSON line per case, then a table):
   python -m mmjax.bench.attention --gpu_sweep [--out=/tmp/gpu]
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -232,13 +231,15 @@ def _plot(rows: List[Dict], path: str, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  for impl in sorted({r["impl"] for r in rows}):
-    ok = [r for r in rows if r["impl"] == impl and r.get("ok")]
+  several = len({r["head_dim"] for r in rows}) > 1  # one line per (impl, head_dim)
+  name = lambda r: f"{r['impl']} D={r['head_dim']}" if several else r["impl"]
+  for impl in sorted({name(r) for r in rows}):
+    ok = [r for r in rows if name(r) == impl and r.get("ok")]
     if ok:
       xs = [r["seq_len"] for r in ok]
       axes[0].plot(xs, [r["time_s"] for r in ok], "o-", label=impl)
       axes[1].plot(xs, [r["peak_bytes"] / GiB for r in ok], "o-", label=impl)
-    skipped = [r for r in rows if r["impl"] == impl and not r.get("ok") and r.get("peak_bytes")]
+    skipped = [r for r in rows if name(r) == impl and not r.get("ok") and r.get("peak_bytes")]
     if skipped:  # compiled but not run: its memory is still known
       axes[1].plot([r["seq_len"] for r in skipped], [r["peak_bytes"] / GiB for r in skipped],
                    "x", color=axes[1].lines[-1].get_color() if ok else None,
@@ -396,7 +397,7 @@ def main(argv=None) -> int:
     _write(rows, args.out, "attention_gpu_sweep", title)
     return 0
 
-  args.heads = args.heads or 1
+  args.heads = args.heads or 8
   rows = cpu_sweep(args)
   print(markdown_table(rows))
   _write(rows, args.out, "attention_sweep",
