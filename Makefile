@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
+# `make train JAX_PLATFORMS=cuda` trains on a GPU; tests always run on the CPU.
+JAX_PLATFORMS ?= cpu
 
 .PHONY: venv test train bench clean
 venv: $(VENV)/.stamp
@@ -21,8 +23,8 @@ test: venv
 	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile --timeout=900 $(PYTEST_ARGS)
 
 train: venv
-	JAX_PLATFORMS=cpu $(PY) train.py --config=configs/default.py --workdir=$(WORKDIR)
-	JAX_PLATFORMS=cpu $(PY) eval.py --workdir=$(WORKDIR)
+	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) train.py --config=configs/default.py --workdir=$(WORKDIR)
+	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) eval.py --workdir=$(WORKDIR)
 
 clean:
 	rm -rf $(VENV) runs
