@@ -17,13 +17,19 @@ def tiny_config(fusion="hier_multi_to_one", **overrides):
   c.optimizer.warmup_steps = 2
   if fusion == "dual_encoder":
     c.loss_weights.itm = 0.0
+  apply_overrides(c, overrides)
+  return c
+
+
+def apply_overrides(config, overrides):
+  """Set dotted keys ('loss_weights.itm') on a ConfigDict, like --config.KEY=VALUE."""
   for k, v in overrides.items():
-    node = c
+    node = config
     *path, last = k.split(".")
     for p in path:
       node = node[p]
     node[last] = v
-  return c
+  return config
 
 
 def random_batch(config, seed=0, batch_size=None):

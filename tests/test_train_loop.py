@@ -15,6 +15,7 @@ import pytest
 
 from mmjax import checkpoint, config_lib, evaluate, trainer
 from tests import tiny_config as tiny
+from tests.helpers import apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,13 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cfg(**kw):
   c = tiny.get_config()
   c.mesh.data = 1  # one device in-process (the suite runs with 8 simulated devices)
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return apply_overrides(c, kw)
 
 
 def _one_device(fn):
