@@ -94,8 +94,8 @@ class MultimodalModel(nn.Module):
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes))
     self.projections = {m: dense(self.embed_dim, f"proj_{m}") for m in self.modalities}
     self.itm_head = dense(2, "itm_head")
-    self.mlm_heads = {m: dense(dict(o)["vocab_size"] if "vocab_size" in dict(o) else 261,
-                               f"mlm_head_{m}", ("embed", "vocab"))
+    self.mlm_heads = {m: dense(dict(o).get("vocab_size", 261), f"mlm_head_{m}",
+                               ("embed", "vocab"))
                       for m, o in self.modality_cfgs if dict(o)["kind"] == "text"}
     self.mlm_norms = {m: nn.LayerNorm(dtype=blk.dtype, param_dtype=blk.param_dtype,
                                       name=f"mlm_ln_{m}") for m in self.mlm_heads}

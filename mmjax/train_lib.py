@@ -229,7 +229,6 @@ def _split_micro(batch, k):
 def make_train_step(config, model, tx, schedule, mesh, state_sharding) -> Callable:
   """jit(step)(state, batch) -> (state, metrics), sharded per the rules; state donated."""
   accum = int(config.get("grad_accum_steps", 1))
-  policy = config.get("nan_policy", "stop")
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
@@ -270,7 +269,6 @@ def make_train_step(config, model, tx, schedule, mesh, state_sharding) -> Callab
                    skipped=1.0 - finite.astype(jnp.float32))
     return new_state, metrics
 
-  del policy  # the host loop acts on metrics["skipped"] (stop or continue)
   batch_sh = NamedSharding(mesh, P(sharding.BATCH_AXES))
   jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh),
                    out_shardings=(state_sharding, NamedSharding(mesh, P())),
@@ -287,10 +285,3 @@ def make_train_step(config, model, tx, schedule, mesh, state_sharding) -> Callab
 def _lower(jitted, mesh, state, batch):
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     return jitted.lower(state, batch)
-
-
-def default_optimizer_config():
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict({
-      "learning_rate": 1e-3, "warmup_steps": 100, "weight_decay": 0.05, "b1": 0.9,
-      "b2": 0.98, "eps": 1e-8, "grad_clip": 1.0, "end_lr_ratio": 0.0})
