@@ -79,11 +79,16 @@ def run(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
   batches = _test_batches(config, config.eval.batch_size, config.eval.num_examples, mesh.size)
   results: Dict[str, Any] = {"step": step, "fusion": config.model.fusion,
                              "devices": mesh.size}
-  if "zero_shot" in names and config.data.source == "builtin":
+  # Prompts and hard-negative captions are text: they need the second modality to be text.
+  texts = config.model.modalities[ev.b].kind == "text"
+  for name in ("zero_shot", "itm"):
+    if name in names and not texts:
+      results[f"{name}/skipped"] = f"needs a text modality second; the model pairs {ev.a}/{ev.b}"
+  if "zero_shot" in names and texts and config.data.source == "builtin":
     results.update(zero_shot.evaluate(ev, batches, class_prompts(config)))
   if "retrieval" in names:
     results.update(retrieval.evaluate(ev, batches))
-  if "itm" in names and "neg_text" in batches[0]:
+  if "itm" in names and texts and "neg_text" in batches[0]:
     results.update(itm.evaluate(ev, batches))
   if "mlm" in names or "mim" in names:
     results.update(masked.evaluate(ev, batches))
