@@ -5,6 +5,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 # Dense bf16 peak TFLOP/s per chip (data sheets; SXM parts for GPUs).
@@ -46,3 +47,19 @@ def step_flops(lowered) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", 0.0))
+
+
+def time_steps(step, state, batch, steps: int, warmup: int = 1):
+  """Run `warmup` untimed then `steps` timed calls of step(state, batch) -> (state, metrics).
+  Returns (state, metrics, median seconds per step)."""
+  metrics = None
+  for _ in range(warmup):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  return state, metrics, float(np.median(times))

@@ -40,6 +40,7 @@ from ml_collections import config_flags
 from mmjax import models, sharding, summary, train_lib
 from mmjax.bench.step import synthetic_batch
 from mmjax.fusion import FUSIONS
+from mmjax.perf import time_steps
 
 SPEC_COST = {
     "early_sum": "O(N^2), N = N_A = N_B",
@@ -155,15 +156,7 @@ def measure(config, steps: int, train: bool = True) -> Dict[str, Any]:
     row["train_mem_bytes"] = int(mem.argument_size_in_bytes + mem.output_size_in_bytes +
                                  mem.temp_size_in_bytes - mem.alias_size_in_bytes)
     with jax.set_mesh(mesh):
-      state, metrics = compiled(state, batch)  # warm-up
-      jax.block_until_ready(metrics)
-      times = []
-      for _ in range(steps):
-        t = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
-    row["step_s"] = float(np.median(times))
+      _, _, row["step_s"] = time_steps(compiled, state, batch, steps, warmup=1)
     row["batch_size"] = config.batch_size
   return row
 

@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmjax import models, sharding, train_lib
-from mmjax.perf import chip_peak, step_flops
+from mmjax.perf import chip_peak, step_flops, time_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=False)
@@ -62,16 +62,7 @@ def benchmark(config, steps: int, warmup: int):
   step = lowered.compile()
   compile_s = time.perf_counter() - t0
   flops_device = step_flops(lowered) / mesh.size  # global program, split over the devices
-  for _ in range(warmup):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
+  state, metrics, step_s = time_steps(step, state, batch, steps, warmup)
   peak, peak_name = chip_peak()
   tflops = flops_device / step_s / 1e12
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
