@@ -43,3 +43,64 @@ def test_two_processes_equal_one_process():
   for a, b in zip(multi["losses"], single["losses"]):
     for k in ("loss", "contrastive/loss", "itm/loss", "mlm/loss", "mim/loss", "grad_norm"):
       np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _cli(args, devices, pid=None, port=None):
+  """Popen of `python args...` with `devices` CPU devices (as process pid of 2 when given)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  if pid is not None:
+    env.update(MMJAX_COORDINATOR=f"127.0.0.1:{port}", MMJAX_NUM_PROCESSES="2",
+               MMJAX_PROCESS_ID=str(pid))
+  return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _both(args):
+  """Run `args` as 2 processes x 2 devices; both must exit 0."""
+  port = _free_port()
+  procs = [_cli(args, 2, pid, port) for pid in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r for r in map(json.loads, f)}
+
+
+def test_train_py_and_eval_py_on_two_processes(tmp_path):
+  """train.py on 2 processes (each reading its slice of every global batch through grain) gives
+  the losses of 1 process x 4 devices; its checkpoint (written by both processes) evaluates on
+  2 processes (scores all-gathered across them) to the results of 1 process."""
+  train = ["train.py", "--config=tests/tiny_config.py", "--config.mesh.data=2",
+           "--config.mesh.fsdp=2", "--config.total_steps=4"]
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  ref = _cli([*train, f"--workdir={single}"], 4)
+  _, err = ref.communicate(timeout=600)
+  assert ref.returncode == 0, err[-3000:]
+  _both([*train, f"--workdir={multi}"])
+  m, s = _metrics(multi), _metrics(single)
+  assert sorted(m) == sorted(s) == [1, 2, 3, 4]
+  for step in s:
+    for k in ("loss", "contrastive/loss", "itm/loss", "mlm/loss", "grad_norm"):
+      np.testing.assert_allclose(m[step][k], s[step][k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert [d for d in os.listdir(os.path.join(multi, "checkpoints")) if d.isdigit()] == ["4"]
+
+  _both(["eval.py", f"--workdir={multi}", f"--out={tmp_path}/eval2"])
+  one = _cli(["eval.py", f"--workdir={multi}", f"--out={tmp_path}/eval1"], 1)
+  _, err = one.communicate(timeout=600)
+  assert one.returncode == 0, err[-3000:]
+  r2 = json.load(open(tmp_path / "eval2" / "results.json"))
+  r1 = json.load(open(tmp_path / "eval1" / "results.json"))
+  assert r2["devices"] == 4 and r1["devices"] == 1 and r2["step"] == 4
+  for k, v in r1.items():
+    if k == "devices":
+      continue
+    if isinstance(v, float):
+      assert abs(r2[k] - v) < 1e-5, (k, v, r2[k])
+    else:
+      assert r2[k] == v, k
+  assert "zero_shot/accuracy" in r1 and "itm/pairwise_accuracy" in r1

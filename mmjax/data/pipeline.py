@@ -1,9 +1,11 @@
 """The grain input pipeline: source -> preprocess -> shuffle -> repeat -> process shard -> batch.
 
 Sharding: the shuffled (and repeated) example stream is cut into global batches of
-`global_batch_size`; process p of P takes stream positions b*G + k*P + p (k < G/P) for batch b,
-i.e. `ds[p::P]` batched by G/P. Processes get disjoint examples whose union is exactly the
-global batch, so the data seen does not depend on the process count.
+`global_batch_size` G; process p of P takes the contiguous block of stream positions
+b*G + p*L + k (k < L = G/P) for batch b. Processes get disjoint examples whose concatenation in
+process order is exactly the global batch, rows in stream order: the global array (and so every
+per-row random draw of the objectives: masks, ITM negatives) does not depend on the process
+count.
 
     ds = make_dataset(config.data, "train", global_batch_size=64, seed=0)
     it = iter(ds)                      # grain DatasetIterator
@@ -65,7 +67,9 @@ def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
   if shuffle:
     ds = ds.shuffle(seed=int(seed) % 2**32)
   ds = ds.repeat() if repeat else ds[: n - n % global_batch_size]
-  ds = ds[process_index::process_count].batch(local, drop_remainder=True)
+  ds = grain.MapDataset.range(len(ds) // process_count).map(
+      _ProcessBlock(ds, process_index, local, global_batch_size))
+  ds = ds.batch(local, drop_remainder=True)
   threads, buf = int(cfg.read_threads), max(int(cfg.prefetch_batches), 1)
   out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buf))
   workers = cfg.num_workers if num_workers is None else num_workers
@@ -74,6 +78,17 @@ def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
     out = out.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
                                                        per_worker_buffer_size=buf))
   return out
+
+
+class _ProcessBlock:
+  """Local position i -> the stream's element (i // L) * G + p * L + i % L (picklable)."""
+
+  def __init__(self, ds, process_index: int, local: int, global_batch_size: int):
+    self.ds, self.offset, self.local, self.glob = ds, process_index * local, local, global_batch_size
+
+  def __call__(self, i):
+    i = int(i)
+    return self.ds[(i // self.local) * self.glob + self.offset + i % self.local]
 
 
 def _ensure_absl_flags_parsed():
