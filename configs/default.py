@@ -28,6 +28,7 @@ def get_config():
   c.model.param_dtype = "float32"
   c.model.remat = "none"       # none | full | dots | dots_no_batch
   c.model.scan = False
+  c.model.dropout = 0.0        # residual + embedding dropout, training only
   c.model.pool = "cls"
   c.model.pool_combine = "concat"
   c.model.cross_mode = "pure"

@@ -1,7 +1,9 @@
 """Transformer layers: MLP, pre-LN self-attention block, cross-attention blocks, layer stacks.
 
-Every block is pre-LN: x <- x + Attn(LN(x)); x <- x + MLP(LN(x)). Parameters carry logical axis
-names (embed, mlp, heads, kv, layers) for the one rules table in mmjax/sharding.py.
+Every block is pre-LN: x <- x + Drop(Attn(LN(x))); x <- x + Drop(MLP(LN(x))). Drop is residual
+dropout at rate BlockConfig.dropout, active only when the apply is given a 'dropout' rng (the
+train step); evaluation passes none and is deterministic. Parameters carry logical axis names
+(embed, mlp, heads, kv, layers) for the one rules table in mmjax/sharding.py.
 """
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ class BlockConfig:
   param_dtype: Any = jnp.float32
   remat: str = "none"
   scan: bool = False
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
 
   @property
   def head_dim(self) -> int:
@@ -47,6 +54,15 @@ def _layer_norm(cfg: BlockConfig, name: str):
       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def dropout(module: nn.Module, rate: float, x):
+  """Inverted dropout, x * Bernoulli(1 - rate) / (1 - rate), drawn from the module's 'dropout'
+  rng; the identity when rate is 0 or the apply has no 'dropout' rng (evaluation)."""
+  if rate <= 0.0 or not module.has_rng("dropout"):
+    return x
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
 
 
 def _mha(cfg: BlockConfig, name: str):
@@ -81,10 +97,11 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, mask, segment_ids=None):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     h = _layer_norm(self.cfg, "ln_attn")(x)
-    x = x + _mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
-                                   kv_segment_ids=segment_ids)
-    x = x + Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_mlp")(x))
-    return x
+    h = _mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
+                               kv_segment_ids=segment_ids)
+    x = x + dropout(self, self.cfg.dropout, h)
+    h = Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_mlp")(x))
+    return x + dropout(self, self.cfg.dropout, h)
 
 
 class CrossBlock(nn.Module):
@@ -101,14 +118,15 @@ class CrossBlock(nn.Module):
   @nn.compact
   def __call__(self, x, x_mask, y, y_mask, cross_attn: Optional[nn.Module] = None):
     cfg = self.cfg
+    drop = lambda h: dropout(self, cfg.dropout, h)
     if self.mode == "self_cross":
-      x = x + _mha(cfg, "self_attn")(_layer_norm(cfg, "ln_self")(x), kv_mask=x_mask)
+      x = x + drop(_mha(cfg, "self_attn")(_layer_norm(cfg, "ln_self")(x), kv_mask=x_mask))
     elif self.mode != "pure":
       raise ValueError(f"unknown cross mode {self.mode!r}; use 'pure' or 'self_cross'")
     attn = cross_attn if cross_attn is not None else _mha(cfg, "cross_attn")
-    x = x + attn(_layer_norm(cfg, "ln_cross_q")(x), _layer_norm(cfg, "ln_cross_kv")(y),
-                 kv_mask=y_mask)
-    return x + Mlp(cfg, name="mlp")(_layer_norm(cfg, "ln_mlp")(x))
+    x = x + drop(attn(_layer_norm(cfg, "ln_cross_q")(x), _layer_norm(cfg, "ln_cross_kv")(y),
+                      kv_mask=y_mask))
+    return x + drop(Mlp(cfg, name="mlp")(_layer_norm(cfg, "ln_mlp")(x)))
 
 
 class _ScanBlock(nn.Module):
@@ -145,7 +163,7 @@ class Encoder(nn.Module):
       stack = nn.scan(
           block, length=self.depth, variable_axes={"params": 0, "intermediates": 0,
                                                    "attn_flops": 0},
-          split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast),
+          split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
           metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(cfg, name="layers")(x, mask, segment_ids)
     else:

@@ -48,7 +48,8 @@ def block_config(model_cfg, attention_cfg=None) -> BlockConfig:
       capture_weights=att.get("capture_weights", False),
       dtype=_dtype(model_cfg.get("dtype", "float32")),
       param_dtype=_dtype(model_cfg.get("param_dtype", "float32")),
-      remat=model_cfg.get("remat", "none"), scan=model_cfg.get("scan", False))
+      remat=model_cfg.get("remat", "none"), scan=model_cfg.get("scan", False),
+      dropout=float(model_cfg.get("dropout", 0.0)))
 
 
 def fusion_config(model_cfg) -> fusion_lib.FusionConfig:
@@ -86,6 +87,7 @@ class MultimodalModel(nn.Module):
       opts = dict(opts)
       kind = opts["kind"]
       kwargs = {k: v for k, v in opts.items() if k not in DATA_KEYS}
+      kwargs.setdefault("dropout", blk.dropout)
       embedders[m] = build_embedder(kind, m, blk.width, blk.dtype, blk.param_dtype, **kwargs)
     self.embedders = embedders
     self.fusion = fusion_lib.Fusion(self.fusion_cfg, blk, self.modalities, name="fusion")

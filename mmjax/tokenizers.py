@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import layers
+
 
 # ----------------------------------------------------------------------------- patches
 
@@ -90,6 +92,7 @@ class _Embedder(nn.Module):
   add_cls: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  dropout: float = 0.0  # on the finished tokens, training only (layers.dropout)
 
   def _param(self, name, shape, axes, init=nn.initializers.normal(0.02)):
     return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
@@ -117,7 +120,8 @@ class _Embedder(nn.Module):
         tokens.dtype)  # [CLS] included: the joint stream knows whose [CLS] it is
     if valid is not None:
       mask = mask & valid[:, None]
-    tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "embed"))
+    tokens = layers.dropout(self, self.dropout, tokens.astype(self.dtype))
+    tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
     return tokens, mask
 
   def _project(self, x, name="proj"):

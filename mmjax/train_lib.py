@@ -18,6 +18,7 @@ gradients; contrastive negatives are then those of each micro-batch (documented 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from typing import Any, Callable, Dict, Tuple
 
@@ -143,12 +144,18 @@ def compute_losses(model: models.MultimodalModel, params, batch, rng, config, me
   mod_cfg = config.model.modalities
   p = params["params"]
   rng_itm, rng_mlm, rng_mim = jax.random.split(rng, 3)
+  calls = itertools.count()
+
+  def apply(*args, **kw):
+    """model.apply with these params; each call draws its own dropout masks."""
+    rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(rng, 7), next(calls))}
+    return model.apply(params, *args, rngs=rngs, **kw)
   results: Dict[str, Tuple[jax.Array, Dict[str, jax.Array]]] = {}
 
   if {"contrastive", "sigmoid", "itm"} & set(w):
-    embedded = model.apply(params, batch, method=model.embed)
-    encoded = model.apply(params, embedded, method=model.encode)
-    emb = model.apply(params, encoded, method=model.contrastive_embedding)
+    embedded = apply(batch, method=model.embed)
+    encoded = apply(embedded, method=model.encode)
+    emb = apply(encoded, method=model.contrastive_embedding)
     za, zb = emb[a].astype(jnp.float32), emb[b].astype(jnp.float32)
     if "contrastive" in w:
       results["contrastive"] = _global_loss(objectives.contrastive_loss, mesh, za, zb,
@@ -157,7 +164,7 @@ def compute_losses(model: models.MultimodalModel, params, batch, rng, config, me
       results["sigmoid"] = _global_loss(objectives.sigmoid_loss, mesh, za, zb,
                                         scalars=(p["sigmoid_t"], p["sigmoid_b"]))
     if "itm" in w:
-      results["itm"] = _itm(model, params, encoded, za, zb, rng_itm, a, b)
+      results["itm"] = _itm(model, apply, p, encoded, za, zb, rng_itm, a, b)
 
   text_mods = [m for m in mods if mod_cfg[m].kind == "text" and "mlm" in w]
   patch_mods = [m for m in mods if mod_cfg[m].kind in models.PATCH_KINDS and "mim" in w]
@@ -179,16 +186,16 @@ def compute_losses(model: models.MultimodalModel, params, batch, rng, config, me
           jax.random.fold_in(rng_mim, mods.index(m)), target.shape[0], target.shape[1],
           config.objectives.mim_ratio)
       mim_targets[m] = target
-    out = model.apply(params, masked, mim_masks, method=model.__call__)
+    out = apply(masked, mim_masks, method=model.__call__)
     for m in text_mods:
-      logits = model.apply(params, m, out["tokens"][m][:, :batch[m].shape[1]],
+      logits = apply(m, out["tokens"][m][:, :batch[m].shape[1]],
                            method=model.mlm_logits)
       results[f"mlm_{m}" if len(text_mods) > 1 else "mlm"] = objectives.mlm_loss(
           logits, *mlm_targets[m])
     for m in patch_mods:
       n_cls = 1 if mod_cfg[m].get("add_cls", True) else 0
       n = mim_targets[m].shape[1]
-      pred = model.apply(params, m, out["tokens"][m][:, n_cls:n_cls + n],
+      pred = apply(m, out["tokens"][m][:, n_cls:n_cls + n],
                          method=model.mim_prediction)
       results[f"mim_{m}" if len(patch_mods) > 1 else "mim"] = objectives.mim_loss(
           pred, mim_targets[m], mim_masks[m].astype(jnp.float32),
@@ -197,11 +204,11 @@ def compute_losses(model: models.MultimodalModel, params, batch, rng, config, me
   return objectives.combine_losses(results, weights)
 
 
-def _itm(model, params, encoded, za, zb, rng, a, b):
+def _itm(model, apply, p, encoded, za, zb, rng, a, b):
   """ITM with hard negatives: B positives, B (A_i, hard B) and B (hard A, B_j) negatives."""
   za_n = za / jnp.linalg.norm(za, axis=-1, keepdims=True).clip(1e-6)
   zb_n = zb / jnp.linalg.norm(zb, axis=-1, keepdims=True).clip(1e-6)
-  scale = jnp.exp(params["params"]["logit_scale"]).clip(max=100.0)
+  scale = jnp.exp(p["logit_scale"]).clip(max=100.0)
   sim = jax.lax.stop_gradient(scale * (za_n @ zb_n.T))  # scaled: softmax over cosines is flat
   neg_b, neg_a = objectives.itm_hard_negatives(rng, sim)
   take = lambda x, idx: jax.tree.map(lambda t: jnp.take(t, idx, axis=0), x)
@@ -213,8 +220,8 @@ def _itm(model, params, encoded, za, zb, rng, a, b):
   for m in model.modalities:
     if m not in (a, b):
       pairs[m] = cat(encoded[m], encoded[m], encoded[m])
-  out = model.apply(params, pairs, method=model.interact)
-  logits = model.apply(params, out["joint"], method=model.itm_logits).astype(jnp.float32)
+  out = apply(pairs, method=model.interact)
+  logits = apply(out["joint"], method=model.itm_logits).astype(jnp.float32)
   n = za.shape[0]
   labels = jnp.concatenate([jnp.ones((n,), jnp.int32), jnp.zeros((2 * n,), jnp.int32)])
   return objectives.itm_loss(logits, labels)

@@ -66,3 +66,42 @@ def test_depth_zero_is_identity_and_bad_policy_errors():
   np.testing.assert_array_equal(np.asarray(enc.apply(params, x, mask)), np.asarray(x))
   with pytest.raises(ValueError, match="unknown remat policy"):
     Encoder(dataclasses.replace(BLOCK, remat="some"), 1).init(jax.random.key(0), x, mask)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_dropout_only_with_a_dropout_rng(scan, remat):
+  """Residual dropout is the identity without a 'dropout' rng (evaluation), random with one
+  (same key: same masks; scanned layers draw different masks), and exact under remat."""
+  x, mask = _x()
+  plain = Encoder(dataclasses.replace(BLOCK, scan=scan, remat=remat), 3)
+  drop = Encoder(dataclasses.replace(BLOCK, scan=scan, remat=remat, dropout=0.3), 3)
+  params = plain.init(jax.random.key(0), x, mask)
+  ref = plain.apply(params, x, mask)
+  chex.assert_trees_all_close(drop.apply(params, x, mask), ref)
+  a = drop.apply(params, x, mask, rngs={"dropout": jax.random.key(1)})
+  b = drop.apply(params, x, mask, rngs={"dropout": jax.random.key(2)})
+  chex.assert_trees_all_close(drop.apply(params, x, mask, rngs={"dropout": jax.random.key(1)}), a)
+  assert float(jnp.abs(a - ref).max()) > 1e-2 and float(jnp.abs(a - b).max()) > 1e-2
+  # Gradients through remat recompute the same masks.
+  g = lambda m: jax.grad(lambda p: jnp.sum(m.apply(p, x, mask, rngs={"dropout": jax.random.key(1)})
+                                           ** 2))(params)
+  no_remat = Encoder(dataclasses.replace(BLOCK, scan=scan, dropout=0.3), 3)
+  chex.assert_trees_all_close(g(drop), g(no_remat), atol=1e-4)  # grads are O(1)
+
+
+def test_dropout_rate_and_scaling():
+  from mmjax.layers import dropout  # pylint: disable=import-outside-toplevel
+
+  class Drop(nn.Module):
+    rate: float
+
+    def __call__(self, x):
+      return dropout(self, self.rate, x)
+  x = jnp.ones((200_000,))
+  y = Drop(0.3).apply({}, x, rngs={"dropout": jax.random.key(0)})
+  assert abs(float(jnp.mean(y == 0)) - 0.3) < 0.01          # rate of dropped units
+  assert abs(float(jnp.mean(y)) - 1.0) < 0.01               # inverted: E[y] = x
+  np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / 0.7], rtol=1e-6)
+  with pytest.raises(ValueError, match="dropout"):
+    BlockConfig(width=16, num_heads=2, mlp_dim=32, dropout=1.0)
