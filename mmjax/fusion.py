@@ -134,11 +134,21 @@ class Fusion(nn.Module):
   cfg: FusionConfig
   block: BlockConfig
   modalities: Tuple[str, ...]
+  tower_blocks: Tuple[Tuple[str, BlockConfig], ...] = ()  # towers with their own width
 
   def setup(self):
     cfg, blk, mods = self.cfg, self.block, self.modalities
-    self.towers = {m: Encoder(blk, cfg.depth_of(m), name=f"tower_{m}") for m in mods}
+    own = dict(self.tower_blocks)
+    self.towers = {m: Encoder(own.get(m, blk), cfg.depth_of(m), name=f"tower_{m}")
+                   for m in mods}
     name = cfg.name
+    # A tower narrower or wider than the interaction: Z_m W_m into model width (METER-style).
+    self.tower_proj = {m: nn.Dense(
+        blk.width, dtype=blk.dtype, param_dtype=blk.param_dtype, name=f"tower_proj_{m}",
+        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                 (None, "embed")))
+                       for m in mods if name != "dual_encoder"
+                       and own.get(m, blk).width != blk.width}
     if name in ("early_sum", "early_concat", "hier_multi_to_one", "hier_one_to_multi",
                 "cross_to_concat"):
       self.joint = Encoder(blk, cfg.joint_depth, name="joint")
@@ -164,10 +174,14 @@ class Fusion(nn.Module):
     return self.interact(self.encode(inputs))
 
   def encode(self, inputs: Mapping[str, Tokens]) -> Dict[str, Tokens]:
-    """Per-modality towers (identity where depth is 0) for the modalities present.
-    No modality sees another."""
-    return {m: (self.towers[m](*inputs[m]), inputs[m][1]) for m in self.modalities
-            if m in inputs}
+    """Per-modality towers (identity where depth is 0) for the modalities present, then
+    tower_proj_<m> where the tower has its own width. No modality sees another."""
+    out = {}
+    for m in self.modalities:
+      if m in inputs:
+        tokens = self.towers[m](*inputs[m])
+        out[m] = (self.tower_proj[m](tokens) if m in self.tower_proj else tokens, inputs[m][1])
+    return out
 
   def interact(self, streams: Mapping[str, Tokens]):
     name, mods = self.cfg.name, self.modalities

@@ -11,10 +11,17 @@ and its heads: `contrastive_embedding` (unimodal pooled -> normalized-space proj
 `mlm_logits`, `mim_prediction`, `itm_logits`. The batch maps each modality name to its
 input (text: int ids; image/video/audio: float arrays; regions/features: dicts), with an
 optional `<modality>_valid` [B] bool for absent modalities.
+
+A modality config may set its own `width` / `heads` / `mlp_dim` (CLIP's 512-wide text tower
+beside a 768-wide ViT): its embedder and tower run at that width, and a linear
+`tower_proj_<m>` maps the tower's output to model.width for the interaction (none for
+dual_encoder, whose towers meet only in the contrastive projections).
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
+
+import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,6 +36,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 PATCH_KINDS = ("image", "video", "audio")
 # Modality-config keys that describe the data, not the embedder.
 DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim")
+# Modality-config keys that size the modality's embedder and tower.
+TOWER_KEYS = ("width", "heads", "mlp_dim")
 
 
 def _dtype(name: str):
@@ -50,6 +59,28 @@ def block_config(model_cfg, attention_cfg=None) -> BlockConfig:
       param_dtype=_dtype(model_cfg.get("param_dtype", "float32")),
       remat=model_cfg.get("remat", "none"), scan=model_cfg.get("scan", False),
       dropout=float(model_cfg.get("dropout", 0.0)))
+
+
+def tower_blocks(model_cfg, base: BlockConfig) -> Tuple[Tuple[str, BlockConfig], ...]:
+  """(modality, BlockConfig) for every modality that sets width / heads / mlp_dim; mlp_dim
+  defaults to the model's MLP ratio times the modality's width."""
+  out = []
+  for m, o in model_cfg.modalities.items():
+    if not any(k in o for k in TOWER_KEYS):
+      continue
+    width = int(o.get("width", base.width))
+    heads = int(o.get("heads", base.num_heads))
+    if width % heads:
+      raise ValueError(f"model.modalities.{m}.width={width} is not divisible by its heads="
+                       f"{heads}; pick a width that is a multiple of heads")
+    mlp = int(o.get("mlp_dim", base.mlp_dim * width // base.width))
+    out.append((m, dataclasses.replace(base, width=width, num_heads=heads, mlp_dim=mlp)))
+  widths = {base.width} | {b.width for _, b in out}
+  if (model_cfg.fusion == "dual_encoder" and len(widths) > 1
+      and model_cfg.get("pool_combine", "concat") != "concat"):
+    raise ValueError(f"towers of different widths {sorted(widths)} cannot be combined by "
+                     f"pool_combine={model_cfg.pool_combine!r}; use pool_combine='concat'")
+  return tuple(out)
 
 
 def fusion_config(model_cfg) -> fusion_lib.FusionConfig:
@@ -75,6 +106,7 @@ class MultimodalModel(nn.Module):
   fusion_cfg: fusion_lib.FusionConfig
   block: BlockConfig
   embed_dim: int = 128
+  tower_blocks: Tuple[Tuple[str, BlockConfig], ...] = ()  # modalities with their own width
 
   @property
   def modalities(self) -> Tuple[str, ...]:
@@ -86,11 +118,13 @@ class MultimodalModel(nn.Module):
     for m, opts in self.modality_cfgs:
       opts = dict(opts)
       kind = opts["kind"]
-      kwargs = {k: v for k, v in opts.items() if k not in DATA_KEYS}
+      kwargs = {k: v for k, v in opts.items() if k not in DATA_KEYS + TOWER_KEYS}
       kwargs.setdefault("dropout", blk.dropout)
-      embedders[m] = build_embedder(kind, m, blk.width, blk.dtype, blk.param_dtype, **kwargs)
+      width = dict(self.tower_blocks).get(m, blk).width
+      embedders[m] = build_embedder(kind, m, width, blk.dtype, blk.param_dtype, **kwargs)
     self.embedders = embedders
-    self.fusion = fusion_lib.Fusion(self.fusion_cfg, blk, self.modalities, name="fusion")
+    self.fusion = fusion_lib.Fusion(self.fusion_cfg, blk, self.modalities, self.tower_blocks,
+                                    name="fusion")
     dense = lambda n, name, axes=("embed", None): nn.Dense(
         n, dtype=blk.dtype, param_dtype=blk.param_dtype, name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes))
@@ -190,9 +224,10 @@ def build_model(config) -> MultimodalModel:
   mods = tuple(mc.modalities.keys())
   fcfg = fusion_config(mc)
   fusion_lib.validate(fcfg, mods)
+  blk = block_config(mc, config.get("attention"))
   return MultimodalModel(
       modality_cfgs=tuple((m, _freeze(mc.modalities[m])) for m in mods), fusion_cfg=fcfg,
-      block=block_config(mc, config.get("attention")), embed_dim=mc.get("embed_dim", 128))
+      block=blk, embed_dim=mc.get("embed_dim", 128), tower_blocks=tower_blocks(mc, blk))
 
 
 def dummy_batch(config, batch_size: int = 2) -> Dict[str, np.ndarray]:

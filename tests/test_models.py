@@ -53,3 +53,45 @@ def test_config_errors_are_one_line():
   c.model.dtype = "float8"
   with pytest.raises(ValueError, match="unknown dtype 'float8'"):
     models.build_model(c)
+
+
+@pytest.mark.parametrize("name", ["dual_encoder", "hier_multi_to_one", "cross_attention"])
+def test_towers_of_their_own_width(name):
+  """text at width 16 (2 heads, MLP 32: the model's ratio of 2) beside a 32-wide model: its
+  embedder and tower run at 16; a fusion design maps the tower to 32 through tower_proj_text,
+  a dual encoder meets only in the contrastive projections. The image side is unchanged."""
+  c = _cfg(name)
+  c.model.modalities.text.update({"width": 16, "heads": 2})
+  model = models.build_model(c)
+  batch = models.dummy_batch(c, 2)
+  batch["text"][:, 1:5] = 9
+  params = model.init(jax.random.key(0), batch, method=model.init_all)["params"]
+  p = jax.tree.map(lambda x: x.value.shape if hasattr(x, "value") else x.shape, params,
+                   is_leaf=lambda x: hasattr(x, "value"))
+  f = p["fusion"]
+  assert p["embed_text"]["token_embedding"][-1] == 16
+  assert f["tower_text"]["layer_0"]["mlp"]["fc1"]["kernel"] == (16, 32)
+  assert f["tower_image"]["layer_0"]["mlp"]["fc1"]["kernel"] == (32, 64)
+  assert p["proj_text"]["kernel"] == (16 if name == "dual_encoder" else 32, c.model.embed_dim)
+  if name == "dual_encoder":
+    assert not any(k.startswith("tower_proj") for k in f)
+  else:
+    assert f["tower_proj_text"]["kernel"] == (16, 32) and "tower_proj_image" not in f
+  out = model.apply({"params": params}, batch)
+  chex.assert_tree_all_finite(out)
+  # Same widths everywhere: no projection, the parameter tree of before.
+  same = models.build_model(_cfg(name))
+  p_same = same.init(jax.random.key(0), batch, method=same.init_all)["params"]
+  assert not any(k.startswith("tower_proj") for k in p_same["fusion"])
+
+
+def test_tower_width_errors():
+  c = _cfg("dual_encoder")
+  c.model.modalities.text.update({"width": 20, "heads": 3})
+  with pytest.raises(ValueError, match="modalities.text.width=20 is not divisible"):
+    models.build_model(c)
+  c = _cfg("dual_encoder")
+  c.model.modalities.text.width = 16
+  c.model.pool_combine = "product"
+  with pytest.raises(ValueError, match="different widths"):
+    models.build_model(c)

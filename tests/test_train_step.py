@@ -65,6 +65,8 @@ def test_other_fusions_train(fusion):
   cfg = tiny_config(fusion)
   if fusion == "dual_encoder":
     cfg.loss_weights.sigmoid = 1.0
+  if fusion != "bottleneck":  # a narrower text tower (CLIP's layout; tower_proj for fusion)
+    cfg.model.modalities.text.update({"width": 16, "heads": 2})
   losses, state, _ = _run(cfg, 1, steps=2)
   assert all(np.isfinite(l["loss"]) for l in losses)
   assert int(state.step) == 2
