@@ -2,15 +2,22 @@
 
   python -m mmjax.bench.fusion [--config=configs/default.py] [--quick] [--out=DIR]
       [--sizes=64,128,256,512,1024] [--batch_size=8] [--timed_steps=3]
+      [--widths=64,128,256] [--depth_scales=1,2,4] [--wd_size=256]
 
 For every fusion in mmjax.fusion.FUSIONS and every point of a token sweep (image tokens N_A and
 text length N_B: both together, and each alone from the smallest size) it records parameters,
-forward FLOPs per example (XLA cost analysis), attention-core FLOPs per example (sown by every
-attention, summary.py; total and "interaction" = without the unimodal pre-towers, see below),
+forward FLOPs per example (XLA cost analysis, and the analytic matmul count of
+`analytic_forward_flops`), attention-core FLOPs per example (sown by every attention,
+summary.py; total and "interaction" = without the unimodal pre-towers, see below),
 train-step compile time, train-step time (median of --timed_steps steps on one device, synthetic
 batch, train_lib's real step) and the train step's compiled memory (argument + output + temp -
-aliased). Writes fusion_scaling.csv / .json, two log-log plots and summary.md to --out, and
-prints the markdown table (fitted exponents beside SPEC section 2's cost column).
+aliased). A second sweep at --wd_size tokens per modality scales the width (head_dim fixed,
+MLP 4x width) and every stage depth (x --depth_scales). Writes fusion_scaling.csv / .json,
+log-log plots and summary.md to --out, and prints the markdown tables (fitted exponents beside
+SPEC section 2's cost column; width and depth exponents).
+
+FLOPs are counted with attention.impl=xla: `auto` picks the chunked kernel for long sequences,
+a loop whose body XLA's cost analysis counts once. The train step keeps the config's impl.
 
 Exponents are log-log slopes of attention FLOPs against actual token counts ([CLS] included):
 "both" fits against N = N_A + N_B with N_A and N_B doubling together; "N_B" fits against N_B with
@@ -74,12 +81,69 @@ def spec_cost(fusion: str, n_a: float, n_b: float, depth, bottlenecks: int = 4) 
           "bottleneck": j * ((n_a + bottlenecks) ** 2 + (n_b + bottlenecks) ** 2)}[fusion]
 
 
+def _block(n, d, m):
+  """Self-attention block on n tokens: 8nd^2 (q, k, v, out) + 4n^2d (QK^T, PV) + 4ndm (MLP)."""
+  return 8 * n * d * d + 4 * n * n * d + 4 * n * d * m
+
+
+def _cross_block(nq, nk, d, m, mode):
+  """Cross block, queries from nq tokens, keys/values from nk: 4nq d^2 + 4nk d^2 + 4nq nk d +
+  4nq d m, plus the self-attention sublayer 8nq d^2 + 4nq^2 d when mode is self_cross."""
+  f = 4 * nq * d * d + 4 * nk * d * d + 4 * nq * nk * d + 4 * nq * d * m
+  return f + (8 * nq * d * d + 4 * nq * nq * d if mode == "self_cross" else 0)
+
+
+def analytic_forward_flops(config, n_a: int, n_b: int) -> float:
+  """Matmul FLOPs (2 per multiply-add) of model.apply (embed + encode + interact, no heads) per
+  example, for two modalities of n_a and n_b tokens ([CLS] included). Per modality m at its
+  tower width d_m (model width D, MLP M unless the modality sets its own): patch projection
+  2 (n_m - [CLS]) P d_m (P = values per patch; text is a gather: 0), tower layers Tf(n_m), and
+  2 n_m d_m D where tower_proj maps d_m to D. Then the design's stages, with Tf(n) =
+  _block(n) and cross(nq | nk) = _cross_block(nq, nk): early_sum Tf(max n) per joint layer,
+  early_concat / hier_multi_to_one Tf(n_a + n_b), hier_one_to_multi that then Tf(n_a) + Tf(n_b)
+  per post layer, cross_attention cross(n_a | n_b) + cross(n_b | n_a) per cross layer,
+  cross_to_concat those then Tf(n_a + n_b), bottleneck Tf(n_a + B) + Tf(n_b + B) per layer,
+  dual_encoder nothing after the towers."""
+  mc = config.model
+  fcfg = models.fusion_config(mc)
+  blk = models.block_config(mc)
+  own = dict(models.tower_blocks(mc, blk))
+  d, m = blk.width, blk.mlp_dim
+  n = dict(zip(mc.modalities, (n_a, n_b)))
+  f = 0.0
+  for mod, o in mc.modalities.items():
+    tb = own.get(mod, blk)
+    if o.kind in models.PATCH_KINDS:
+      patches = n[mod] - (1 if o.get("add_cls", True) else 0)
+      f += 2 * patches * (int(np.prod(o.input_shape)) // patches) * tb.width
+    elif o.kind != "text":
+      raise ValueError(f"analytic_forward_flops: no count for modality kind {o.kind!r}")
+    f += fcfg.depth_of(mod) * _block(n[mod], tb.width, tb.mlp_dim)
+    if tb.width != d and fcfg.name != "dual_encoder":
+      f += 2 * n[mod] * tb.width * d
+  tf = lambda t: _block(t, d, m)
+  j, p, x, nb = fcfg.joint_depth, fcfg.post_depth, fcfg.cross_depth, fcfg.num_bottlenecks
+  cross = lambda: x * (_cross_block(n_a, n_b, d, m, fcfg.cross_mode)
+                       + _cross_block(n_b, n_a, d, m, fcfg.cross_mode))
+  f += {"early_sum": lambda: j * tf(max(n_a, n_b)),
+        "early_concat": lambda: j * tf(n_a + n_b),
+        "hier_multi_to_one": lambda: j * tf(n_a + n_b),
+        "hier_one_to_multi": lambda: j * tf(n_a + n_b) + p * (tf(n_a) + tf(n_b)),
+        "cross_attention": cross,
+        "cross_to_concat": lambda: cross() + j * tf(n_a + n_b),
+        "dual_encoder": lambda: 0.0,
+        "bottleneck": lambda: j * (tf(n_a + nb) + tf(n_b + nb))}[fcfg.name]()
+  return float(f)
+
+
 TOWERS_ARE_DESIGN = ("dual_encoder", "hier_multi_to_one")
 
 
-def fusion_config(base, name: str, n_a: int, n_b: int, quick: bool, batch_size: int):
+def fusion_config(base, name: str, n_a: int, n_b: int, quick: bool, batch_size: int,
+                  width: int = 0, depth_scale: int = 1):
   """`base` with fusion `name` (depths and loss weights from configs/fusion/<name>.py) and an
-  image of about n_a patch tokens and text of n_b tokens."""
+  image of about n_a patch tokens and text of n_b tokens; `width` > 0 rescales the model
+  (head_dim kept, MLP 4x), `depth_scale` multiplies every stage depth."""
   c = base.copy_and_resolve_references()
   ref = importlib.import_module(f"configs.fusion.{name}").get_config()
   c.model.fusion = name
@@ -91,6 +155,11 @@ def fusion_config(base, name: str, n_a: int, n_b: int, quick: bool, batch_size: 
     c.model.width, c.model.heads, c.model.mlp_dim, c.model.embed_dim = 32, 2, 64, 32
     for k in list(c.model.depth.keys()):
       c.model.depth[k] = min(int(c.model.depth[k]), 1)
+  if width:
+    head_dim = c.model.width // c.model.heads
+    c.model.width, c.model.heads, c.model.mlp_dim = width, max(width // head_dim, 1), 4 * width
+  for k in list(c.model.depth.keys()):
+    c.model.depth[k] = int(c.model.depth[k]) * depth_scale
   c.batch_size = batch_size
   c.grad_accum_steps = 1
   c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
@@ -130,16 +199,23 @@ def measure(config, steps: int, train: bool = True) -> Dict[str, Any]:
   params = {"params": variables["params"]}
   tokens = {m: summary._num_tokens(model, params, batch1, m)  # pylint: disable=protected-access
             for m in config.model.modalities}
-  split = attention_split(model, params, batch1)
+  counted = config.copy_and_resolve_references()
+  counted.attention.impl = "xla"  # see the module docstring: chunked's loop is counted once
+  count_model = models.build_model(counted)
+  split = attention_split(count_model, params, batch1)
   towers = sum(v for k, v in split.items() if "'tower_" in k)
   total = sum(split.values())
   inter = total if config.model.fusion in TOWERS_ARE_DESIGN else total - towers
   row = {"fusion": config.model.fusion,
          "params": summary.count_params(params)["total"],
-         "forward_flops": summary.forward_flops(model, params, batch1),
-         "attention_flops": total, "interaction_attention_flops": inter}
+         "forward_flops": summary.forward_flops(count_model, params, batch1),
+         "attention_flops": total, "interaction_attention_flops": inter,
+         "width": int(config.model.width),
+         "depth": sum(int(v) for v in config.model.depth.values())}
   mods = list(config.model.modalities)
   row["n_a"], row["n_b"] = tokens[mods[0]], tokens[mods[1]]
+  row["analytic_forward_flops"] = analytic_forward_flops(config, row["n_a"], row["n_b"])
+  row["analytic_over_xla"] = row["analytic_forward_flops"] / row["forward_flops"]
   row["n"] = row["n_a"] + row["n_b"]
   row["spec_cost"] = spec_cost(config.model.fusion, row["n_a"], row["n_b"], config.model.depth,
                                int(config.model.get("num_bottlenecks", 4)))
@@ -161,6 +237,23 @@ def measure(config, steps: int, train: bool = True) -> Dict[str, Any]:
   return row
 
 
+TOKEN_KINDS = ("both", "b_only", "a_only")
+
+
+def fit_size_exponents(rows) -> Dict[str, Dict[str, float]]:
+  """Per fusion: log-log slopes of params, forward FLOPs and attention FLOPs against the width
+  (kind 'width') and against the depth multiplier (kind 'depth')."""
+  out = {}
+  for f in dict.fromkeys(r["fusion"] for r in rows if r["kind"] in ("width", "depth")):
+    res = {}
+    for kind, x in (("width", "width"), ("depth", "depth_scale")):
+      rs = sorted((r for r in rows if r["fusion"] == f and r["kind"] == kind), key=lambda r: r[x])
+      for key in ("params", "forward_flops", "attention_flops"):
+        res[f"{key}_{kind}"] = slope([r[x] for r in rs], [r[key] for r in rs])
+    out[f] = res
+  return out
+
+
 def sweep_points(sizes: List[int], a_only: bool = True):
   """(n_a, n_b, kind): both together, then N_B alone and N_A alone from the smallest size."""
   pts = [(s, s, "both") for s in sizes]
@@ -179,6 +272,7 @@ def slope(xs, ys) -> float:
 
 def fit_exponents(rows, key="interaction_attention_flops") -> Dict[str, Dict[str, float]]:
   out = {}
+  rows = [r for r in rows if r["kind"] in TOKEN_KINDS]
   for f in dict.fromkeys(r["fusion"] for r in rows):
     rs = [r for r in rows if r["fusion"] == f]
     both = [r for r in rs if r["kind"] == "both"]
@@ -200,17 +294,35 @@ def markdown(rows, fits) -> str:
   lines = ["| fusion | SPEC cost / layer | exp. both: fit (SPEC at these N; asymptotic) | "
            "exp. N_B alone: fit (SPEC at these N; asymptotic) | exp. N_A alone: fit | "
            "step-time exp. both | params (largest) | "
-           "attn GFLOPs/ex (largest) | fwd GFLOPs/ex (largest) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "attn GFLOPs/ex (largest) | fwd GFLOPs/ex (largest) | analytic / XLA fwd (range) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for f, e in fits.items():
-    big = max((r for r in rows if r["fusion"] == f), key=lambda r: r["n"])
+    rs = [r for r in rows if r["fusion"] == f and r["kind"] in TOKEN_KINDS]
+    big = max(rs, key=lambda r: r["n"])
+    ratio = [r["analytic_over_xla"] for r in rs]
     sb, sn = SPEC_EXPONENT[f]
     p = pred[f]
     lines.append(
         f"| {f} | {SPEC_COST[f]} | {e['both']:.2f} ({p['both']:.2f}; {sb}) | "
         f"{e['n_b']:.2f} ({p['n_b']:.2f}; {sn}) | "
         f"{e['n_a']:.2f} | {e['step_both']:.2f} | {big['params']:,} | "
-        f"{big['interaction_attention_flops'] / 1e9:.4f} | {big['forward_flops'] / 1e9:.4f} |")
+        f"{big['interaction_attention_flops'] / 1e9:.4f} | {big['forward_flops'] / 1e9:.4f} | "
+        f"{min(ratio):.3f}-{max(ratio):.3f} |")
+  return "\n".join(lines)
+
+
+def markdown_sizes(rows, size_fits) -> str:
+  lines = ["| fusion | params vs width | fwd FLOPs vs width | attn FLOPs vs width | "
+           "params vs depth | fwd FLOPs vs depth | attn FLOPs vs depth | "
+           "analytic / XLA fwd (range) |",
+           "|---|---|---|---|---|---|---|---|"]
+  for f, e in size_fits.items():
+    ratio = [r["analytic_over_xla"] for r in rows
+             if r["fusion"] == f and r["kind"] in ("width", "depth")]
+    lines.append(f"| {f} | " + " | ".join(
+        f"{e[f'{k}_{kind}']:.2f}" for kind in ("width", "depth")
+        for k in ("params", "forward_flops", "attention_flops"))
+                 + f" | {min(ratio):.3f}-{max(ratio):.3f} |")
   return "\n".join(lines)
 
 
@@ -241,11 +353,33 @@ def plot(rows, out_dir):
     fig.savefig(p, dpi=100)
     plt.close(fig)
     paths.append(p)
+  if any(r["kind"] in ("width", "depth") for r in rows):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, kind in zip(axes, ("width", "depth")):
+      for f in dict.fromkeys(r["fusion"] for r in rows):
+        x = "width" if kind == "width" else "depth_scale"
+        rs = sorted((r for r in rows if r["fusion"] == f and r["kind"] == kind),
+                    key=lambda r: r[x])
+        if rs:
+          ax.plot([r[x] for r in rs], [r["forward_flops"] for r in rs], "o-", label=f)
+      ax.set_xscale("log", base=2)
+      ax.set_yscale("log")
+      ax.set_xlabel("model width (head_dim fixed, MLP 4x)" if kind == "width"
+                    else "stage depth multiplier")
+      ax.set_ylabel("forward FLOPs / example (XLA)")
+      ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    p = os.path.join(out_dir, "width_depth_flops.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    paths.append(p)
   return paths
 
 
 def run(base, out_dir: str, quick: bool, sizes=None, batch_size=None, steps=None,
-        fusions=FUSIONS, train=None, log=None) -> Dict[str, Any]:
+        fusions=FUSIONS, train=None, log=None, widths=(), depth_scales=(),
+        wd_size: int = 256) -> Dict[str, Any]:
   sizes = sizes or ([16, 32] if quick else [64, 128, 256, 512, 1024])
   batch_size = batch_size or (2 if quick else 8)
   steps = steps or (2 if quick else 3)
@@ -258,7 +392,7 @@ def run(base, out_dir: str, quick: bool, sizes=None, batch_size=None, steps=None
     for n_a, n_b, kind in sweep_points(sizes, a_only=not quick):
       cfg = fusion_config(base, f, n_a, n_b, quick, batch_size)
       r = measure(cfg, steps, train=train == "all" or (train == "both" and kind == "both"))
-      r.update(kind=kind, quick=quick)
+      r.update(kind=kind, depth_scale=1, quick=quick)
       rows.append(r)
       msg = (f"{f:18s} N_A={r['n_a']:5d} N_B={r['n_b']:5d} {kind:6s} "
              f"attn={r['interaction_attention_flops']:.3e} fwd={r['forward_flops']:.3e}")
@@ -266,11 +400,25 @@ def run(base, out_dir: str, quick: bool, sizes=None, batch_size=None, steps=None
         msg += (f" compile={r['compile_s']:.2f}s step={r['step_s'] * 1e3:.1f}ms "
                 f"mem={r['train_mem_bytes'] / 2**20:.1f}MiB")
       log(msg, flush=True)
+    points = [(w, 1, "width") for w in widths] + [(0, s, "depth") for s in depth_scales]
+    for width, scale, kind in points:
+      cfg = fusion_config(base, f, wd_size, wd_size, quick, batch_size, width, scale)
+      r = measure(cfg, steps, train=False)
+      r.update(kind=kind, depth_scale=scale, quick=quick)
+      rows.append(r)
+      log(f"{f:18s} {kind} width={r['width']} depth={r['depth']} params={r['params']:,} "
+          f"fwd={r['forward_flops']:.3e} analytic/xla={r['analytic_over_xla']:.3f}", flush=True)
   fits = fit_exponents(rows)
+  size_fits = fit_size_exponents(rows)
   fits_total = fit_exponents(rows, "attention_flops")
   fits_spec = fit_exponents(rows, "spec_cost")
   table = markdown(rows, fits)
-  keys = ["fusion", "kind", "n_a", "n_b", "n", "params", "forward_flops", "attention_flops",
+  if size_fits:
+    table += (f"\n\nWidth {list(widths)} (head_dim fixed, MLP 4x width) and stage depth x "
+              f"{list(depth_scales)} at {wd_size} tokens per modality: log-log slopes\n\n"
+              + markdown_sizes(rows, size_fits))
+  keys = ["fusion", "kind", "n_a", "n_b", "n", "width", "depth_scale", "depth", "params", "forward_flops",
+          "analytic_forward_flops", "analytic_over_xla", "attention_flops",
           "interaction_attention_flops", "spec_cost", "compile_s", "step_s", "train_mem_bytes",
           "batch_size", "quick"]
   with open(os.path.join(out_dir, "fusion_scaling.csv"), "w", newline="") as fh:
@@ -278,17 +426,21 @@ def run(base, out_dir: str, quick: bool, sizes=None, batch_size=None, steps=None
     w.writeheader()
     w.writerows(rows)
   meta = {"device": jax.devices()[0].device_kind, "quick": quick, "sizes": sizes, "train": train,
-          "batch_size": batch_size, "steps": steps, "wall_s": time.perf_counter() - t_start}
+          "batch_size": batch_size, "steps": steps, "widths": list(widths),
+          "depth_scales": list(depth_scales), "wd_size": wd_size,
+          "wall_s": time.perf_counter() - t_start}
   with open(os.path.join(out_dir, "fusion_scaling.json"), "w") as fh:
     json.dump({"meta": meta, "rows": rows, "exponents": fits,
                "exponents_total_attention": fits_total,
-               "exponents_spec_formula_at_these_n": fits_spec, "spec_cost": SPEC_COST,
+               "exponents_spec_formula_at_these_n": fits_spec,
+               "exponents_width_depth": size_fits, "spec_cost": SPEC_COST,
                "spec_exponent": SPEC_EXPONENT}, fh, indent=1)
   plots = plot(rows, out_dir)
   with open(os.path.join(out_dir, "summary.md"), "w") as fh:
     fh.write(f"Sizes {sizes}, batch {batch_size}, quick={quick}, device "
              f"{meta['device']}, sweep wall {meta['wall_s']:.0f} s\n\n{table}\n")
-  return {"rows": rows, "exponents": fits, "table": table, "plots": plots, "meta": meta}
+  return {"rows": rows, "exponents": fits, "size_exponents": size_fits, "table": table,
+          "plots": plots, "meta": meta}
 
 
 def _define_flags():
@@ -303,6 +455,9 @@ def _define_flags():
   flags.DEFINE_integer("batch_size", None, "Train-step batch (2 quick, 8 full).")
   flags.DEFINE_integer("timed_steps", None, "Timed steps (median; 2 quick, 3 full).")
   flags.DEFINE_list("fusions", list(FUSIONS), "Fusions to sweep.")
+  flags.DEFINE_list("widths", [], "Widths to sweep at --wd_size tokens (head_dim kept, MLP 4x).")
+  flags.DEFINE_list("depth_scales", [], "Multipliers of every stage depth, at --wd_size tokens.")
+  flags.DEFINE_integer("wd_size", 256, "Tokens per modality of the width/depth sweep.")
   flags.DEFINE_enum("train", None, ["all", "both", "none"],
                     "Which points compile and time the train step (each compile is ~15 s on "
                     "2 loaded CPU cores): all, both (N_A and N_B doubling; full default), none "
@@ -314,7 +469,8 @@ def main(argv):
   f = flags.FLAGS
   sizes = [int(s) for s in f.sizes] if f.sizes else None
   res = run(f.config, f.out, f.quick, sizes, f.batch_size, f.timed_steps, tuple(f.fusions),
-            f.train)
+            f.train, widths=[int(w) for w in f.widths],
+            depth_scales=[int(s) for s in f.depth_scales], wd_size=f.wd_size)
   print(res["table"])
 
 

@@ -121,12 +121,18 @@ def run_fusion(config, workdir: str, steps: int, eval_steps: List[int], log) -> 
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep)
   latest = ckpt.latest_step()
   ckpt.close()
-  train_s = None
-  if latest != steps:
+  timing = os.path.join(workdir, "train_time.json")
+  trained_now = latest != steps
+  if trained_now:
     t0 = time.perf_counter()
     out = trainer.train(config, workdir, log_to_stdout=False, devices=jax.devices()[:1])
-    train_s = time.perf_counter() - t0
-    log(f"  trained {out['step']} steps in {train_s:.0f} s, loss {out['metrics']['loss']:.4f}")
+    with open(timing, "w", encoding="utf-8") as fh:
+      json.dump({"train_s": time.perf_counter() - t0, "resumed_from": latest}, fh)
+    log(f"  trained {out['step']} steps, loss {out['metrics']['loss']:.4f}")
+  train_s = None
+  if os.path.exists(timing):
+    with open(timing, encoding="utf-8") as fh:
+      train_s = json.load(fh)["train_s"]
   evals = []
   for s in eval_steps:
     t0 = time.perf_counter()
@@ -136,11 +142,11 @@ def run_fusion(config, workdir: str, steps: int, eval_steps: List[int], log) -> 
     log(f"  step {s}: " + ", ".join(f"{k}={evals[-1][k]:.3f}" for k in METRICS
                                      if evals[-1][k] is not None)
         + f" ({time.perf_counter() - t0:.0f} s)")
-  return {"train_s": train_s, "evals": evals}
+  return {"train_s": train_s, "trained_now": trained_now, "evals": evals}
 
 
 def markdown(rows: List[Dict[str, Any]], chance: Dict[str, float]) -> str:
-  head = ("| fusion | params | GFLOPs / step | steps | train PFLOPs | zero-shot | i→t R@1 / R@10 "
+  head = ("| fusion | params | GFLOPs / step | steps | train TFLOPs | zero-shot | i→t R@1 / R@10 "
           "| t→i R@1 / R@10 | ITM pairwise | ITM group | MLM acc. | train s |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
@@ -150,7 +156,7 @@ def markdown(rows: List[Dict[str, Any]], chance: Dict[str, float]) -> str:
     wall = "" if r["train_s"] is None else f"{r['train_s']:.0f}"
     lines.append(
         f"| {r['fusion']} | {r['params']:,} | {r['flops_per_step'] / 1e9:.1f} | {e['step']} | "
-        f"{e['step'] * r['flops_per_step'] / 1e15:.3g} | {pct(e['zero_shot'])} | "
+        f"{e['step'] * r['flops_per_step'] / 1e12:.1f} | {pct(e['zero_shot'])} | "
         f"{pct(e['i2t_R@1'])} / {pct(e['i2t_R@10'])} | {pct(e['t2i_R@1'])} / "
         f"{pct(e['t2i_R@10'])} | {itm} | {pct(e['itm_group'])} | {pct(e['mlm'])} | {wall} |")
   lines.append(f"| chance | | | | | {pct(chance['zero_shot'])} | {pct(chance['R@1'])} / "
@@ -169,13 +175,13 @@ def plot(rows, chance, path):
   fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
   for ax, (key, label, ch) in zip(axes, panels):
     for r in rows:
-      pts = [(e["step"] * r["flops_per_step"] / 1e15, e[key]) for e in r["evals"]
+      pts = [(e["step"] * r["flops_per_step"] / 1e12, e[key]) for e in r["evals"]
              if e[key] is not None]
       if pts:
         style = "o--" if key == "itm_pairwise" and r["evals"][-1]["itm_method"] != "ITM head" else "o-"
         ax.plot(*zip(*pts), style, label=r["fusion"])
     ax.axhline(ch, color="gray", lw=0.8, ls=":", label="chance")
-    ax.set_xlabel("training PFLOPs")
+    ax.set_xlabel("training TFLOPs")
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
   axes[0].legend(fontsize=7)
