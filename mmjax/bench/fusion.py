@@ -406,7 +406,7 @@ def run(base, out_dir: str, quick: bool, sizes=None, batch_size=None, steps=None
       r = measure(cfg, steps, train=False)
       r.update(kind=kind, depth_scale=scale, quick=quick)
       rows.append(r)
-      log(f"{f:18s} {kind} width={r['width']} depth={r['depth']} params={r['params']:,} "
+      log(f"{f:18s} {kind} width={r['width']} depth x{scale} params={r['params']:,} "
           f"fwd={r['forward_flops']:.3e} analytic/xla={r['analytic_over_xla']:.3f}", flush=True)
   fits = fit_exponents(rows)
   size_fits = fit_size_exponents(rows)
@@ -417,8 +417,8 @@ def run(base, out_dir: str, quick: bool, sizes=None, batch_size=None, steps=None
     table += (f"\n\nWidth {list(widths)} (head_dim fixed, MLP 4x width) and stage depth x "
               f"{list(depth_scales)} at {wd_size} tokens per modality: log-log slopes\n\n"
               + markdown_sizes(rows, size_fits))
-  keys = ["fusion", "kind", "n_a", "n_b", "n", "width", "depth_scale", "depth", "params", "forward_flops",
-          "analytic_forward_flops", "analytic_over_xla", "attention_flops",
+  keys = ["fusion", "kind", "n_a", "n_b", "n", "width", "depth_scale", "depth", "params",
+          "forward_flops", "analytic_forward_flops", "analytic_over_xla", "attention_flops",
           "interaction_attention_flops", "spec_cost", "compile_s", "step_s", "train_mem_bytes",
           "batch_size", "quick"]
   with open(os.path.join(out_dir, "fusion_scaling.csv"), "w", newline="") as fh:
