@@ -118,6 +118,10 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
          re.search(r"Used ([\d.]+)([KMGT]) of", msg))
     scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
     need = float(m.group(1)) * scale[m.group(2)] if m else float("nan")
+    avail = (re.search(r"available HBM \(([\d.]+)([KMGT])\)", msg) or
+             re.search(r"Used [\d.]+[KMGT] of ([\d.]+)([KMGT]) hbm", msg))
+    if avail:  # what libtpu lets one program use (v4: less than the chip's 32 GiB)
+      info["hbm_available_gib"] = float(avail.group(1)) * scale[avail.group(2)] / GIB
     info.update(fits=False, mem_per_chip_bytes=need, mem_per_chip_gib=need / GIB,
                 compile_error=" ".join(msg.split())[:300],
                 compile_s=time.perf_counter() - t1)
@@ -156,7 +160,9 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
 def not_fit_message(r) -> str:
   return (f"error: does not fit: {r['config_fusion']} batch {r['batch_size']} on {r['topology']} "
           f"({r['chips']} chips, mesh {r['mesh']}) needs {r['mem_per_chip_gib']:.2f} GiB per "
-          f"chip > {r['hbm_gib']} GiB HBM; use more chips, a larger mesh.fsdp, "
+          f"chip > {r.get('hbm_available_gib', r['hbm_gib']):.2f} GiB of HBM available to it "
+          f"(chip: {r['hbm_gib']} GiB HBM); "
+          f"use more chips, a larger mesh.fsdp, "
           f"model.remat=full, or a smaller batch (--batch_per_chip)")
 
 
