@@ -33,12 +33,11 @@ import time
 from typing import Any, Dict, List
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 
 from configs import default as default_config
 from mmjax import checkpoint as ckpt_lib
-from mmjax import evaluate, models, sharding, train_lib, trainer
+from mmjax import evaluate, models, sharding, summary, train_lib, trainer
 from mmjax.bench.step import synthetic_batch
 from mmjax.data import builtin
 from mmjax.fusion import FUSIONS
@@ -208,9 +207,8 @@ def run(out_dir: str, workdir: str, fusions=FUSIONS, reference: str = "hier_mult
     log(f"{f}: {flops[f] / 1e9:.1f} GFLOPs/step x {steps} steps")
     res = run_fusion(configs[f], os.path.join(workdir, f), steps, eval_steps, log)
     model = models.build_model(configs[f])
-    params = jax.eval_shape(lambda m=model, c=configs[f]: m.init(
-        jax.random.key(0), models.dummy_batch(c, 1), method=m.init_all))["params"]
-    rows.append({"fusion": f, "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+    variables = summary.param_shapes(model, models.dummy_batch(configs[f], 1))
+    rows.append({"fusion": f, "params": summary.count_params({"params": variables["params"]})["total"],
                  "flops_per_step": flops[f], "total_steps": steps,
                  "batch_size": configs[f].batch_size, **res})
   first = configs[fusions[0]]
