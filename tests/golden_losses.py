@@ -1,0 +1,106 @@
+"""The first three training losses of every config in configs/, as a behaviour fixture.
+
+  python -m tests.golden_losses --write     # record tests/fixtures/golden_losses.json
+  python -m tests.golden_losses             # recompute and print the largest difference
+
+Each config runs through `trainer.train` (the function train.py calls) on 8 simulated CPU
+devices with its own mesh, a global batch of 8, 3 steps, no warm-up (so steps 2 and 3 follow
+real updates) and the metrics of every step logged. Configs deeper than 2 layers per stage
+or wider than 256 (CLIP ViT-B/16 and the pod configs) are cut to 2 layers per stage and
+width 256 (4 heads, MLP 4x; towers of their own width too), so the whole set runs in a few
+minutes; their data, resolution, vocabulary, dtypes, scan, remat and mesh stay theirs.
+Recorded: the total loss and every objective's loss at steps 1, 2 and 3.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "golden_losses.json"
+STEPS = 3
+MAX_DEPTH = 2
+MAX_WIDTH = 256
+
+
+def config_paths():
+  """Every config file under configs/ (relative to the repository root), sorted."""
+  return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
+                if p.name != "__init__.py")
+
+
+def load(path: str):
+  """get_config() of a config file, loaded by path as train.py --config=PATH does."""
+  if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+  spec = importlib.util.spec_from_file_location("golden_cfg", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def small(config):
+  """The config at a tiny batch, 3 steps, every step logged, depth capped at MAX_DEPTH."""
+  config.batch_size = 8
+  config.grad_accum_steps = 1
+  config.total_steps = STEPS
+  config.log_every_steps = 1
+  config.optimizer.warmup_steps = 0
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.async_save = False
+  config.seed = 0
+  depth = config.model.depth
+  for k in ("unimodal", "joint", "post", "cross"):
+    v = depth.get(k, 0)
+    if isinstance(v, int) and v > MAX_DEPTH:
+      depth[k] = MAX_DEPTH
+  model = config.model
+  for node in [model] + [model.modalities[m] for m in model.modalities]:
+    if int(node.get("width", 0)) > MAX_WIDTH:
+      node.width, node.heads, node.mlp_dim = MAX_WIDTH, 4, 4 * MAX_WIDTH
+  return config
+
+
+def losses(path: str):
+  """{step: {metric: value}} of the loss metrics of the first STEPS steps of `path`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_default_matmul_precision", "highest")
+  from mmjax import trainer  # pylint: disable=import-outside-toplevel
+  config = small(load(path))
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer.train(config, workdir, log_to_stdout=False)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"),
+                                              encoding="utf-8")]
+  return {str(r["step"]): {k: v for k, v in r.items() if k == "loss" or k.endswith("/loss")}
+          for r in rows}
+
+
+def main(argv):
+  results = {}
+  for path in config_paths():
+    t = time.perf_counter()
+    results[path] = losses(path)
+    print(f"{path} ({time.perf_counter() - t:.0f} s)", json.dumps(results[path]), flush=True)
+  if "--write" in argv:
+    FIXTURE.parent.mkdir(exist_ok=True)
+    FIXTURE.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {FIXTURE}")
+  elif FIXTURE.exists():
+    want = json.loads(FIXTURE.read_text())
+    diff = max(abs(results[p][s][k] - want[p][s][k]) for p in want for s in want[p]
+               for k in want[p][s])
+    print(f"largest difference from {FIXTURE.name}: {diff:.3g}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
