@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # `make train JAX_PLATFORMS=cuda` trains on a GPU; tests always run on the CPU.
 JAX_PLATFORMS ?= cpu
 
-.PHONY: venv test train bench clean
+.PHONY: venv test train clean
 venv: $(VENV)/.stamp
 
 $(VENV)/.stamp: requirements.txt pyproject.toml
@@ -16,10 +16,15 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -e ".[text]"
 	touch $@
 
-test: venv
+# Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots).
+$(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+test: $(VENV)/.test-stamp
 	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile --timeout=900 $(PYTEST_ARGS)
 
 train: venv

@@ -29,8 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.kernels.common import KV_PAD_ID, MASK_VALUE, Q_PAD_ID
+
 IMPLS = ("auto", "xla", "chunked", "cudnn", "pallas_gpu", "pallas_tpu")
-_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 _logged_choices: set = set()
 
 
@@ -71,7 +72,7 @@ def xla_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None
   scale = 1.0 / math.sqrt(q.shape[-1])
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
-    logits = jnp.where(mask, logits, _NEG)
+    logits = jnp.where(mask, logits, MASK_VALUE)
   weights = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
   return out, weights
@@ -85,10 +86,6 @@ def _pad_to(x, axis, multiple, value=0):
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, extra)
   return jnp.pad(x, pad, constant_values=value)
-
-
-_KV_PAD = int(jnp.iinfo(jnp.int32).min)      # segment id of padded / masked keys
-_Q_PAD = int(jnp.iinfo(jnp.int32).min) + 1   # segment id of rows padded to a chunk multiple
 
 
 def _chunks(x, c):
@@ -211,9 +208,9 @@ def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=
   qs = q_segment_ids.astype(jnp.int32) if use_seg else jnp.zeros((b, nq), jnp.int32)
   ks = kv_segment_ids.astype(jnp.int32) if use_seg else jnp.zeros((b, nk), jnp.int32)
   if kv_mask is not None:
-    ks = jnp.where(kv_mask, ks, _KV_PAD)
-  qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, _Q_PAD)
-  kp, vp, ksp = _pad_to(k, 1, kc), _pad_to(v, 1, kc), _pad_to(ks, 1, kc, _KV_PAD)
+    ks = jnp.where(kv_mask, ks, KV_PAD_ID)
+  qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, Q_PAD_ID)
+  kp, vp, ksp = _pad_to(k, 1, kc), _pad_to(v, 1, kc), _pad_to(ks, 1, kc, KV_PAD_ID)
   return _chunked_flash(qp, kp, vp, qsp, ksp, qc, kc)[:, :nq]
 
 
@@ -324,8 +321,11 @@ def attention_kernel(q, k, v, *, impl: str = "auto", kv_mask=None, q_segment_ids
   return out, weights
 
 
-def attention_flops(b: int, nq: int, nk: int, h: int, d: int) -> int:
-  """Forward FLOPs of the attention core: QK^T and PV, 2 * 2 * B * H * Nq * Nk * D."""
+def attention_core_flops(b: int, nq: int, nk: int, h: int, d: int) -> int:
+  """Forward FLOPs of the attention core: QK^T and PV, 2 * 2 * B * H * Nq * Nk * D.
+
+  The one closed form: MultiHeadAttention sows it (mmjax.summary sums it), and
+  mmjax.bench.attention scales it by its forward+backward factor."""
   return 4 * b * h * nq * nk * d
 
 
@@ -335,7 +335,8 @@ class MultiHeadAttention(nn.Module):
   x_q [B, Nq, E], x_kv [B, Nk, E] -> [B, Nq, E]. Parameters carry logical axes
   (embed, heads, kv). With `capture_weights`, the weights [B, H, Nq, Nk] are sown into the
   'intermediates' collection as 'attention_weights' (for inspection; forces the xla path).
-  Its analytic attention-core FLOPs are sown into 'attn_flops' (summed by mmjax.summary).
+  Its analytic attention-core FLOPs are sown into 'attn_flops' (summed by
+  mmjax.summary.sown_attention_flops).
   """
   num_heads: int
   head_dim: int
@@ -376,7 +377,7 @@ class MultiHeadAttention(nn.Module):
       self.sow("intermediates", "attention_weights", weights)
     b, nq, _ = x_q.shape
     self.sow("attn_flops", "flops",
-             jnp.asarray(attention_flops(b, nq, x_kv.shape[1], self.num_heads, self.head_dim),
+             jnp.asarray(attention_core_flops(b, nq, x_kv.shape[1], self.num_heads, self.head_dim),
                          jnp.float32))
     w_out = self.param("out_kernel", nn.with_logical_partitioning(
         nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),

@@ -13,12 +13,10 @@ commit, so a step that was being written when the process died is never listed o
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any, Optional
 
 import grain
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
@@ -86,9 +84,6 @@ class Checkpointer:
                             f"({type(e).__name__}); the checkpoint is incomplete or corrupt: "
                             "delete it or pass --config") from None
 
-  def wait(self):
-    self.manager.wait_until_finished()
-
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
@@ -125,9 +120,3 @@ def find_checkpoint(workdir: Optional[str] = None, checkpoint: Optional[str] = N
     raise CheckpointError(f"no committed checkpoint in {ckpt.directory}; train first (or "
                           "wait for the first checkpoint.every_steps)")
   return ckpt, step
-
-
-def is_primary() -> bool:
-  return jax.process_index() == 0
-
-

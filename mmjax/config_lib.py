@@ -1,67 +1,422 @@
-"""Config checks that run before anything compiles: one line naming the problem and the fix.
+"""One typed config: frozen dataclasses parsed once from the ConfigDict at the entry points.
 
-Unknown keys given on the command line are rejected by ml_collections itself
-(`--config.modle.width=...` fails); this module checks the values and their combinations.
+Config files stay plain Python returning an `ml_collections.ConfigDict` (configs/), and
+train.py / eval.py keep the `--config.KEY=VALUE` syntax. `parse(config_dict)` turns it into a
+`Config` once: every default not set in the file is the dataclass field's default below, and
+every check runs here, before anything compiles, as one line naming the problem and the fix
+(`ConfigError`). The rest of the code takes the typed objects:
+
+  Config
+    model       ModelConfig: fusion (FusionConfig), block (BlockConfig), modalities
+                (ModalityConfig each), embed_dim
+    objectives  ObjectivesConfig: loss weights, masking rates
+    optimizer   OptimizerConfig          mesh        MeshConfig
+    checkpoint  CheckpointConfig         eval        EvalConfig
+    data        the data layer's own resolved ConfigDict (mmjax/data/config.py owns its keys)
+    source      the ConfigDict it was parsed from (saved beside every checkpoint)
 """
 from __future__ import annotations
 
-from mmjax import fusion as fusion_lib
-from mmjax import models, objectives
+import dataclasses
+import importlib.util
+import math
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-REQUIRED = ("seed", "total_steps", "batch_size", "model", "attention", "loss_weights",
-            "objectives", "optimizer", "mesh", "checkpoint", "data")
+import jax.numpy as jnp
+import ml_collections
+
+from mmjax import fusion as fusion_lib
+from mmjax.attention import IMPLS
+from mmjax.layers import REMAT_POLICIES, BlockConfig
+from mmjax.tokenizers import EMBEDDERS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+PATCH_KINDS = ("image", "video", "audio")
+# Modality-config keys that describe the data (not embedder options), and that size a tower.
+DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim")
+TOWER_KEYS = ("width", "heads", "mlp_dim")
+DEPTH_KEYS = ("unimodal", "joint", "post", "cross")
+# Keys older configs carry that nothing reads any more.
+IGNORED_KEYS = ("eval_every_steps",)
 
 
 class ConfigError(ValueError):
   """A bad config value or combination (the message is one line)."""
 
 
-def validate(config, num_devices: int = 1) -> None:
-  missing = [k for k in REQUIRED if k not in config]
+# ------------------------------------------------------------------------------ sections
+
+@dataclasses.dataclass(frozen=True)
+class ModalityConfig:
+  """One modality: its kind, the data shape, its embedder's options, its own tower size."""
+  name: str
+  kind: str
+  options: Tuple[Tuple[str, Any], ...] = ()  # embedder options (patch, grid, vocab_size, ...)
+  input_shape: Tuple[int, ...] = ()
+  channels: int = 3
+  feature_dim: int = 2048
+  in_dim: int = 16
+  tower: Optional[BlockConfig] = None  # set when width / heads / mlp_dim are its own
+
+  def option(self, key: str):
+    """An embedder option: the config's value, else the embedder's own default."""
+    opts = dict(self.options)
+    if key in opts:
+      return opts[key]
+    return EMBEDDERS[self.kind].__dataclass_fields__[key].default
+
+  @property
+  def patch_dim(self) -> int:
+    """Values in one masked-modelling target (one patch, tubelet or feature vector)."""
+    if self.kind == "image":
+      return self.option("patch") ** 2 * self.channels
+    if self.kind == "video":
+      t, p1, p2 = self.option("tubelet")
+      return t * p1 * p2 * self.channels
+    if self.kind == "audio":
+      pt, pf = self.option("patch")
+      return pt * pf
+    return self.feature_dim if self.kind == "regions" else self.in_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  fusion: fusion_lib.FusionConfig
+  block: BlockConfig
+  modalities: Tuple[ModalityConfig, ...]
+  embed_dim: int = 128
+
+  @property
+  def names(self) -> Tuple[str, ...]:
+    return tuple(m.name for m in self.modalities)
+
+  def modality(self, name: str) -> ModalityConfig:
+    return {m.name: m for m in self.modalities}[name]
+
+  @property
+  def tower_blocks(self) -> Tuple[Tuple[str, BlockConfig], ...]:
+    return tuple((m.name, m.tower) for m in self.modalities if m.tower is not None)
+
+  @property
+  def design(self) -> fusion_lib.FusionDesign:
+    return self.fusion.design
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectivesConfig:
+  weights: Tuple[Tuple[str, float], ...] = (("contrastive", 1.0),)  # positive weights only
+  mlm_prob: float = 0.15
+  mim_ratio: float = 0.5
+  norm_pix: bool = True
+
+  def weight(self, name: str) -> float:
+    return dict(self.weights).get(name, 0.0)
+
+  @property
+  def active(self) -> Tuple[str, ...]:
+    return tuple(k for k, _ in self.weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 1e-3
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip: float = 0.0
+  end_lr_ratio: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every_steps: int = 1000
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  evaluators: Tuple[str, ...] = ("zero_shot", "retrieval", "itm", "mlm", "mim")
+  batch_size: int = 100
+  num_examples: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: ModelConfig
+  objectives: ObjectivesConfig
+  optimizer: OptimizerConfig
+  mesh: MeshConfig
+  checkpoint: CheckpointConfig
+  eval: EvalConfig
+  data: Any = dataclasses.field(compare=False, hash=False, repr=False)
+  source: Any = dataclasses.field(compare=False, hash=False, repr=False)
+  seed: int = 0
+  total_steps: int = 1000
+  batch_size: int = 64
+  grad_accum_steps: int = 1
+  nan_policy: str = "stop"  # stop | skip
+  log_every_steps: int = 25
+
+
+# ------------------------------------------------------------------------------ parsing
+
+def _fields(cls, node, path: str, skip=()) -> Dict[str, Any]:
+  """The dataclass fields present in `node` (a ConfigDict section); unknown keys fail."""
+  names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+  keys = list(node.keys()) if node is not None else []
+  unknown = [k for k in keys if k not in names and k not in skip]
+  if unknown:
+    raise ConfigError(f"unknown config key {path}.{unknown[0]}; known keys of {path}: "
+                      f"{', '.join(sorted(names))}")
+  return {k: _plain(node[k]) for k in keys if k in names}
+
+
+def _plain(v):
+  if isinstance(v, list):
+    return tuple(_plain(x) for x in v)
+  if isinstance(v, tuple):
+    return tuple(_plain(x) for x in v)
+  if hasattr(v, "to_dict"):
+    return v.to_dict()
+  return v
+
+
+def _dtype(name: str, key: str):
+  if name not in DTYPES:
+    raise ConfigError(f"unknown dtype {name!r} for {key}; choose one of {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+def _block(mc, att) -> BlockConfig:
+  if mc.width % mc.heads:
+    raise ConfigError(f"model.width={mc.width} is not divisible by model.heads={mc.heads}; "
+                      "pick a width that is a multiple of heads")
+  a = _fields(_AttentionKeys, att, "attention")
+  if a.get("impl", "auto") not in IMPLS:
+    raise ConfigError(f"unknown attention.impl={a['impl']!r}; choose one of {', '.join(IMPLS)}")
+  remat = mc.get("remat", "none")
+  if remat not in REMAT_POLICIES:
+    raise ConfigError(f"unknown model.remat={remat!r}; choose one of "
+                      f"{', '.join(REMAT_POLICIES)}")
+  try:
+    return BlockConfig(
+        width=int(mc.width), num_heads=int(mc.heads), mlp_dim=int(mc.mlp_dim),
+        attention_impl=a.get("impl", "auto"), chunk_size=int(a.get("chunk_size", 512)),
+        capture_weights=bool(a.get("capture_weights", False)),
+        dtype=_dtype(mc.get("dtype", "float32"), "model.dtype"),
+        param_dtype=_dtype(mc.get("param_dtype", "float32"), "model.param_dtype"),
+        remat=remat, scan=bool(mc.get("scan", False)), dropout=float(mc.get("dropout", 0.0)))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _AttentionKeys:
+  impl: str = "auto"
+  chunk_size: int = 512
+  capture_weights: bool = False
+
+
+# model.* keys that go to FusionConfig as they are (the depths come from model.depth).
+FUSION_KEYS = tuple(f.name for f in dataclasses.fields(fusion_lib.FusionConfig)
+                    if f.name not in ("name", "unimodal_depth", "joint_depth", "post_depth",
+                                      "cross_depth"))
+_MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
+               "remat", "scan", "dropout", "depth", "modalities") + FUSION_KEYS
+
+
+def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
+  o = _plain(o)
+  kind = o.get("kind")
+  if kind not in EMBEDDERS:
+    raise ConfigError(f"modality {name!r} has unknown kind {kind!r}; choose one of "
+                      f"{', '.join(EMBEDDERS)}")
+  fields = set(EMBEDDERS[kind].__dataclass_fields__) - {"parent", "name", "width", "dtype",
+                                                        "param_dtype"}
+  options = {k: v for k, v in o.items() if k not in DATA_KEYS + TOWER_KEYS}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise ConfigError(f"modality {name!r} ({kind}) has unknown option(s) {unknown}; valid: "
+                      f"{sorted(fields)}")
+  tower = None
+  if any(k in o for k in TOWER_KEYS):
+    width = int(o.get("width", base.width))
+    heads = int(o.get("heads", base.num_heads))
+    if width % heads:
+      raise ConfigError(f"model.modalities.{name}.width={width} is not divisible by its "
+                        f"heads={heads}; pick a width that is a multiple of heads")
+    mlp = int(o.get("mlp_dim", base.mlp_dim * width // base.width))
+    tower = dataclasses.replace(base, width=width, num_heads=heads, mlp_dim=mlp)
+  data = {k: o[k] for k in ("input_shape", "channels", "feature_dim", "in_dim") if k in o}
+  if "input_shape" in data:
+    data["input_shape"] = tuple(int(s) for s in data["input_shape"])
+  return ModalityConfig(name=name, kind=kind, options=tuple(options.items()), tower=tower,
+                        **data)
+
+
+def _model(mc, att) -> ModelConfig:
+  unknown = [k for k in mc.keys() if k not in _MODEL_KEYS]
+  if unknown:
+    raise ConfigError(f"unknown config key model.{unknown[0]}; known keys of model: "
+                      f"{', '.join(sorted(_MODEL_KEYS))}")
+  block = _block(mc, att)
+  mods = tuple(_modality(m, mc.modalities[m], block) for m in mc.modalities.keys())
+  d = mc.get("depth", {})
+  bad = [k for k in d.keys() if k not in DEPTH_KEYS]
+  if bad:
+    raise ConfigError(f"unknown config key model.depth.{bad[0]}; use {', '.join(DEPTH_KEYS)}")
+  uni = d.get("unimodal", 0)
+  per = {m.name: int(uni[m.name] if hasattr(uni, "keys") else uni) for m in mods}
+  opts = {k: _plain(mc[k]) for k in FUSION_KEYS if k in mc}
+  try:
+    fcfg = fusion_lib.FusionConfig(
+        name=mc.fusion, unimodal_depth=tuple(sorted(per.items())),
+        joint_depth=int(d.get("joint", 0)), post_depth=int(d.get("post", 0)),
+        cross_depth=int(d.get("cross", 0)), **opts)
+    design = fcfg.design
+    design.validate(tuple(m.name for m in mods))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  widths = {block.width} | {m.tower.width for m in mods if m.tower is not None}
+  if not design.projects_towers and len(widths) > 1 and fcfg.pool_combine != "concat":
+    raise ConfigError(f"towers of different widths {sorted(widths)} cannot be combined by "
+                      f"pool_combine={fcfg.pool_combine!r}; use pool_combine='concat'")
+  return ModelConfig(fusion=fcfg, block=block, modalities=mods,
+                     embed_dim=int(mc.get("embed_dim", 128)))
+
+
+def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
+  from mmjax import objectives  # pylint: disable=import-outside-toplevel
+  weights = {k: float(v) for k, v in config.loss_weights.items()}
+  try:
+    objectives.check_objectives(model.design, weights, model.names)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
+  return ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
+
+
+def parse(config) -> Config:
+  """The typed Config of a ConfigDict, every check applied (one-line ConfigError)."""
+  if isinstance(config, Config):
+    return config
+  required = ("model", "loss_weights")
+  missing = [k for k in required if k not in config]
   if missing:
     raise ConfigError(f"config lacks {missing}; start from configs/default.py")
-  mc = config.model
-  mods = tuple(mc.modalities.keys())
+  sections = ("model", "attention", "loss_weights", "objectives", "optimizer", "mesh",
+              "checkpoint", "data", "eval")
+  top = _fields(Config, config, "config", skip=sections + IGNORED_KEYS)
+  model = parse_model(config)
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
   try:
-    fusion_lib.validate(models.fusion_config(mc), mods)
-    models.block_config(mc, config.attention)
-    objectives.check_objectives(mc.fusion, dict(config.loss_weights),
-                                has_towers=_has_towers(mc.depth.unimodal))
-  except ValueError as e:
+    data = data_config.resolve(config.get("data"))
+  except (ValueError, FileNotFoundError) as e:
     raise ConfigError(str(e)) from None
-  if mc.fusion == "early_sum" and mc.get("early_sum_align", "none") == "none":
-    lengths = _token_counts(config)
-    if len(set(lengths.values())) > 1:
-      raise ConfigError(
-          f"early_sum needs aligned tokens of equal length, got {lengths}; use time-aligned "
-          "inputs or set model.early_sum_align='pad'")
-  if config.batch_size <= 0 or config.total_steps <= 0:
+  cfg = Config(
+      model=model, objectives=_objectives(config, model),
+      optimizer=OptimizerConfig(**_fields(OptimizerConfig, config.get("optimizer"),
+                                           "optimizer")),
+      mesh=MeshConfig(**_fields(MeshConfig, config.get("mesh"), "mesh")),
+      checkpoint=CheckpointConfig(**_fields(CheckpointConfig, config.get("checkpoint"),
+                                            "checkpoint")),
+      eval=EvalConfig(**_fields(EvalConfig, config.get("eval"), "eval")),
+      data=data, source=config, **top)
+  if cfg.batch_size <= 0 or cfg.total_steps <= 0:
     raise ConfigError("batch_size and total_steps must be positive")
-  accum = config.get("grad_accum_steps", 1)
-  if config.batch_size % accum:
-    raise ConfigError(f"batch_size={config.batch_size} is not divisible by "
-                      f"grad_accum_steps={accum}")
-  if config.get("nan_policy", "stop") not in ("stop", "skip"):
-    raise ConfigError(f"unknown nan_policy {config.nan_policy!r}; use 'stop' or 'skip'")
+  if cfg.batch_size % cfg.grad_accum_steps:
+    raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by "
+                      f"grad_accum_steps={cfg.grad_accum_steps}")
+  if cfg.nan_policy not in ("stop", "skip"):
+    raise ConfigError(f"unknown nan_policy {cfg.nan_policy!r}; use 'stop' or 'skip'")
+  for k in ("mlm_prob", "mim_ratio"):
+    v = getattr(cfg.objectives, k)
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+      raise ConfigError(f"objectives.{k}={v} must be in (0, 1)")
+  return cfg
+
+
+def parse_model(config) -> ModelConfig:
+  """The typed ModelConfig of a full config (its model and attention sections), checked."""
+  if isinstance(config, Config):
+    return config.model
+  if isinstance(config, ModelConfig):
+    return config
+  model = _model(config.model, config.get("attention"))
+  if type(model.design).validate_lengths is not fusion_lib.FusionDesign.validate_lengths:
+    try:
+      model.design.validate_lengths(token_counts(model))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  return model
+
+
+def check_mesh(cfg: Config, num_devices: int) -> Tuple[int, int, int]:
+  """(data, fsdp, tensor) for `num_devices`; the batch must split over data x fsdp."""
   from mmjax import sharding  # pylint: disable=import-outside-toplevel
   try:
-    d, f, _ = sharding.mesh_shape(config.mesh, num_devices)
+    d, f, t = sharding.mesh_shape(dataclasses.asdict(cfg.mesh), num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if (config.batch_size // accum) % (d * f):
-    raise ConfigError(f"batch_size={config.batch_size} (per micro-batch "
-                      f"{config.batch_size // accum}) is not divisible by the {d * f} batch "
-                      "shards (mesh.data x mesh.fsdp); change batch_size or the mesh")
+  micro = cfg.batch_size // cfg.grad_accum_steps
+  if micro % (d * f):
+    raise ConfigError(f"batch_size={cfg.batch_size} (per micro-batch {micro}) is not "
+                      f"divisible by the {d * f} batch shards (mesh.data x mesh.fsdp); change "
+                      "batch_size or the mesh")
+  return d, f, t
 
 
-def _has_towers(depth) -> bool:
-  return all(int(v) > 0 for v in depth.values()) if hasattr(depth, "values") else int(depth) > 0
+def validate(config, num_devices: int = 1) -> Config:
+  """parse + check_mesh: everything train.py checks before it builds anything."""
+  cfg = parse(config)
+  check_mesh(cfg, num_devices)
+  return cfg
 
 
-def _token_counts(config):
+def token_counts(model: ModelConfig) -> Dict[str, int]:
+  """Tokens each modality's embedder produces for the configured input shapes."""
   import jax  # pylint: disable=import-outside-toplevel
-  model = models.build_model(config)
-  batch = models.dummy_batch(config, 1)
+  from mmjax import models  # pylint: disable=import-outside-toplevel
+  m = models.MultimodalModel(model)
+  batch = models.dummy_batch(model, 1)
   shapes = jax.eval_shape(
-      lambda b: model.init_with_output(jax.random.key(0), b, method=model.embed)[0], batch)
-  return {m: int(t[0].shape[1]) for m, t in shapes.items()}
+      lambda b: m.init_with_output(jax.random.key(0), b, method=m.embed)[0], batch)
+  return {k: int(t[0].shape[1]) for k, t in shapes.items()}
+
+
+# ------------------------------------------------------------------------------ loading
+
+def load_config(path: str = "default", overrides: Optional[Mapping[str, Any]] = None
+                ) -> ml_collections.ConfigDict:
+  """A config file's get_config(), by path ('configs/fusion/early_concat.py') or by name
+  ('default', 'fusion/early_concat': a config shipped in mmjax/configs), with dotted
+  overrides applied ({'model.width': 64}) as --config.KEY=VALUE would."""
+  here = os.path.join(os.path.dirname(__file__), "configs")
+  file = path if path.endswith(".py") else os.path.join(here, f"{path}.py")
+  if not os.path.isfile(file):
+    raise ConfigError(f"config file {path} not found; pass a path to a .py config or a name "
+                      f"under mmjax/configs such as 'default' or 'fusion/early_concat'")
+  spec = importlib.util.spec_from_file_location("mmjax_user_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in (overrides or {}).items():
+    node = config
+    *path_, last = key.split(".")
+    for p in path_:
+      node = node[p]
+    if last not in node:
+      raise ConfigError(f"unknown config key {key}; check it against the config file")
+    node[last] = value
+  return config

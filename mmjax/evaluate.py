@@ -5,15 +5,15 @@ machine's shardings (mesh data=-1 over the local devices unless --config overrid
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict, Optional
 
-import jax
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import models, sharding, train_lib
+from mmjax import config_lib, models, sharding, train_lib
 from mmjax.data import builtin, pipeline, text as text_lib
 from mmjax.evaluators import itm, masked, retrieval, zero_shot
 from mmjax.evaluators.common import Evaluated
@@ -23,18 +23,18 @@ EVALUATORS = ("zero_shot", "retrieval", "itm", "mlm", "mim")
 
 def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, overrides=None,
             devices=None):
-  """(config, model, params, mesh, step) restored onto `devices` (default: all present)."""
+  """(config, model, params, mesh, step) restored onto `devices` (default: all present);
+  config is the typed Config of the checkpoint's config (+ overrides)."""
   ckpt, step = ckpt_lib.find_checkpoint(workdir, checkpoint)
-  config = ckpt.restore_config(step)
-  config.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+  raw = ckpt.restore_config(step)
+  raw.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
   if overrides:
-    config.update_from_flattened_dict(overrides)
-  model = models.build_model(config)
+    raw.update_from_flattened_dict(overrides)
+  config = config_lib.parse(raw)
+  model = models.build_model(config.model)
   tx, _ = train_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  abstract, shard = train_lib.state_shardings(config, model, tx, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shard)
+  mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices)
+  target, _ = train_lib.abstract_state(model, tx, mesh)
   state = ckpt.restore(step, target)
   ckpt.close()
   return config, model, state.params, mesh, step
@@ -61,7 +61,7 @@ def _test_batches(config, batch_size: int, num_examples: int, n_dev: int):
 def class_prompts(config) -> np.ndarray:
   """[C, T, L] token ids of every class name in every template."""
   task = config.data.task
-  tok = text_lib.get_tokenizer(config.data.get("tokenizer", "bytes"))
+  tok = text_lib.get_tokenizer(config.data.tokenizer)
   length = config.data.text_len
   names, templates = builtin.class_names(task), builtin.prompt_templates(task)
   return np.stack([np.stack([tok.encode(t.format(n), length) for t in templates])
@@ -77,10 +77,10 @@ def run(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
   if unknown:
     raise ValueError(f"unknown evaluator(s) {unknown}; choose from {', '.join(EVALUATORS)}")
   batches = _test_batches(config, config.eval.batch_size, config.eval.num_examples, mesh.size)
-  results: Dict[str, Any] = {"step": step, "fusion": config.model.fusion,
+  results: Dict[str, Any] = {"step": step, "fusion": config.model.fusion.name,
                              "devices": mesh.size}
   # Prompts and hard-negative captions are text: they need the second modality to be text.
-  texts = config.model.modalities[ev.b].kind == "text"
+  texts = config.model.modality(ev.b).kind == "text"
   for name in ("zero_shot", "itm"):
     if name in names and not texts:
       results[f"{name}/skipped"] = f"needs a text modality second; the model pairs {ev.a}/{ev.b}"

@@ -8,7 +8,7 @@ train step); evaluation passes none and is deterministic. Parameters carry logic
 from __future__ import annotations
 
 import dataclasses
-import functools
+
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -177,28 +177,13 @@ class Encoder(nn.Module):
     return x
 
 
-class CrossStreamLayer(nn.Module):
-  """Two-stream co-attention layer: both streams read the other's *input* states.
-
-  (a, b) <- (CrossBlock(a | b), CrossBlock(b | a)). With share=True one MultiHeadAttention
-  serves both directions (LXMERT). a [B, Na, E], b [B, Nb, E] with their masks.
-  """
-  cfg: BlockConfig
-  mode: str = "pure"
-  share: bool = False
-
-  @nn.compact
-  def __call__(self, a, a_mask, b, b_mask):
-    shared = _mha(self.cfg, "shared_cross_attn") if self.share else None
-    block = CrossBlock
-    if self.cfg.remat != "none" and not self.share:  # a shared submodule can't cross remat
-      block = nn.remat(block, policy=REMAT_POLICIES[self.cfg.remat])
-    new_a = block(self.cfg, self.mode, name="a")(a, a_mask, b, b_mask, shared)
-    new_b = block(self.cfg, self.mode, name="b")(b, b_mask, a, a_mask, shared)
-    return new_a, new_b
-
-
 def masked_mean(x, mask):
   """Mean over valid tokens. x [B, N, E], mask [B, N] -> [B, E]; all-invalid rows give 0."""
   m = mask.astype(x.dtype)[..., None]
   return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def l2_normalize(x, eps: float = 1e-6):
+  """x / max(||x||, eps) over the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))

@@ -1,30 +1,18 @@
-"""Masking for the masked-modelling objectives, and the patch layout of their targets.
+"""Masking and negative sampling: the random inputs of the pretext tasks.
+
+bert_mask / random_patch_mask build the masked-modelling inputs; itm_hard_negatives draws the
+matching task's hard negatives from the alignment similarity (ALBEF / BLIP).
 
 All functions are jit-friendly: shapes depend only on input shapes, never on random draws.
-
-Patch order (shared with mmjax.tokenizers, so token n of an embedder is patch n here):
-  patches are numbered row-major over the patch grid -- time first, then height, then width
-  (spectrograms: time, then frequency); inside a patch the values are flattened row-major in
-  the same order with channels last: image (dy, dx, c), video (dt, dy, dx, c), audio (dt, df).
+MAE masks are over the patches of mmjax.tokenizers.patchify_* (its docstring gives the patch
+order), which produce both the embedders' tokens and the reconstruction targets.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-
-Size2 = Union[int, Sequence[int]]
-
-
-def _pair(p: Size2) -> Tuple[int, int]:
-  return (int(p), int(p)) if isinstance(p, int) else tuple(int(v) for v in p)
-
-
-def _check_divisible(name, shape, patch):
-  if any(s % p for s, p in zip(shape, patch)):
-    raise ValueError(f"{name} of shape {tuple(shape)} is not divisible by patch {tuple(patch)}; "
-                     "resize/crop the input or pick a patch size that divides it")
 
 
 def _rank_lt(rng, eligible, count):
@@ -92,29 +80,45 @@ def random_patch_mask(rng, batch: int, num_patches: int, mask_ratio: float, vali
   return _rank_lt(rng, eligible, count)
 
 
-def patchify(images, patch: Size2):
-  """[B, H, W, C] -> [B, (H/ph)(W/pw), ph*pw*C]; patches row-major, values (dy, dx, c)."""
-  ph, pw = _pair(patch)
-  b, h, w, c = images.shape
-  _check_divisible("image", (h, w), (ph, pw))
-  x = images.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (h // ph) * (w // pw), ph * pw * c)
+# ------------------------------------------------------------------------------ negatives
+
+def global_rows(n_local: int, axis_name):
+  """Global indices of this device's rows: axis_index * n_local + arange(n_local)."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n_local
+  return offset + jnp.arange(n_local)
 
 
-def tubeletify(video, t: int, p: Size2):
-  """[B, T, H, W, C] -> [B, (T/t)(H/ph)(W/pw), t*ph*pw*C]; order (time, height, width),
-  values (dt, dy, dx, c)."""
-  ph, pw = _pair(p)
-  b, tt, h, w, c = video.shape
-  _check_divisible("video", (tt, h, w), (t, ph, pw))
-  x = video.reshape(b, tt // t, t, h // ph, ph, w // pw, pw, c)
-  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
-  return x.reshape(b, (tt // t) * (h // ph) * (w // pw), t * ph * pw * c)
+def itm_hard_negatives(rng, sim, *, sim_ba=None, axis_name: Optional[object] = None
+                       ) -> Tuple[jax.Array, jax.Array]:
+  """Hard negatives for ITM (ALBEF / BLIP): sample from softmax(sim) with the positive zeroed.
 
+  sim: [B_local, B_global] similarity logits of local A rows against all B (pass the scaled
+  logits, e.g. logit_scale * cos, since softmax over raw cosines is nearly uniform).
+  sim_ba: [B_local, B_global] local B rows against all A; defaults to sim.T (unsharded only).
+  Returns (neg_b, neg_a), int32 [B_local] global indices, no gradient:
+    neg_b[i] ~ softmax_j(sim[i, j]), j != global index of row i   (a negative B for each A)
+    neg_a[j] ~ softmax_i(sim_ba[j, i]), i != global index of row j (a negative A for each B)
+  Needs a global batch of at least 2. Sharded, rng is folded with the device index.
 
-def spec_patchify(spec, pt: int, pf: int):
-  """[B, T, F] -> [B, (T/pt)(F/pf), pt*pf]; order (time, frequency), values (dt, df)."""
-  b, t, f = spec.shape
-  _check_divisible("spectrogram", (t, f), (pt, pf))
-  x = spec.reshape(b, t // pt, pt, f // pf, pf).transpose(0, 1, 3, 2, 4)
-  return x.reshape(b, (t // pt) * (f // pf), pt * pf)
+  A model then scores 3B pairs with its matching head:
+    (A_i, B_i)            positives,       labels 1
+    (A_i, B_neg_b[i])     hard-negative B, labels 0
+    (A_neg_a[j], B_j)     hard-negative A, labels 0
+  i.e. inputs A = concat(A, A, A[neg_a]), B = concat(B, B[neg_b], B),
+  labels = [1]*B + [0]*2B, and itm_loss(head_logits [3B, 2], labels).
+  """
+  sim = jax.lax.stop_gradient(jnp.asarray(sim, jnp.float32))
+  if sim_ba is None:
+    if axis_name is not None:
+      raise ValueError("itm_hard_negatives with axis_name needs sim_ba (local B rows against "
+                       "all A); the transpose of local rows is not available")
+    sim_ba = sim.T
+  sim_ba = jax.lax.stop_gradient(jnp.asarray(sim_ba, jnp.float32))
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  rows = global_rows(sim.shape[0], axis_name)
+  positive = rows[:, None] == jnp.arange(sim.shape[1])[None, :]
+  r_b, r_a = jax.random.split(rng)
+  neg_b = jax.random.categorical(r_b, jnp.where(positive, -jnp.inf, sim), axis=-1)
+  neg_a = jax.random.categorical(r_a, jnp.where(positive, -jnp.inf, sim_ba), axis=-1)
+  return neg_b.astype(jnp.int32), neg_a.astype(jnp.int32)

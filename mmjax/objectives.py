@@ -24,40 +24,15 @@ from typing import Dict, Mapping, Tuple, Union
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers import l2_normalize  # noqa: F401  (re-exported)
+from mmjax.masking import global_rows, itm_hard_negatives  # noqa: F401  (re-exported)
+
 AxisName = Union[str, Tuple[str, ...], None]
 Metrics = Dict[str, jax.Array]
 LossAndMetrics = Tuple[jax.Array, Metrics]
 
 OBJECTIVES = ("contrastive", "sigmoid", "mlm", "mim", "itm")
-
-# Which objectives each fusion design (mmjax.fusion names) can train.
-#  - dual_encoder: no interaction, so no joint representation to classify (no ITM); alignment
-#    (contrastive / sigmoid) plus unimodal MLM / MIM on each tower.
-#  - early_sum / early_concat: a single stream from the first layer on; there are no separate
-#    per-modality embeddings to contrast, so no contrastive / sigmoid.
-#  - the rest keep per-modality streams (unimodal towers before fusion, or per-stream pooled
-#    outputs): everything.
-VALID_OBJECTIVES: Dict[str, frozenset] = {
-    "dual_encoder": frozenset({"contrastive", "sigmoid", "mlm", "mim"}),
-    "early_sum": frozenset(OBJECTIVES),
-    "early_concat": frozenset(OBJECTIVES),
-    "hier_multi_to_one": frozenset(OBJECTIVES),
-    "hier_one_to_multi": frozenset(OBJECTIVES),
-    "cross_attention": frozenset(OBJECTIVES),
-    "cross_to_concat": frozenset(OBJECTIVES),
-    "bottleneck": frozenset(OBJECTIVES),
-}
 ALIGNMENT = ("contrastive", "sigmoid")
-# These always have per-modality towers before any interaction (Tf1, Tf2).
-ALWAYS_TOWERS = ("dual_encoder", "hier_multi_to_one")
-
-_WHY_NOT = {
-    ("dual_encoder", "itm"): "dual_encoder has no cross-modal interaction, so there is no joint "
-                             "output for the matching head",
-    "no_towers": "{fusion} without unimodal towers mixes the modalities before any "
-                 "per-modality embedding exists (pooled streams of a paired forward have seen "
-                 "their partner), so there is nothing honest to contrast",
-}
 
 
 def _axes(axis_name: AxisName) -> Tuple[str, ...]:
@@ -77,17 +52,6 @@ def _varying(x, axis_name: AxisName):
   return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
-def _l2_normalize(x, eps: float = 1e-6):
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-
-
-def _global_rows(n_local: int, axis_name: AxisName):
-  """Global indices of this device's rows: axis_index * n_local + arange(n_local)."""
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n_local
-  return offset + jnp.arange(n_local)
-
-
 # ------------------------------------------------------------------------------ contrastive
 
 def contrastive_loss(za, zb, logit_scale_param, *, axis_name: AxisName = None,
@@ -102,14 +66,14 @@ def contrastive_loss(za, zb, logit_scale_param, *, axis_name: AxisName = None,
     L = 1/2 [ CE(s * za @ B.T, r) + CE(s * zb @ A.T, r) ],  averaged over the global batch.
   Metrics: loss, i2t_accuracy (A->B top-1), t2i_accuracy (B->A top-1), logit_scale.
   """
-  za, zb = _l2_normalize(za), _l2_normalize(zb)
+  za, zb = l2_normalize(za), l2_normalize(zb)
   scale = jnp.minimum(jnp.exp(jnp.asarray(logit_scale_param, jnp.float32)), max_logit_scale)
   if axis_name is None:
     za_all, zb_all = za, zb
   else:
     za_all = jax.lax.all_gather(za, axis_name, tiled=True)
     zb_all = jax.lax.all_gather(zb, axis_name, tiled=True)
-  labels = _global_rows(za.shape[0], axis_name)
+  labels = global_rows(za.shape[0], axis_name)
   logits_ab = scale * (za @ zb_all.T)  # [B_local, B_global]
   logits_ba = scale * (zb @ za_all.T)
 
@@ -235,7 +199,7 @@ def sigmoid_loss(za, zb, t_param, b_param, *, axis_name: AxisName = None) -> Los
   O(B_local^2 + B_local D) whatever the device count.
   Metrics: loss, i2t_accuracy / t2i_accuracy (top-1 retrieval over the global batch), t, b.
   """
-  za, zb = _l2_normalize(za), _l2_normalize(zb)
+  za, zb = l2_normalize(za), l2_normalize(zb)
   t = jnp.exp(jnp.asarray(t_param, jnp.float32))
   b = jnp.asarray(b_param, jnp.float32)
   if axis_name is None:
@@ -282,7 +246,7 @@ def mim_loss(pred, target, weights, *, norm_pix: bool = True, eps: float = 1e-6
              ) -> LossAndMetrics:
   """MAE-style masked regression (pixels of image / video / audio patches, or features).
 
-  pred, target [B, N, P] (P = values per patch, see mmjax.masking.patchify); weights [B, N]
+  pred, target [B, N, P] (P = values per patch, see mmjax.tokenizers.patchify_*); weights [B, N]
   (1 for masked patches). With norm_pix each target patch is normalized over its own P values:
   (x - mean) / sqrt(var + eps). Use norm_pix=False for region / frame / generic features.
   L = sum_{b,n} w_bn mean_p (pred - target)^2 / sum w. Metrics: loss.
@@ -300,46 +264,10 @@ def mim_loss(pred, target, weights, *, norm_pix: bool = True, eps: float = 1e-6
 
 # ------------------------------------------------------------------------------ matching
 
-def itm_hard_negatives(rng, sim, *, sim_ba=None, axis_name: AxisName = None
-                       ) -> Tuple[jax.Array, jax.Array]:
-  """Hard negatives for ITM (ALBEF / BLIP): sample from softmax(sim) with the positive zeroed.
-
-  sim: [B_local, B_global] similarity logits of local A rows against all B (pass the scaled
-  logits, e.g. logit_scale * cos, since softmax over raw cosines is nearly uniform).
-  sim_ba: [B_local, B_global] local B rows against all A; defaults to sim.T (unsharded only).
-  Returns (neg_b, neg_a), int32 [B_local] global indices, no gradient:
-    neg_b[i] ~ softmax_j(sim[i, j]), j != global index of row i   (a negative B for each A)
-    neg_a[j] ~ softmax_i(sim_ba[j, i]), i != global index of row j (a negative A for each B)
-  Needs a global batch of at least 2. Sharded, rng is folded with the device index.
-
-  A model then scores 3B pairs with its matching head:
-    (A_i, B_i)            positives,       labels 1
-    (A_i, B_neg_b[i])     hard-negative B, labels 0
-    (A_neg_a[j], B_j)     hard-negative A, labels 0
-  i.e. inputs A = concat(A, A, A[neg_a]), B = concat(B, B[neg_b], B),
-  labels = [1]*B + [0]*2B, and itm_loss(head_logits [3B, 2], labels).
-  """
-  sim = jax.lax.stop_gradient(jnp.asarray(sim, jnp.float32))
-  if sim_ba is None:
-    if axis_name is not None:
-      raise ValueError("itm_hard_negatives with axis_name needs sim_ba (local B rows against "
-                       "all A); the transpose of local rows is not available")
-    sim_ba = sim.T
-  sim_ba = jax.lax.stop_gradient(jnp.asarray(sim_ba, jnp.float32))
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  rows = _global_rows(sim.shape[0], axis_name)
-  positive = rows[:, None] == jnp.arange(sim.shape[1])[None, :]
-  r_b, r_a = jax.random.split(rng)
-  neg_b = jax.random.categorical(r_b, jnp.where(positive, -jnp.inf, sim), axis=-1)
-  neg_a = jax.random.categorical(r_a, jnp.where(positive, -jnp.inf, sim_ba), axis=-1)
-  return neg_b.astype(jnp.int32), neg_a.astype(jnp.int32)
-
-
 def itm_loss(logits, labels) -> LossAndMetrics:
   """Image-text matching: 2-way cross entropy. logits [M, 2]; labels int [M] in {0, 1}
   (1 = matched pair). L = mean_m (logsumexp(logits_m) - logits_m[label_m]).
-  Metrics: loss, accuracy. See itm_hard_negatives for how the M = 3B pairs are built."""
+  Metrics: loss, accuracy. See masking.itm_hard_negatives for how the M = 3B pairs are built."""
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.int32)
   correct = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
@@ -375,18 +303,15 @@ def combine_losses(losses: Mapping[str, LossAndMetrics], weights: Mapping[str, f
   return total, flat
 
 
-def check_objectives(fusion: str, weights: Mapping[str, float], has_towers: bool = True) -> None:
+def check_objectives(design, weights: Mapping[str, float], modalities) -> None:
   """Raise ValueError (one line: the problem and the fix) for an impossible objective set.
 
-  Rules: dual_encoder takes contrastive / sigmoid and unimodal mlm / mim, not itm (no joint
-  output). Every other fusion takes mlm / mim / itm. Alignment losses (contrastive / sigmoid)
-  contrast per-modality embeddings taken *before* any interaction (ALBEF), so they need
-  unimodal towers: always there for dual_encoder and hier_multi_to_one, and for the other
-  fusions when model.depth.unimodal > 0 (`has_towers`). Only objectives with a positive weight
-  count; at least one is required; weights must be finite and >= 0.
+  `design` is the model's FusionDesign; the rules ask what it has. ITM classifies a joint
+  representation (`design.joint_output`). Alignment losses (contrastive / sigmoid) contrast
+  per-modality embeddings taken *before* any interaction (ALBEF), so they need unimodal towers
+  (`design.has_towers`). Only objectives with a positive weight count; at least one is
+  required; weights must be finite and >= 0.
   """
-  if fusion not in VALID_OBJECTIVES:
-    raise ValueError(f"unknown fusion {fusion!r}; use one of {sorted(VALID_OBJECTIVES)}")
   unknown = sorted(k for k in weights if k not in OBJECTIVES)
   if unknown:
     raise ValueError(f"unknown objective(s) {unknown} in the loss weights; valid names are "
@@ -395,15 +320,80 @@ def check_objectives(fusion: str, weights: Mapping[str, float], has_towers: bool
     if not (math.isfinite(float(w)) and float(w) >= 0):
       raise ValueError(f"loss weight {k}={w} must be a finite number >= 0")
   active = [k for k in OBJECTIVES if float(weights.get(k, 0.0)) > 0]
+  name = design.name
   if not active:
     raise ValueError(f"no objective has a positive weight; set at least one of "
-                     f"{sorted(VALID_OBJECTIVES[fusion])} > 0 for fusion {fusion}")
+                     f"loss_weights.{{{','.join(OBJECTIVES)}}} > 0 for fusion {name}")
+  if "itm" in active and not design.joint_output:
+    raise ValueError(f"objective 'itm' is not available with fusion {name!r}: {name} has no "
+                     "cross-modal interaction, so there is no joint output for the matching "
+                     "head; set loss_weights.itm=0 or choose a fusion with interaction (e.g. "
+                     "hier_multi_to_one)")
   for k in active:
-    if k not in VALID_OBJECTIVES[fusion]:
-      why = _WHY_NOT[("dual_encoder", "itm")]
-      fix = "set loss_weights.itm=0 or choose a fusion with interaction (e.g. hier_multi_to_one)"
-      raise ValueError(f"objective {k!r} is not available with fusion {fusion!r}: {why}; {fix}")
-    if k in ALIGNMENT and not has_towers and fusion not in ALWAYS_TOWERS:
-      why = _WHY_NOT["no_towers"].format(fusion=fusion)
-      raise ValueError(f"objective {k!r} is not available with fusion {fusion!r}: {why}; set "
-                       f"loss_weights.{k}=0 or model.depth.unimodal > 0")
+    if k in ALIGNMENT and not design.has_towers(modalities):
+      raise ValueError(
+          f"objective {k!r} is not available with fusion {name!r}: {name} without unimodal "
+          "towers mixes the modalities before any per-modality embedding exists (pooled "
+          "streams of a paired forward have seen their partner), so there is nothing honest "
+          f"to contrast; set loss_weights.{k}=0 or model.depth.unimodal > 0")
+
+
+# ------------------------------------------------------------------------------ pretraining
+
+def _global_loss(fn, mesh, *arrays, scalars=()):
+  """Run a batch-level loss over the global batch: inside shard_map over the batch axes when
+  the batch is split across devices (fn receives axis_name), else directly."""
+  from mmjax import sharding  # pylint: disable=import-outside-toplevel
+  axes = tuple(a for a in sharding.BATCH_AXES if mesh.shape[a] > 1) if mesh is not None else ()
+  if not axes:
+    return fn(*arrays, *scalars, axis_name=None)
+  spec = jax.sharding.PartitionSpec(axes)
+  mapped = jax.shard_map(
+      functools.partial(fn, axis_name=axes if len(axes) > 1 else axes[0]), mesh=mesh,
+      in_specs=(spec,) * len(arrays) + (jax.sharding.PartitionSpec(),) * len(scalars),
+      out_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec()), check_vma=False)
+  return mapped(*arrays, *scalars)
+
+
+def losses_from_outputs(outputs: Mapping, objectives, mesh=None) -> Tuple[jax.Array, Metrics]:
+  """Weighted loss and metrics from `MultimodalModel.pretraining_outputs`.
+
+  Alignment runs on every pair of modalities (named 'contrastive' with one pair, else
+  'contrastive_<a>_<b>'); MLM / MIM per modality ('mlm' with one text modality, else
+  'mlm_<m>'). Each objective's weight is objectives.weight(<objective>).
+  """
+  results: Dict[str, LossAndMetrics] = {}
+  weights: Dict[str, float] = {}
+
+  def add(objective, name, value):
+    results[name] = value
+    weights[name] = objectives.weight(objective)
+
+  pairs = outputs.get("pairs", [])
+  for objective, fn, scalars in (
+      ("contrastive", contrastive_loss, ("logit_scale",)),
+      ("sigmoid", sigmoid_loss, ("sigmoid_t", "sigmoid_b"))):
+    if objective in objectives.active:
+      for a, b in pairs:
+        emb = outputs["embeddings"]
+        add(objective, objective if len(pairs) == 1 else f"{objective}_{a}_{b}",
+            _global_loss(fn, mesh, emb[a], emb[b],
+                         scalars=tuple(outputs[s] for s in scalars)))
+  if "itm" in outputs:
+    add("itm", "itm", itm_loss(*outputs["itm"]))
+  for objective, fn in (("mlm", mlm_loss),
+                        ("mim", functools.partial(mim_loss, norm_pix=objectives.norm_pix))):
+    per = outputs.get(objective, {})
+    for m, args in per.items():
+      add(objective, objective if len(per) == 1 else f"{objective}_{m}", fn(*args))
+  return combine_losses(results, weights)
+
+
+def pretraining_loss(model, params, batch, rng, objectives, mesh=None
+                     ) -> Tuple[jax.Array, Metrics]:
+  """(weighted loss, metrics) of `model` on `batch`: the model's pretraining outputs mapped to
+  the objectives above. `objectives` is an ObjectivesConfig; `mesh` (optional) spreads the
+  alignment losses over the global batch. Dropout masks come from fold_in(rng, 7)."""
+  outputs = model.apply(params, batch, rng, objectives, method=model.pretraining_outputs,
+                        rngs={"dropout": jax.random.fold_in(rng, 7)})
+  return losses_from_outputs(outputs, objectives, mesh)

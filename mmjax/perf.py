@@ -1,4 +1,4 @@
-"""Peak FLOP/s of the chip at hand and FLOPs of a compiled step (for TFLOP/s and MFU)."""
+"""Peak FLOP/s of the chip at hand, FLOPs and memory of a compiled step (for TFLOP/s and MFU)."""
 from __future__ import annotations
 
 import time
@@ -47,6 +47,14 @@ def step_flops(lowered) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", 0.0))
+
+
+def memory_bytes(compiled) -> int:
+  """Bytes a compiled executable needs on one device, from compiled.memory_analysis():
+  arguments + outputs + temporaries - aliased (donated inputs reused as outputs)."""
+  m = compiled.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
 
 
 def time_steps(step, state, batch, steps: int, warmup: int = 1):

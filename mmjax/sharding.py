@@ -64,10 +64,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
 def _fit(spec: P, shape, mesh: Mesh) -> P:
   """Drop mesh axes from dims they do not divide (e.g. a 261-entry vocab over tensor=2)."""
   out = []

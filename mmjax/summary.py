@@ -2,8 +2,9 @@
 
 Forward FLOPs come from XLA's cost analysis of the jitted forward (no parameters are
 materialized: everything is lowered from shapes). Attention-core FLOPs (QK^T and PV,
-4 * B * H * Nq * Nk * D per attention) are sown by every MultiHeadAttention and summed, so the
-table shows how the interaction cost grows with token counts (SPEC section 2's cost column).
+4 * B * H * Nq * Nk * D per attention, attention.attention_core_flops) are sown by every
+MultiHeadAttention and summed, so the table shows how the interaction cost grows with token
+counts (the survey's per-layer cost column of the fusion designs).
 
   python -m mmjax.summary --config=configs/default.py [--config.model.fusion=early_concat]
 """
@@ -17,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import models
+from mmjax.config_lib import parse_model
 
 
-def _shape_tree(tree):
+def shape_tree(tree):
+  """jax.ShapeDtypeStructs of a tree of arrays (or array-likes, or ShapeDtypeStructs)."""
   def one(x):
     dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
     return jax.ShapeDtypeStruct(np.shape(x), dtype)
@@ -28,7 +31,7 @@ def _shape_tree(tree):
 
 def param_shapes(model, batch):
   return jax.eval_shape(lambda b: model.init(jax.random.key(0), b, method=model.init_all),
-                        _shape_tree(batch))
+                        shape_tree(batch))
 
 
 def count_params(params) -> Dict[str, int]:
@@ -46,46 +49,62 @@ def count_params(params) -> Dict[str, int]:
 def forward_flops(model, params, batch) -> float:
   """Total forward FLOPs of the jitted forward, from XLA's cost analysis."""
   fn = jax.jit(lambda p, b: model.apply(p, b))
-  compiled = fn.lower(params, _shape_tree(batch)).compile()
+  compiled = fn.lower(params, shape_tree(batch)).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", 0.0))
 
 
-def attention_flops(model, params, batch) -> float:
-  """Sum of the attention-core FLOPs sown by every attention in the forward.
+def _sown_flops_fn(model, params, batch):
+  """fn() -> {path: sum of the attention-core FLOPs sown there} for one forward, to be jitted.
 
   The sown values are constants, so XLA prunes the whole forward: nothing is materialized.
+  Paths are jax.tree_util.keystr's of the 'attn_flops' collection (e.g. "['fusion']...").
   """
-  shapes, batch_shapes = _shape_tree(params), _shape_tree(batch)
+  shapes, batch_shapes = shape_tree(params), shape_tree(batch)
 
   def fn():
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)
     _, state = model.apply(jax.tree.map(zeros, shapes), jax.tree.map(zeros, batch_shapes),
                            mutable=["attn_flops"])
-    return sum(jnp.sum(x) for x in jax.tree.leaves(state.get("attn_flops", {})))
-  return float(jax.jit(fn)())
+    flat = jax.tree_util.tree_flatten_with_path(state.get("attn_flops", {}))[0]
+    return {jax.tree_util.keystr(p): jnp.sum(x) for p, x in flat}
+  return fn
+
+
+def sown_attention_flops_by_path(model, params, batch) -> Dict[str, float]:
+  """Attention-core FLOPs of the forward per sown path (a scanned stack: summed over layers)."""
+  return {k: float(v) for k, v in jax.jit(_sown_flops_fn(model, params, batch))().items()}
+
+
+def sown_attention_flops(model, params, batch) -> float:
+  """Total attention-core FLOPs sown by every attention in the forward."""
+  fn = _sown_flops_fn(model, params, batch)
+  return float(jax.jit(lambda: sum(fn().values()))())
 
 
 def summarize(config, batch_size: int = 1) -> Dict[str, Any]:
-  """Everything the table shows, per example (batch_size 1 by default)."""
-  model = models.build_model(config)
-  batch = models.dummy_batch(config, batch_size)
+  """Everything the table shows, per example (batch_size 1 by default). `config`: a
+  ConfigDict, Config or ModelConfig."""
+  mc = parse_model(config)
+  model = models.build_model(mc)
+  batch = models.dummy_batch(mc, batch_size)
   variables = param_shapes(model, batch)
   params = {"params": variables["params"]}
   return {
-      "fusion": config.model.fusion,
+      "fusion": mc.fusion.name,
       "params": count_params(params),
       "forward_flops": forward_flops(model, params, batch) / batch_size,
-      "attention_flops": attention_flops(model, params, batch) / batch_size,
-      "tokens": {m: _num_tokens(model, params, batch, m) for m in config.model.modalities},
+      "attention_flops": sown_attention_flops(model, params, batch) / batch_size,
+      "tokens": {m: num_tokens(model, params, batch, m) for m in mc.names},
   }
 
 
-def _num_tokens(model, params, batch, modality) -> int:
+def num_tokens(model, params, batch, modality) -> int:
+  """Number of tokens the embedder of `modality` produces for this batch ([CLS] included)."""
   out = jax.eval_shape(lambda p, b: model.apply(p, b, method=model.embed), params,
-                       _shape_tree(batch))
+                       shape_tree(batch))
   return int(out[modality][0].shape[1])
 
 

@@ -5,8 +5,11 @@ element-wise (the simplest early fusion), and optionally prepends a learned [CLS
 Positions are learned tables or fixed sin-cos (1D/2D/3D); learned tables are stored at the
 configured grid and interpolated to another grid or clip length at apply time.
 
-Patch order is row-major: time, then height, then width (frequency for audio), so MIM targets
-from `patchify_*` line up with tokens.
+Patch order (the one patch extraction of mmjax: embedders and MIM targets both use
+`patchify_*`, so token n of an embedder is patch n of the target): patches are numbered
+row-major over the patch grid -- time first, then height, then width (spectrograms: time, then
+frequency); inside a patch the values are flattened row-major in the same order with channels
+last: image (dy, dx, c), video (dt, dy, dx, c), audio (dt, df).
 
 Optional arguments every embedder takes:
   valid    [B] bool       this example has the modality (False = absent: all tokens masked)
@@ -14,7 +17,7 @@ Optional arguments every embedder takes:
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence, Tuple, Union
 
 import einops
 import flax.linen as nn
@@ -27,10 +30,15 @@ from mmjax import layers
 
 # ----------------------------------------------------------------------------- patches
 
-def patchify_image(x, patch: int):
-  """[B, H, W, C] -> [B, (H/p)(W/p), p*p*C]."""
-  _check_divisible("image", x.shape[1:3], (patch, patch))
-  return einops.rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=patch, p2=patch)
+def _pair(p: Union[int, Sequence[int]]) -> Tuple[int, int]:
+  return (int(p), int(p)) if isinstance(p, (int, np.integer)) else tuple(int(v) for v in p)
+
+
+def patchify_image(x, patch: Union[int, Sequence[int]]):
+  """[B, H, W, C] -> [B, (H/ph)(W/pw), ph*pw*C]; patch is p (square) or (ph, pw)."""
+  ph, pw = _pair(patch)
+  _check_divisible("image", x.shape[1:3], (ph, pw))
+  return einops.rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=ph, p2=pw)
 
 
 def patchify_video(x, tubelet: Sequence[int]):
@@ -148,6 +156,8 @@ class TextEmbedder(_Embedder):
   vocab_size: int = 261
   max_len: int = 64
   pad_id: int = 0
+  mask_id: int = 3                                # [MASK], for masked language modelling
+  special_ids: Tuple[int, ...] = (0, 1, 2, 3)     # never masked nor drawn as replacements
   add_cls: bool = False
 
   @nn.compact

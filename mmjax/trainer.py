@@ -4,14 +4,16 @@ train(config, workdir):
   * validates the config (one-line errors) before anything compiles;
   * builds the mesh, initializes (or restores the latest committed checkpoint: state and the
     data iterator), compiles the step and prints a summary (params, FLOPs, mesh, shardings);
-  * per step: loss of each objective, learning rate, gradient norm, step time, TFLOP/s, MFU
-    to metrics.jsonl, TensorBoard and the progress bar;
+  * every log_every_steps: loss of each objective, learning rate, gradient norm, step time,
+    TFLOP/s, MFU to metrics.jsonl, TensorBoard and the progress bar (metrics stay on the
+    device in between, so dispatch runs ahead);
   * saves asynchronously every checkpoint.every_steps, and on SIGTERM (preemption) saves and
     exits cleanly; a non-finite loss stops the run naming the step and the last good
     checkpoint (nan_policy='stop'), or is skipped and counted (nan_policy='skip').
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -73,12 +75,13 @@ def _progress(total, initial, enabled):
               mininterval=1.0)
 
 
-def make_data_iterator(config, split: str = "train", seed: Optional[int] = None):
+def make_data_iterator(config: config_lib.Config, split: str = "train",
+                       seed: Optional[int] = None):
   ds = pipeline.make_dataset(
       config.data, split, global_batch_size=config.batch_size,
       seed=config.seed if seed is None else seed, process_index=jax.process_index(),
       process_count=jax.process_count(), shuffle=True, repeat=True,
-      num_workers=config.data.get("num_workers", 0))
+      num_workers=config.data.num_workers)
   return iter(ds)
 
 
@@ -88,20 +91,20 @@ def model_inputs(batch: Dict[str, Any], model) -> Dict[str, Any]:
   return {k: v for k, v in batch.items() if k in keep}
 
 
-def _summary(config, state, flops, mesh, peak) -> str:
+def _summary(config: config_lib.Config, state, flops, mesh, peak) -> str:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   sharded = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)
                 if not x.sharding.is_fully_replicated)
   lines = [
-      f"mmjax: {config.model.fusion} over {list(config.model.modalities.keys())}",
+      f"mmjax: {config.model.fusion.name} over {list(config.model.names)}",
       f"  params      {n_params / 1e6:.2f}M ({sharded / max(n_params, 1):.0%} sharded)",
       f"  FLOPs       {flops * mesh.size / config.batch_size / 1e9:.3f} GFLOP per "
       f"example per train step (XLA)",
       f"  mesh        {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform} "
       f"device(s), {jax.process_count()} process(es)",
-      f"  data        {config.data.source}:{config.data.get('task', '')}, global batch "
+      f"  data        {config.data.source}:{config.data.task}, global batch "
       f"{config.batch_size}",
-      f"  objectives  " + ", ".join(f"{k}={v}" for k, v in config.loss_weights.items() if v),
+      "  objectives  " + ", ".join(f"{k}={v}" for k, v in config.objectives.weights),
       f"  peak        {peak[0] * 1e3:.1f} GFLOP/s per device ({peak[1]})",
   ]
   return "\n".join(lines)
@@ -109,27 +112,30 @@ def _summary(config, state, flops, mesh, peak) -> str:
 
 def train(config, workdir: str, *, stop_after: Optional[int] = None,
           log_to_stdout: bool = True, devices=None) -> Dict[str, Any]:
-  """Train (or resume) in `workdir` on `devices` (default: all). `stop_after` ends the run
-  early at that step (tests, simulated preemption) after saving, as SIGTERM does."""
+  """Train (or resume) in `workdir` on `devices` (default: all). `config` is a ConfigDict
+  (parsed here, once) or a Config. `stop_after` ends the run early at that step (tests,
+  simulated preemption) after saving, as SIGTERM does.
+
+  Metrics reach the host only on logging steps; the state's non-finite counters are read on
+  logging and checkpoint steps (nothing is saved after a non-finite step under 'stop')."""
   devices = list(devices) if devices is not None else jax.devices()
-  config_lib.validate(config, len(devices))
-  model = models.build_model(config)
-  tx, schedule = train_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  abstract, shard = train_lib.state_shardings(config, model, tx, mesh)
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep,
-                               async_save=config.checkpoint.get("async_save", True))
-  data_it = make_data_iterator(config)
+  cfg = config_lib.parse(config)
+  config_lib.check_mesh(cfg, len(devices))
+  model = models.build_model(cfg.model)
+  tx, schedule = train_lib.make_optimizer(cfg)
+  mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), devices)
+  target, shard = train_lib.abstract_state(model, tx, mesh)
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=cfg.checkpoint.keep,
+                               async_save=cfg.checkpoint.async_save)
+  data_it = make_data_iterator(cfg)
   start = ckpt.latest_step()
   if start is not None:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shard)
     state = ckpt.restore(start, target, data_it)
     logging.info("resumed from step %d", start)
   else:
-    state, _ = train_lib.create_state(config, model, tx, mesh)
+    state, _ = train_lib.create_state(cfg, model, tx, mesh)
     start = 0
-  step_fn = train_lib.make_train_step(config, model, tx, schedule, mesh, shard)
+  step_fn = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
   batch_sh = sharding.batch_sharding(mesh)
 
   def next_batch():
@@ -142,7 +148,7 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
   peak = chip_peak()
   primary = jax.process_index() == 0
   if primary and log_to_stdout:
-    print(_summary(config, state, flops, mesh, peak), flush=True)
+    print(_summary(cfg, state, flops, mesh, peak), flush=True)
     if start:
       print(f"  resumed     from checkpoint step {start}", flush=True)
 
@@ -153,50 +159,54 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
   old_handler = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
 
   writer = MetricWriter(workdir)
-  bar = _progress(config.total_steps, start, primary and log_to_stdout)
+  bar = _progress(cfg.total_steps, start, primary and log_to_stdout)
   last_saved = start if start else None
   last_metrics: Dict[str, float] = {}
-  skipped_total = 0
   step = start
-  t_last = time.perf_counter()
+  t_last, since_log = time.perf_counter(), 0
+
+  def check_finite():
+    """Stop (policy 'stop') once the state has seen a non-finite step: a host sync."""
+    skipped, first = (int(x) for x in jax.device_get((state.skipped, state.first_skipped)))
+    if skipped and cfg.nan_policy == "stop":
+      saved = (f"Last good checkpoint: step {last_saved} in {ckpt.directory}"
+               if last_saved is not None else "No checkpoint saved yet")
+      raise TrainingError(
+          f"non-finite loss at step {first}; its update was not applied and the run stopped. "
+          f"{saved}. Lower optimizer.learning_rate, check the data, or set nan_policy='skip'")
+    return skipped
+
   try:
-    while step < config.total_steps:
+    while step < cfg.total_steps:
       state, metrics = compiled(state, batch)
       step += 1
-      done = step >= config.total_steps
+      since_log += 1
+      done = step >= cfg.total_steps
       preempted = stop["signal"] is not None or (stop_after is not None and step >= stop_after)
-      if done or preempted or step % config.checkpoint.every_steps == 0:
+      save_now = done or preempted or step % cfg.checkpoint.every_steps == 0
+      log_now = step % cfg.log_every_steps == 0 or done or step == start + 1
+      skipped = check_finite() if (save_now or log_now) else None
+      if save_now:
         # Before the next batch is drawn: the saved iterator state is exactly "after step".
-        ckpt.save(step, state, data_it, config, force=True)
-        saved_now = True
-      else:
-        saved_now = False
+        ckpt.save(step, state, data_it, cfg.source, force=True)
+        last_saved = step
       if not (done or preempted):
         batch = next_batch()  # overlaps with the step running on the devices
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      step_time, t_last = now - t_last, now
-      m = {k: float(v) for k, v in metrics.items()}
-      if m["skipped"]:
-        skipped_total += 1
-        if config.get("nan_policy", "stop") == "stop":
-          raise TrainingError(
-              f"non-finite loss at step {step} (loss={m['loss']}); the update was not applied. "
-              f"Last good checkpoint: step {last_saved} in {ckpt.directory}. Lower "
-              "optimizer.learning_rate, check the data, or set nan_policy='skip'")
-      if saved_now:
-        last_saved = step
-      m.update(step_time_s=step_time, skipped_total=float(skipped_total),
-               tflops_per_device=flops / step_time / 1e12,
-               mfu=flops / step_time / 1e12 / peak[0],
-               examples_per_s=config.batch_size / step_time)
-      last_metrics = m
-      if step % config.log_every_steps == 0 or done or step == start + 1:
+      if log_now:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        step_time, t_last, since_log = (now - t_last) / since_log, now, 0
+        m.update(step_time_s=step_time, skipped_total=float(skipped),
+                 tflops_per_device=flops / step_time / 1e12,
+                 mfu=flops / step_time / 1e12 / peak[0],
+                 examples_per_s=cfg.batch_size / step_time)
+        last_metrics = m
         writer.write(step, m)
+        if bar is not None:
+          bar.set_postfix(loss=f"{m['loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}",
+                          mfu=f"{m['mfu']:.1%}", refresh=False)
       if bar is not None:
         bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}",
-                        mfu=f"{m['mfu']:.1%}", refresh=False)
       if preempted:
         logging.warning("stopping at step %d (preemption); checkpoint saved", step)
         break
@@ -208,8 +218,9 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
   if primary and log_to_stdout:
-    print(f"done: step {step}/{config.total_steps}, loss {last_metrics.get('loss', float('nan')):.4f}, "
-          f"last checkpoint {last_saved} in {ckpt.directory}", flush=True)
+    print(f"done: step {step}/{cfg.total_steps}, loss "
+          f"{last_metrics.get('loss', float('nan')):.4f}, last checkpoint {last_saved} in "
+          f"{ckpt.directory}", flush=True)
   return {"step": step, "state": state, "metrics": last_metrics, "checkpoint_step": last_saved}
 
 

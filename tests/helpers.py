@@ -1,7 +1,7 @@
 """Small configs and batches shared by the training tests."""
 import numpy as np
 
-from configs import default
+from mmjax.configs import default
 
 
 def tiny_config(fusion="hier_multi_to_one", **overrides):

@@ -1,12 +1,13 @@
 """mmjax.bench.fusion quick mode: files written, and the fitted attention-cost exponents match the
-cost SPEC section 2 gives each interaction (they would not if a variant attended over the wrong
+survey's per-layer cost of each interaction (they would not if a variant attended over the wrong
 tokens, e.g. cross-attention over the concatenation, or early_concat with separate streams)."""
 import json
 import math
 import os
 
-from configs import default
-from mmjax.bench import fusion
+from mmjax import fusion as fusion_lib
+from mmjax.bench import fusion, fusion_cost, fusion_report, fusion_sweep
+from mmjax.configs import default
 
 
 def test_fusion_quick_sweep(tmp_path):
@@ -24,11 +25,13 @@ def test_fusion_quick_sweep(tmp_path):
   # cross_attention: N_A * N_B -> linear in one modality (quadratic would be ~1.8 here).
   assert abs(e["cross_attention"]["n_b"] - 1.0) < 0.05, e
   assert abs(e["cross_attention"]["both"] - 2.0) < 0.05, e
-  # dual_encoder: N_A^2 + N_B^2 -> the N_B-alone slope is that of the SPEC formula at these N.
-  spec = data["exponents_spec_formula_at_these_n"]
+  # dual_encoder: N_A^2 + N_B^2 -> the N_B-alone slope is that of the survey's formula at these N.
+  survey = data["exponents_survey_formula_at_these_n"]
   for f in e:
     for k in ("both", "n_b"):
-      assert math.isclose(e[f][k], spec[f][k], abs_tol=0.05), (f, k, e[f], spec[f])
+      assert math.isclose(e[f][k], survey[f][k], abs_tol=0.05), (f, k, e[f], survey[f])
+  assert data["survey_cost"]["cross_attention"] == fusion_lib.get("cross_attention").cost
+  assert data["survey_exponent"]["cross_attention"] == [2, 1]
   rows = [r for r in data["rows"] if r["fusion"] == "early_concat"]
   assert all(r["params"] > 0 and r["forward_flops"] > r["attention_flops"] > 0 for r in rows)
   assert "| early_concat |" in res["table"]
@@ -53,16 +56,34 @@ def test_analytic_flops_every_fusion():
   shorter length (0.63) or on the concatenation (1.09), cross_attention with keys over the
   concatenation (1.07) or self- instead of cross-attention (0.92), bottleneck without its 4
   tokens (0.84), hier_one_to_multi without its post stage (0.61), a missing tower (<= 0.83)."""
-  for f in fusion.FUSIONS:
-    cfg = fusion.fusion_config(default.get_config(), f, 16, 48, quick=True, batch_size=2)
-    r = fusion.measure(cfg, steps=1, train=False)
+  for f in fusion_lib.BUILTIN:
+    cfg = fusion_sweep.sweep_config(default.get_config(), f, 16, 48, quick=True, batch_size=2)
+    r = fusion_sweep.measure(cfg, steps=1, train=False)
     assert (r["n_a"], r["n_b"]) == (17, 48), r
     assert 0.87 <= r["analytic_over_xla"] <= 0.91, (f, r["analytic_over_xla"])
 
 
-def test_spec_cost_formula():
-  d = {"unimodal": 1, "joint": 2, "post": 0, "cross": 3}
-  assert fusion.spec_cost("early_concat", 10, 20, d) == 2 * 900
-  assert fusion.spec_cost("cross_attention", 10, 20, d) == 3 * 2 * 200
-  assert fusion.slope([1, 2, 4], [3, 12, 48]) == 2.0 or abs(fusion.slope([1, 2, 4],
-                                                                        [3, 12, 48]) - 2) < 1e-9
+def test_survey_cost_formula():
+  """The row's survey cost is the design's own attention_cost at the config's stage depths."""
+  c = default.get_config()
+  c.model.depth.update({"unimodal": 1, "joint": 2, "post": 0, "cross": 3})
+  n = {"image": 10, "text": 20}
+  c.model.fusion = "early_concat"
+  assert fusion_cost.survey_cost(c, n) == 2 * 900
+  c.model.fusion = "cross_attention"
+  assert fusion_cost.survey_cost(c, n) == 3 * 2 * 200
+  assert abs(fusion_report.slope([1, 2, 4], [3, 12, 48]) - 2) < 1e-9
+
+
+def test_loss_weights_valid_for_the_design():
+  """A design without a shipped config keeps the base's loss weights less those it cannot
+  serve: no itm without a joint output, no alignment loss without unimodal towers."""
+  c = default.get_config()
+  c.model.fusion = "dual_encoder"
+  fusion_sweep.valid_loss_weights(c)
+  assert c.loss_weights.itm == 0 and c.loss_weights.contrastive == 1.0
+  c = default.get_config()
+  c.model.fusion = "early_concat"
+  c.model.depth.unimodal = 0
+  fusion_sweep.valid_loss_weights(c)
+  assert c.loss_weights.contrastive == 0 and c.loss_weights.itm == 1.0

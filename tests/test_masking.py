@@ -1,4 +1,4 @@
-"""BERT masking statistics, MAE patch masks, and the patch layout."""
+"""BERT masking statistics, MAE patch masks, and the patch layout (mmjax.tokenizers)."""
 import functools
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import masking
+from mmjax import masking, tokenizers
 
 SPECIALS = (0, 1, 2, 3)  # PAD, CLS, SEP, MASK
 MASK_ID = 3
@@ -86,21 +86,21 @@ def test_random_patch_mask_is_uniform():
 def test_patchify_order():
   b, h, w, c, p = 2, 6, 4, 3, 2
   x = np.random.RandomState(5).randn(b, h, w, c).astype(np.float32)
-  out = np.asarray(masking.patchify(x, p))
+  out = np.asarray(tokenizers.patchify_image(x, p))
   assert out.shape == (b, (h // p) * (w // p), p * p * c)
   for i in range(h // p):
     for j in range(w // p):
       np.testing.assert_array_equal(out[:, i * (w // p) + j],
                                     x[:, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(b, -1))
-  assert masking.patchify(x, (3, 2)).shape == (b, 4, 18)
+  assert tokenizers.patchify_image(x, (3, 2)).shape == (b, 4, 18)
   with pytest.raises(ValueError, match="not divisible"):
-    masking.patchify(x, 4)
+    tokenizers.patchify_image(x, 4)
 
 
-def test_tubeletify_and_spec_patchify_order():
+def test_video_and_spectrogram_patch_order():
   rng = np.random.RandomState(6)
   v = rng.randn(2, 4, 4, 6, 3).astype(np.float32)
-  out = np.asarray(masking.tubeletify(v, 2, (2, 3)))
+  out = np.asarray(tokenizers.patchify_video(v, (2, 2, 3)))
   assert out.shape == (2, 2 * 2 * 2, 2 * 2 * 3 * 3)
   k = 0
   for ti in range(2):
@@ -110,22 +110,8 @@ def test_tubeletify_and_spec_patchify_order():
         np.testing.assert_array_equal(out[:, k], ref)
         k += 1
   s = rng.randn(2, 8, 6).astype(np.float32)
-  out = np.asarray(masking.spec_patchify(s, 4, 3))
+  out = np.asarray(tokenizers.patchify_spectrogram(s, (4, 3)))
   assert out.shape == (2, 4, 12)
   np.testing.assert_array_equal(out[:, 1], s[:, 0:4, 3:6].reshape(2, -1))
   np.testing.assert_array_equal(out[:, 2], s[:, 4:8, 0:3].reshape(2, -1))
 
-
-def test_patch_layout_matches_tokenizers():
-  tok = pytest.importorskip("mmjax.tokenizers")
-  rng = np.random.RandomState(7)
-  x = rng.randn(2, 8, 8, 3).astype(np.float32)
-  v = rng.randn(1, 4, 8, 8, 2).astype(np.float32)
-  s = rng.randn(2, 8, 6).astype(np.float32)
-  pairs = [(masking.patchify(x, 4), "patchify_image", (x, 4)),
-           (masking.tubeletify(v, 2, 4), "patchify_video", (v, (2, 4, 4))),
-           (masking.spec_patchify(s, 4, 3), "patchify_spectrogram", (s, (4, 3)))]
-  for ours, name, args in pairs:
-    if not hasattr(tok, name):
-      continue
-    np.testing.assert_array_equal(ours, getattr(tok, name)(*args))

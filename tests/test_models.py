@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
+from mmjax.configs import default
 from mmjax import fusion, models
 
 
@@ -17,7 +17,7 @@ def _cfg(name):
   return c
 
 
-@pytest.mark.parametrize("name", fusion.FUSIONS)
+@pytest.mark.parametrize("name", fusion.BUILTIN)
 def test_model_forward_and_heads(name):
   c = _cfg(name)
   model = models.build_model(c)
@@ -95,3 +95,37 @@ def test_tower_width_errors():
   c.model.pool_combine = "product"
   with pytest.raises(ValueError, match="different widths"):
     models.build_model(c)
+
+
+def test_pretraining_outputs_cover_every_pair_and_objective():
+  """Three modalities: alignment on each of the 3 pairs, MLM on the text, MIM on the image;
+  the loss is the weighted sum, and each pair's loss is InfoNCE on the model's embeddings."""
+  from mmjax import config_lib, objectives  # pylint: disable=import-outside-toplevel
+  c = _cfg("hier_multi_to_one")
+  c.model.modalities.feat = {"kind": "features", "in_dim": 8, "input_shape": (5,),
+                             "max_len": 5}
+  c.loss_weights.update({"contrastive": 1.0, "sigmoid": 0.5, "mlm": 0.5, "mim": 0.25,
+                         "itm": 1.0})
+  cfg = config_lib.parse(c)
+  model = models.build_model(cfg)
+  rng = np.random.RandomState(0)
+  batch = models.dummy_batch(cfg, 4)
+  batch["image"] = rng.randn(*batch["image"].shape).astype(np.float32)
+  batch["text"][:, 1:9] = rng.randint(5, 261, size=(4, 8))
+  batch["feat"] = rng.randn(*batch["feat"].shape).astype(np.float32)
+  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  loss, metrics = objectives.pretraining_loss(model, params, batch, jax.random.key(1),
+                                              cfg.objectives)
+  assert cfg.model.names == ("feat", "image", "text")  # ConfigDict keys come sorted
+  pairs = ("feat_image", "feat_text", "image_text")
+  names = ([f"contrastive_{p}" for p in pairs] + [f"sigmoid_{p}" for p in pairs]
+           + ["itm", "mlm", "mim"])
+  assert sorted(k[:-len("/loss")] for k in metrics if k.endswith("/loss")) == sorted(names)
+  weight = lambda n: cfg.objectives.weight(n.split("_")[0])
+  total = sum(weight(n) * float(metrics[f"{n}/loss"]) for n in names)
+  assert float(loss) == pytest.approx(total, rel=1e-6)
+  emb = model.apply(params, model.apply(params, model.apply(params, batch, method=model.embed),
+                                        method=model.encode), method=model.contrastive_embedding)
+  want, _ = objectives.contrastive_loss(emb["feat"], emb["text"],
+                                        params["params"]["logit_scale"])
+  assert float(metrics["contrastive_feat_text/loss"]) == pytest.approx(float(want), rel=1e-5)

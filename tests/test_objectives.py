@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax import fusion as fusion_lib
 from mmjax import objectives as O
 
 # ------------------------------------------------------------------------------ references
@@ -219,38 +220,42 @@ def test_combine_losses_weights_prefixes_and_drops_zero():
     O.combine_losses(losses, {"contrastive": 1.0})
 
 
-def _one_line_error(fusion, weights):
+def _design(name, towers=True):
+  return fusion_lib.FusionConfig(name=name, unimodal_depth=(("a", int(towers)),
+                                                            ("b", int(towers)))).design
+
+
+def _one_line_error(design, weights):
   with pytest.raises(ValueError) as e:
-    O.check_objectives(fusion, weights)
+    O.check_objectives(design, weights, ("a", "b"))
   msg = str(e.value)
   assert "\n" not in msg
   return msg
 
 
-def test_check_objectives_rules():
-  for fusion, allowed in O.VALID_OBJECTIVES.items():
-    for obj in O.OBJECTIVES:
-      w = {k: 0.0 for k in O.OBJECTIVES}
-      w[obj] = 1.0
-      if obj in allowed:
-        O.check_objectives(fusion, w)
-      else:
-        msg = _one_line_error(fusion, w)
-        assert obj in msg and fusion in msg and f"loss_weights.{obj}=0" in msg
-      # Without unimodal towers there is nothing to align, except where towers are built in.
-      if obj in O.ALIGNMENT and obj in allowed and fusion not in O.ALWAYS_TOWERS:
-        with pytest.raises(ValueError, match="model.depth.unimodal > 0") as e:
-          O.check_objectives(fusion, w, has_towers=False)
-        assert "\n" not in str(e.value) and f"loss_weights.{obj}=0" in str(e.value)
-      elif obj in allowed:
-        O.check_objectives(fusion, w, has_towers=False)
-  assert O.VALID_OBJECTIVES["dual_encoder"] == {"contrastive", "sigmoid", "mlm", "mim"}
-  for f in ("early_sum", "early_concat", "hier_multi_to_one", "hier_one_to_multi",
-            "cross_attention", "cross_to_concat", "bottleneck"):
-    assert O.VALID_OBJECTIVES[f] == set(O.OBJECTIVES)
+def test_check_objectives_asks_the_design():
+  """ITM needs a joint output; alignment needs per-modality towers; the rest always trains."""
+  for name in fusion_lib.BUILTIN:
+    for towers in (True, False):
+      design = _design(name, towers)
+      for obj in O.OBJECTIVES:
+        w = {k: 0.0 for k in O.OBJECTIVES}
+        w[obj] = 1.0
+        ok = ((obj != "itm" or design.joint_output) and
+              (obj not in O.ALIGNMENT or design.has_towers(("a", "b"))))
+        if ok:
+          O.check_objectives(design, w, ("a", "b"))
+        else:
+          msg = _one_line_error(design, w)
+          assert obj in msg and name in msg and f"loss_weights.{obj}=0" in msg
+  # What the built-in designs declare.
+  assert not _design("dual_encoder").joint_output
+  assert all(_design(n).joint_output for n in fusion_lib.BUILTIN if n != "dual_encoder")
+  towers_built_in = {n for n in fusion_lib.BUILTIN if _design(n, False).has_towers(("a", "b"))}
+  assert towers_built_in == {"dual_encoder", "hier_multi_to_one"}
   # Zero weights do not count.
-  O.check_objectives("dual_encoder", {"contrastive": 1.0, "itm": 0.0})
-  assert "valid names" in _one_line_error("cross_attention", {"mlm": 1.0, "captioning": 1.0})
-  assert "positive weight" in _one_line_error("cross_attention", {"mlm": 0.0})
-  assert "unknown fusion" in _one_line_error("late_sum", {"mlm": 1.0})
-  _one_line_error("cross_attention", {"mlm": -1.0})
+  O.check_objectives(_design("dual_encoder"), {"contrastive": 1.0, "itm": 0.0}, ("a", "b"))
+  assert "valid names" in _one_line_error(_design("cross_attention"),
+                                          {"mlm": 1.0, "captioning": 1.0})
+  assert "positive weight" in _one_line_error(_design("cross_attention"), {"mlm": 0.0})
+  _one_line_error(_design("cross_attention"), {"mlm": -1.0})

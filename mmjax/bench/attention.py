@@ -42,9 +42,14 @@ GPU_SWEEP_SHAPES = ((64, 16, 2), (128, 16, 2))
 GPU_SWEEP_IMPLS = ("xla", "cudnn", "pallas_gpu")
 
 
+FWD_BWD_FACTOR = 3.5  # fwd+bwd FLOPs / fwd FLOPs (FlashAttention's convention)
+
+
 def attention_flops(batch, seq_len, heads, head_dim, mode="fwd_bwd") -> float:
-  fwd = 4.0 * batch * heads * seq_len * seq_len * head_dim
-  return fwd * (3.5 if mode == "fwd_bwd" else 1.0)
+  """Self-attention FLOPs of one step: attention.attention_core_flops, x 3.5 for fwd_bwd."""
+  from mmjax.attention import attention_core_flops  # noqa: PLC0415
+  fwd = float(attention_core_flops(batch, seq_len, seq_len, heads, head_dim))
+  return fwd * (FWD_BWD_FACTOR if mode == "fwd_bwd" else 1.0)
 
 
 def dense_score_bytes(batch, seq_len, heads) -> int:
@@ -54,9 +59,8 @@ def dense_score_bytes(batch, seq_len, heads) -> int:
 
 def _compiled_peak(compiled) -> Optional[int]:
   try:
-    m = compiled.memory_analysis()
-    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-               - m.alias_size_in_bytes)
+    from mmjax.perf import memory_bytes  # noqa: PLC0415
+    return memory_bytes(compiled)
   except Exception:  # pragma: no cover - backend without memory analysis
     return None
 

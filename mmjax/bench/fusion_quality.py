@@ -4,9 +4,11 @@
       [--reference=hier_multi_to_one] [--reference_steps=300] [--budget_pflops=...]
       [--points=3] [--fusions=early_concat,...] [--seed=0] [--quick]
 
-Every fusion trains on the built-in image-text set with its configs/fusion/<name>.py (early_sum
-too, with model.early_sum_align=pad, so that all eight share one task and one evaluation) for
-the same training FLOPs. FLOPs per train step are XLA's count of the lowered step (forward,
+Every registered fusion design (mmjax.fusion.names(), or --fusions) trains on the built-in
+image-text set with its mmjax/configs/fusion/<name>.py (early_sum too, with
+model.early_sum_align=pad, so that all share one task and one evaluation; a design that ships
+no config: configs/default.py with its fusion and the loss weights it can serve) for the same
+training FLOPs. FLOPs per train step are XLA's count of the lowered step (forward,
 backward, optimizer and every objective the config weights: ITM's re-paired forwards, MLM, MIM),
 perf.step_flops; each design gets total_steps = round(budget / FLOPs per step), with its own
 warm-up + cosine schedule over those steps. The budget is --budget_pflops, or the reference
@@ -25,7 +27,6 @@ checkpoints and evaluations in --workdir are reused.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import os
@@ -35,12 +36,13 @@ from typing import Any, Dict, List
 import jax
 from absl import app, flags, logging
 
-from configs import default as default_config
+from mmjax.configs import default as default_config
 from mmjax import checkpoint as ckpt_lib
 from mmjax import evaluate, models, sharding, summary, train_lib, trainer
+from mmjax.bench.fusion_sweep import shipped_config, valid_loss_weights
 from mmjax.bench.step import synthetic_batch
 from mmjax.data import builtin
-from mmjax.fusion import FUSIONS
+from mmjax.fusion import names
 from mmjax.perf import step_flops
 
 METRICS = {  # column -> results.json key
@@ -53,14 +55,21 @@ METRICS = {  # column -> results.json key
 
 
 def fusion_config(name: str, quick: bool = False, seed: int = 0):
-  """configs/fusion/<name>.py on the default image-text task (early_sum: padded to one length)."""
-  c = importlib.import_module(f"configs.fusion.{name}").get_config()
+  """mmjax/configs/fusion/<name>.py on the default image-text task (tokens of unequal length
+  padded where a design sums them); a design without a shipped config gets the default
+  config, with the loss weights it cannot serve set to 0."""
   base = default_config.get_config()
+  c = shipped_config(name)
+  shipped = c is not None
+  if not shipped:
+    c = default_config.get_config()
+    c.model.fusion = name
   c.model.modalities = base.model.modalities
   c.data = base.data
   c.eval = base.eval
-  if name == "early_sum":
-    c.model.early_sum_align = "pad"
+  if not shipped:
+    valid_loss_weights(c)
+  c.model.early_sum_align = "pad"  # read only by designs that sum the modalities
   c.seed = seed
   c.log_every_steps = 10 ** 9  # first and last steps only
   if quick:
@@ -78,9 +87,7 @@ def train_step_flops(config) -> float:
   model = models.build_model(config)
   tx, schedule = train_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  abstract, shard = train_lib.state_shardings(config, model, tx, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shard)
+  state, shard = train_lib.abstract_state(model, tx, mesh)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                       sharding=sharding.batch_sharding(mesh)),
                        synthetic_batch(config))
@@ -190,10 +197,11 @@ def plot(rows, chance, path):
   return path
 
 
-def run(out_dir: str, workdir: str, fusions=FUSIONS, reference: str = "hier_multi_to_one",
+def run(out_dir: str, workdir: str, fusions=None, reference: str = "hier_multi_to_one",
         reference_steps: int = 300, budget_pflops: float = 0.0, points: int = 3,
         quick: bool = False, seed: int = 0, log=None) -> Dict[str, Any]:
   log = log or (lambda *a, **k: print(*a, flush=True, **k))
+  fusions = tuple(fusions) if fusions else names()
   t_start = time.perf_counter()
   configs = {f: fusion_config(f, quick, seed) for f in dict.fromkeys([*fusions, reference])}
   flops = {f: train_step_flops(c) for f, c in configs.items()}
@@ -242,7 +250,7 @@ def run(out_dir: str, workdir: str, fusions=FUSIONS, reference: str = "hier_mult
 def _define_flags():
   flags.DEFINE_string("out", "docs/fusion_quality", "Results folder.")
   flags.DEFINE_string("workdir", "runs/fusion_quality", "Training runs (one folder per fusion).")
-  flags.DEFINE_list("fusions", list(FUSIONS), "Fusions to compare.")
+  flags.DEFINE_list("fusions", None, "Fusions to compare (default: every registered design).")
   flags.DEFINE_string("reference", "hier_multi_to_one", "Design whose step count sets the budget.")
   flags.DEFINE_integer("reference_steps", 300, "Budget = reference FLOPs/step x these steps.")
   flags.DEFINE_float("budget_pflops", 0.0, "Budget in PFLOPs (overrides the reference).")
@@ -255,10 +263,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  unknown = [x for x in f.fusions if x not in FUSIONS]
+  unknown = [x for x in [*(f.fusions or ()), f.reference] if x not in names()]
   if unknown:
-    raise app.UsageError(f"unknown fusion(s) {unknown}; choose from {', '.join(FUSIONS)}")
-  res = run(f.out, f.workdir, tuple(f.fusions), f.reference, f.reference_steps, f.budget_pflops,
+    raise app.UsageError(f"unknown fusion(s) {unknown}; choose from {', '.join(names())}")
+  res = run(f.out, f.workdir, f.fusions, f.reference, f.reference_steps, f.budget_pflops,
             f.points, f.quick, f.seed)
   print(res["table"])
 

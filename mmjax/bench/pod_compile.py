@@ -3,10 +3,10 @@
   JAX_PLATFORMS=cpu python -m mmjax.bench.pod_compile --config=configs/pod_clip_vit_l14.py \\
       --topology=v5p:4x4x4 [--batch_per_chip=16] [--config.mesh.fsdp=-1 ...]
 
-Nothing is materialized: the state is jax.ShapeDtypeStructs from train_lib.state_shardings
+Nothing is materialized: the state is train_lib.abstract_state's jax.ShapeDtypeStructs
 (with their NamedShardings over the topology's chips) and the batch is abstract too. The step is
 train_lib.make_train_step's, lowered and compiled by libtpu for the topology. Reports per-chip
-memory from compiled.memory_analysis() (argument + output + temp - aliased) against the chip's
+memory (perf.memory_bytes: argument + output + temp - aliased) against the chip's
 HBM, FLOPs per step (perf.step_flops of the lowered, global program), and a roofline step time
 (FLOPs per chip / dense bf16 peak) at 100% and at an assumed MFU (--mfu, default 0.5).
 Prints one JSON line. A config that does not fit exits 1 with a one-line message.
@@ -38,7 +38,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mmjax import models, sharding, train_lib  # noqa: E402
-from mmjax.perf import step_flops  # noqa: E402
+from mmjax.perf import memory_bytes, step_flops  # noqa: E402
 
 GIB = 2 ** 30
 # Per-chip HBM (GiB) and dense bf16 peak (TFLOP/s), by the topology name's prefix.
@@ -74,9 +74,7 @@ def global_step_flops(config, batch_size: int) -> float:
   mesh = sharding.make_mesh(c.mesh, jax.devices("cpu")[:1])
   model = models.build_model(c)
   tx, schedule = train_lib.make_optimizer(c)
-  abstract, shard = train_lib.state_shardings(c, model, tx, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shard)
+  state, shard = train_lib.abstract_state(model, tx, mesh)
   step = train_lib.make_train_step(c, model, tx, schedule, mesh, shard)
   return step_flops(step.lower(state, abstract_batch(c, batch_size, mesh)))
 
@@ -96,10 +94,8 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
     raise ValueError(f"batch {batch_size} is not divisible by data x fsdp = {dp}")
   model = models.build_model(config)
   tx, schedule = train_lib.make_optimizer(config)
-  abstract, shard = train_lib.state_shardings(config, model, tx, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shard)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  state, shard = train_lib.abstract_state(model, tx, mesh)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   step = train_lib.make_train_step(config, model, tx, schedule, mesh, shard)
   batch = abstract_batch(config, batch_size, mesh)
   lowered = step.lower(state, batch)
@@ -128,8 +124,7 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
     return info
   compile_s = time.perf_counter() - t1
   mem = compiled.memory_analysis()
-  per_chip = int(mem.argument_size_in_bytes + mem.output_size_in_bytes +
-                 mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  per_chip = memory_bytes(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   compiled_flops_chip = float(cost.get("flops", 0.0))

@@ -13,6 +13,7 @@ peak_tflops, mfu, ...).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -22,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import models, sharding, train_lib
+from mmjax import config_lib, models, sharding, train_lib
 from mmjax.perf import chip_peak, step_flops, time_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
@@ -30,16 +31,19 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Confi
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 
+
 def synthetic_batch(config, seed: int = 0):
-  """Random inputs of the config's shapes (text: valid ids with padding)."""
+  """Random inputs of the config's shapes and batch size (text: valid ids with padding).
+  `config`: a ConfigDict or a Config."""
+  cfg = config_lib.parse(config)
   rng = np.random.RandomState(seed)
-  batch = models.dummy_batch(config, config.batch_size)
+  batch = models.dummy_batch(cfg, cfg.batch_size)
   for m, x in batch.items():
     if isinstance(x, dict):
       batch[m] = {k: (rng.randn(*v.shape).astype(v.dtype) if v.dtype != bool else v)
                   for k, v in x.items()}
     elif x.dtype == np.int32:
-      vocab = config.model.modalities[m].get("vocab_size", 261)
+      vocab = cfg.model.modality(m).option("vocab_size")
       ids = rng.randint(5, vocab, size=x.shape).astype(np.int32)
       ids[:, 0] = 1
       lengths = rng.randint(x.shape[1] // 2, x.shape[1] + 1, size=x.shape[0])
@@ -51,12 +55,13 @@ def synthetic_batch(config, seed: int = 0):
 
 
 def benchmark(config, steps: int, warmup: int):
-  model = models.build_model(config)
-  tx, schedule = train_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh)
-  state, shard = train_lib.create_state(config, model, tx, mesh)
-  step = train_lib.make_train_step(config, model, tx, schedule, mesh, shard)
-  batch = jax.device_put(synthetic_batch(config), sharding.batch_sharding(mesh))
+  cfg = config_lib.parse(config)
+  model = models.build_model(cfg)
+  tx, schedule = train_lib.make_optimizer(cfg)
+  mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
+  state, shard = train_lib.create_state(cfg, model, tx, mesh)
+  step = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
+  batch = jax.device_put(synthetic_batch(cfg), sharding.batch_sharding(mesh))
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   step = lowered.compile()
@@ -68,9 +73,9 @@ def benchmark(config, steps: int, warmup: int):
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return {
       "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-      "fusion": config.model.fusion, "dtype": config.model.dtype,
-      "batch_size": config.batch_size, "params": n_params, "compile_s": compile_s,
-      "step_s": step_s, "steps_per_s": 1 / step_s, "examples_per_s": config.batch_size / step_s,
+      "fusion": cfg.model.fusion.name, "dtype": jnp.dtype(cfg.model.block.dtype).name,
+      "batch_size": cfg.batch_size, "params": n_params, "compile_s": compile_s,
+      "step_s": step_s, "steps_per_s": 1 / step_s, "examples_per_s": cfg.batch_size / step_s,
       "flops_per_step_per_device": flops_device, "tflops_per_device": tflops,
       "peak_tflops": peak, "peak": peak_name, "mfu": tflops / peak,
       "loss": float(metrics["loss"]),

@@ -1,20 +1,22 @@
 """What every evaluator shares: jitted model stages and batched iteration over a split."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Dict, Iterator
+
+from typing import Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mmjax import models
+from mmjax.layers import l2_normalize
 
 
 class Evaluated:
   """A restored model with jitted stages, on the devices at hand."""
 
   def __init__(self, config, model: models.MultimodalModel, params, mesh, batch_sharding):
+    """config: the typed Config (mmjax.config_lib) the model was built from."""
     self.config, self.model, self.params = config, model, params
     self.mesh, self.batch_sharding = mesh, batch_sharding
     self.a, self.b = model.modalities[0], model.modalities[1]
@@ -30,7 +32,7 @@ class Evaluated:
 
   def embeddings(self, encoded) -> Dict[str, np.ndarray]:
     emb = self._embed_contrastive(self.params, encoded)
-    return {m: to_host(_normalize(v)) for m, v in emb.items()}
+    return {m: to_host(l2_normalize(v)) for m, v in emb.items()}
 
   def itm_scores(self, encoded) -> np.ndarray:
     """log P(match) for each row's pairing of the encoded modalities."""
@@ -45,14 +47,13 @@ class Evaluated:
 
   @property
   def has_towers(self) -> bool:
-    """Alignment embeddings are meaningful (dual encoder, or unimodal towers)."""
-    cfg = self.model.fusion_cfg
-    return cfg.name in ("dual_encoder", "hier_multi_to_one") or all(
-        d > 0 for _, d in cfg.unimodal_depth)
+    """Alignment embeddings are meaningful (the design has per-modality towers)."""
+    return self.model.cfg.design.has_towers(self.model.modalities)
 
   @property
   def has_itm(self) -> bool:
-    return self.model.fusion_cfg.name != "dual_encoder"
+    """The design has a joint output for the matching head."""
+    return self.model.cfg.design.joint_output
 
 
 def to_host(x) -> np.ndarray:
@@ -61,11 +62,6 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
-
-
-def _normalize(x):
-  x = x.astype(jnp.float32)
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-6)
 
 
 RESOLUTION = 1e-4

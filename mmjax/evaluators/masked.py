@@ -2,24 +2,22 @@
 regression loss, with the training objectives' masking (fixed seed, so runs compare)."""
 from __future__ import annotations
 
-import jax
-import numpy as np
+import dataclasses
 
-from mmjax import train_lib
+import jax
+
+from mmjax import objectives
+from mmjax.config_lib import PATCH_KINDS
 
 
 def evaluate(ev, batches, seed: int = 1234) -> dict:
-  cfg = ev.config.copy_and_resolve_references()
-  for name in cfg.loss_weights:
-    cfg.loss_weights[name] = 0.0
-  has_text = any(cfg.model.modalities[m].kind == "text" for m in ev.model.modalities)
-  has_patches = any(cfg.model.modalities[m].kind in ("image", "video", "audio")
-                    for m in ev.model.modalities)
-  cfg.loss_weights.mlm = 1.0 if has_text else 0.0
-  cfg.loss_weights.mim = 1.0 if has_patches else 0.0
-  if not (has_text or has_patches):
+  kinds = {ev.config.model.modality(m).kind for m in ev.model.modalities}
+  weights = ((("mlm", 1.0),) if "text" in kinds else ()) + (
+      (("mim", 1.0),) if kinds & set(PATCH_KINDS) else ())
+  if not weights:
     return {}
-  fn = jax.jit(lambda p, b, r: train_lib.compute_losses(ev.model, p, b, r, cfg, ev.mesh)[1])
+  obj = dataclasses.replace(ev.config.objectives, weights=weights)
+  fn = jax.jit(lambda p, b, r: objectives.pretraining_loss(ev.model, p, b, r, obj, ev.mesh)[1])
   sums, n = {}, 0
   for i, batch in enumerate(batches):
     m = jax.device_get(fn(ev.params, ev.put(batch), jax.random.fold_in(jax.random.key(seed), i)))

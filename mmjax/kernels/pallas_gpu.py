@@ -40,9 +40,8 @@ try:  # jax >= 0.4.3x: Triton-specific Pallas APIs
 except ImportError:  # pragma: no cover
   plgpu = None
 
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-KV_PAD_ID = int(jnp.iinfo(jnp.int32).min)        # padded / masked keys
-Q_PAD_ID = int(jnp.iinfo(jnp.int32).min) + 1     # rows added to reach a block multiple
+from mmjax.kernels.common import KV_PAD_ID, MASK_VALUE, Q_PAD_ID
+
 _LOG2E = math.log2(math.e)
 
 

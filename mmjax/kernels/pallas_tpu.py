@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-KV_PAD_ID = int(jnp.iinfo(jnp.int32).min)
-Q_PAD_ID = int(jnp.iinfo(jnp.int32).min) + 1
+from mmjax.kernels.common import KV_PAD_ID, Q_PAD_ID
+
 LANES = 128  # splash's block sizes must be multiples of the 128-wide lane dimension
 
 

@@ -1,6 +1,6 @@
 """Pod scale: a ~1B-parameter early_concat fusion encoder (ViLT-style single stream) with MLM,
 MIM and ITM, FSDP x tensor parallel, bf16, scanned and rematerialized layers."""
-from configs import default
+from mmjax.configs import default
 
 
 def get_config():

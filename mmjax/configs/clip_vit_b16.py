@@ -4,7 +4,7 @@ CLIP's layout: the image tower is 768 wide (12 heads, MLP 3072), the text tower 
 (8 heads, MLP 2048), each projected to a 512-d embedding. Images 224x224 in 16x16 patches
 (196 + [CLS]), text 77 tokens.
 """
-from configs import default
+from mmjax.configs import default
 
 
 def get_config():

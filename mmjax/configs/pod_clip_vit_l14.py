@@ -4,7 +4,7 @@ rematerialized layers (for TPU v5p/v5e slices or GPU clusters).
 Both towers are 24 x 1024 (16 heads, MLP 4096); CLIP ViT-L/14's own text tower is 12 x 768,
 which a modality-level width and depth could express (docs/pod_compile.md was measured with
 this layout)."""
-from configs import clip_vit_b16
+from mmjax.configs import clip_vit_b16
 
 
 def get_config():

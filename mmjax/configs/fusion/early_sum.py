@@ -1,7 +1,7 @@
 """early_sum on the built-in audio-video set, whose tokens are aligned in time: video tubelets
 (1, 16, 16) and spectrogram patches (8 frames, 8 mel bins) both give 4 tokens per time step,
 time-major, so token i of each modality covers the same moment (32 + [CLS] each)."""
-from configs import default
+from mmjax.configs import default
 
 
 def get_config():

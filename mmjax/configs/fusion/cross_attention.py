@@ -1,6 +1,6 @@
 """cross_attention on the built-in image-text set, at the size every configs/fusion/ entry shares
 (width 128, 4 transformer blocks on each token's path; compare parameters in its summary)."""
-from configs import default
+from mmjax.configs import default
 
 
 def get_config():

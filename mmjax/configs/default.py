@@ -16,7 +16,6 @@ def get_config():
   c.grad_accum_steps = 1
   c.nan_policy = "stop"        # stop | skip
   c.log_every_steps = 25
-  c.eval_every_steps = 0       # 0: evaluate only at the end (eval.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.fusion = "hier_multi_to_one"
