@@ -21,7 +21,7 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 
 # Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots).
 $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
-	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q -e ".[test,tpu,bench,text]"
 	touch $@
 
 test: $(VENV)/.test-stamp
