@@ -54,7 +54,7 @@ METRICS = {  # column -> results.json key
 }
 
 
-def fusion_config(name: str, quick: bool = False, seed: int = 0):
+def quality_config(name: str, quick: bool = False, seed: int = 0):
   """mmjax/configs/fusion/<name>.py on the default image-text task (tokens of unequal length
   padded where a design sums them); a design without a shipped config gets the default
   config, with the loss weights it cannot serve set to 0."""
@@ -203,7 +203,7 @@ def run(out_dir: str, workdir: str, fusions=None, reference: str = "hier_multi_t
   log = log or (lambda *a, **k: print(*a, flush=True, **k))
   fusions = tuple(fusions) if fusions else names()
   t_start = time.perf_counter()
-  configs = {f: fusion_config(f, quick, seed) for f in dict.fromkeys([*fusions, reference])}
+  configs = {f: quality_config(f, quick, seed) for f in dict.fromkeys([*fusions, reference])}
   flops = {f: train_step_flops(c) for f, c in configs.items()}
   budget = budget_pflops * 1e15 if budget_pflops else flops[reference] * reference_steps
   schedule = plan(fusions, budget, flops, points)
