@@ -1,8 +1,12 @@
 # The whole set-up on a fresh machine: `make train` (train + evaluate the default) and `make test`.
 PY312 := $(shell for p in python3.12 /root/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+PY311 := $(shell for p in python3.11 /root/.pyenv/versions/3.11*/bin/python3.11 /usr/local/bin/python3.11 /usr/bin/python3.11; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
+# The conversion tests' PyTorch references (transformers, open_clip) live in their own venv.
+REF := .venv-ref
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 # `make train JAX_PLATFORMS=cuda` trains on a GPU; tests always run on the CPU.
@@ -24,7 +28,13 @@ $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tpu,bench,text]"
 	touch $@
 
-test: $(VENV)/.test-stamp
+$(REF)/.stamp: requirements-reference.txt
+	@test -n "$(PY311)" || { echo "error: python3.11 not found; the reference venv (torch, transformers, open_clip) needs it"; exit 1; }
+	$(PY311) -m venv $(REF)
+	$(REF)/bin/python -m pip install -q -r requirements-reference.txt
+	touch $@
+
+test: $(VENV)/.test-stamp $(REF)/.stamp
 	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile --timeout=900 $(PYTEST_ARGS)
 
 train: venv
@@ -32,4 +42,4 @@ train: venv
 	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) eval.py --workdir=$(WORKDIR)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(REF) runs

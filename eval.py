@@ -2,13 +2,21 @@
 
   python eval.py --workdir=DIR                 # latest checkpoint of a training run
   python eval.py --checkpoint=DIR/checkpoints/1500 [--evaluators=zero_shot,itm]
+  python eval.py --workdir=DIR --config.data.source=jsonl --config.data.jsonl_path=m.jsonl \
+      --config.data.class_names=names.txt --config.eval.batch_size=50
 
+--config.KEY=VALUE overrides a key of the checkpoint's saved config (the value takes the key's
+type), so a checkpoint can be evaluated on another dataset, batch size or mesh.
 Prints a table and writes DIR/eval/results.json (or ./eval/results.json with --checkpoint).
 """
 import os
 import sys
 
-from absl import app, flags, logging
+from mmjax import platforms
+
+platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
+
+from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is evaluated).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint step directory instead of --workdir.")
@@ -18,20 +26,19 @@ flags.DEFINE_string("coordinator", None, "jax.distributed coordinator host:port.
 flags.DEFINE_integer("num_processes", None, "Process count (with --coordinator).")
 flags.DEFINE_integer("process_id", None, "This process's id (with --coordinator).")
 FLAGS = flags.FLAGS
+_OVERRIDES = {}  # --config.KEY=VALUE, applied to the checkpoint's config
 
 
 def main(argv):
   del argv
   from mmjax import sharding  # pylint: disable=import-outside-toplevel
   sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  from mmjax import checkpoint, evaluate  # pylint: disable=import-outside-toplevel
+  from mmjax import evaluate  # pylint: disable=import-outside-toplevel
   if not FLAGS.workdir and not FLAGS.checkpoint:
     sys.exit("error: pass --workdir=DIR (a training run) or --checkpoint=DIR/checkpoints/STEP")
   logging.set_verbosity(logging.WARNING)
-  try:
-    results = evaluate.run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.evaluators)
-  except (checkpoint.CheckpointError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  results = evaluate.run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.evaluators,
+                         overrides=_OVERRIDES)
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(evaluate.format_table(results))
@@ -39,6 +46,16 @@ def main(argv):
     print(f"wrote {evaluate.write_results(results, out)}")
 
 
+def _parse(argv):
+  from mmjax import cli  # pylint: disable=import-outside-toplevel
+  try:
+    argv, overrides = cli.split_overrides(argv)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  _OVERRIDES.update(overrides)
+  return cli.parse_flags(argv)
+
+
 if __name__ == "__main__":
-  from mmjax.cli import parse_flags  # pylint: disable=import-outside-toplevel
-  app.run(main, flags_parser=parse_flags)
+  from mmjax import cli  # pylint: disable=import-outside-toplevel
+  app.run(cli.report_user_errors(main), flags_parser=_parse)

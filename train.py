@@ -6,10 +6,12 @@ Rerunning on a workdir resumes from its latest committed checkpoint. Multi-host:
 --coordinator/--num_processes/--process_id (or MMJAX_COORDINATOR, ...), or run on a TPU pod
 or under SLURM, where jax.distributed starts by itself.
 """
-import sys
+from mmjax import platforms
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=True)
@@ -25,14 +27,11 @@ def main(argv):
   del argv
   from mmjax import sharding  # pylint: disable=import-outside-toplevel
   sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  from mmjax import checkpoint, config_lib, trainer  # pylint: disable=import-outside-toplevel
+  from mmjax import cli, trainer  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
-  try:
-    trainer.train(_CONFIG.value, FLAGS.workdir)
-  except (config_lib.ConfigError, checkpoint.CheckpointError, trainer.TrainingError) as e:
-    sys.exit(f"error: {e}")
+  trainer.train(cli.config_value(_CONFIG), FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  from mmjax.cli import parse_flags  # pylint: disable=import-outside-toplevel
-  app.run(main, flags_parser=parse_flags)
+  from mmjax import cli  # pylint: disable=import-outside-toplevel
+  app.run(cli.report_user_errors(main), flags_parser=cli.parse_flags)

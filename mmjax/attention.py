@@ -6,6 +6,7 @@ Masks are expressed structurally, so every backend can take them on its fast pat
   kv_mask          [B, Nk] bool   padding of the keys (False = padding, never attended to)
   q_segment_ids    [B, Nq] int    optional; a query attends only to keys of the same segment
   kv_segment_ids   [B, Nk] int    (packed sequences, modality blocks)
+  causal           bool           query i attends only to keys j <= i (autoregressive text)
 
 Computed: out[b,q,h] = sum_k softmax_k(q.k / sqrt(D) + bias) v[b,k,h], bias = -inf where masked.
 A query with no valid key at all (an absent modality) gets a defined output of zeros, never NaN.
@@ -35,7 +36,13 @@ IMPLS = ("auto", "xla", "chunked", "cudnn", "pallas_gpu", "pallas_tpu")
 _logged_choices: set = set()
 
 
-def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int] = None):
+def causal_mask(nq: int, nk: int):
+  """[1, 1, Nq, Nk] bool: key j is visible to query i when j <= i."""
+  return (jnp.arange(nq)[:, None] >= jnp.arange(nk)[None, :])[None, None]
+
+
+def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int] = None,
+              causal: bool = False, nk: Optional[int] = None):
   """Dense boolean mask [B, 1, Nq, Nk] from the structural description (None if no masking)."""
   mask = None
   if kv_mask is not None:
@@ -43,29 +50,38 @@ def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int
   if q_segment_ids is not None and kv_segment_ids is not None:
     seg = q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
     mask = seg if mask is None else mask & seg
+  if causal:
+    nk = nk if nk is not None else mask.shape[-1]
+    tri = causal_mask(nq, nk)
+    mask = tri if mask is None else mask & tri
   if mask is not None and nq is not None and mask.shape[2] == 1:
     mask = jnp.broadcast_to(mask, mask.shape[:2] + (nq,) + mask.shape[3:])
   return mask
 
 
-def _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids):
+def _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal=False):
   """[B, Nq] bool: does this query have at least one valid key?"""
   b, nq = q.shape[:2]
   if kv_mask is None and q_segment_ids is None:
     return None
   if q_segment_ids is None or kv_segment_ids is None:
+    if causal:  # a valid key at or before the query's position
+      return jnp.cumsum(kv_mask[:, :nq].astype(jnp.int32), axis=-1) > 0
     any_valid = jnp.any(kv_mask, axis=-1)  # [B]
     return jnp.broadcast_to(any_valid[:, None], (b, nq))
   m = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
   if kv_mask is not None:
     m = m & kv_mask[:, None, :]
+  if causal:
+    m = m & causal_mask(nq, m.shape[-1])[0]
   return jnp.any(m, axis=-1)
 
 
 def xla_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                  return_weights=False):
+                  return_weights=False, causal=False):
   """Reference path. With return_weights, also returns softmax weights [B, H, Nq, Nk]."""
-  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids)
+  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids, nq=q.shape[1], causal=causal,
+                   nk=k.shape[1])
   if not return_weights:
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     return out, None
@@ -98,25 +114,32 @@ def _unchunk(x, like):
   return x.swapaxes(0, 1).reshape(like.shape).astype(like.dtype)
 
 
-def _chunk_scores(qb, kb, qsb, ksb, scale):
-  """Scaled scores [B, H, qc, kc] (f32) and their validity mask."""
+def _chunk_scores(qb, kb, qsb, ksb, qpb, kpb, scale):
+  """Scaled scores [B, H, qc, kc] (f32) and their validity mask (same segment, and key
+  position <= query position; positions are all 0 unless causal)."""
   s = jnp.einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
-  return s, qsb[:, None, :, None] == ksb[:, None, None, :]
+  valid = (qsb[:, None, :, None] == ksb[:, None, None, :]) & (qpb[:, None] >= kpb[None, :])
+  return s, valid
 
 
-def _chunked_forward(q, k, v, qs, ks, qc, kc):
+def _positions(n, c, causal):
+  """[N / c, c] int32 token positions (all 0 when not causal: every key visible)."""
+  return (jnp.arange(n, dtype=jnp.int32) if causal else jnp.zeros((n,), jnp.int32)).reshape(-1, c)
+
+
+def _chunked_forward(q, k, v, qs, ks, qc, kc, causal):
   """Online softmax over kv chunks inside a scan over q chunks; returns out and lse chunks."""
   b, _, h, d = q.shape
   scale = 1.0 / math.sqrt(d)
-  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc))
+  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc), _positions(k.shape[1], kc, causal))
 
   def q_step(_, xs):
-    qb, qsb = xs
+    qb, qsb, qpb = xs
 
     def kv_step(carry, ys):
       acc, m, l = carry  # [B, H, qc, D] f32, [B, H, qc], [B, H, qc]
-      kb, vb, ksb = ys
-      s, valid = _chunk_scores(qb, kb, qsb, ksb, scale)
+      kb, vb, ksb, kpb = ys
+      s, valid = _chunk_scores(qb, kb, qsb, ksb, qpb, kpb, scale)
       s = jnp.where(valid, s, -jnp.inf)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -138,35 +161,36 @@ def _chunked_forward(q, k, v, qs, ks, qc, kc):
                     jnp.inf)
     return None, (out.transpose(0, 2, 1, 3).astype(q.dtype), lse)
 
-  _, (out, lse) = jax.lax.scan(q_step, None, (_chunks(q, qc), _chunks(qs, qc)))
+  _, (out, lse) = jax.lax.scan(
+      q_step, None, (_chunks(q, qc), _chunks(qs, qc), _positions(q.shape[1], qc, causal)))
   return _unchunk(out, q), lse  # lse: [Nq / qc, B, H, qc]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _chunked_flash(q, k, v, qs, ks, qc, kc):
-  return _chunked_forward(q, k, v, qs, ks, qc, kc)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _chunked_flash(q, k, v, qs, ks, qc, kc, causal):
+  return _chunked_forward(q, k, v, qs, ks, qc, kc, causal)[0]
 
 
-def _chunked_flash_fwd(q, k, v, qs, ks, qc, kc):
-  out, lse = _chunked_forward(q, k, v, qs, ks, qc, kc)
+def _chunked_flash_fwd(q, k, v, qs, ks, qc, kc, causal):
+  out, lse = _chunked_forward(q, k, v, qs, ks, qc, kc, causal)
   return out, (q, k, v, qs, ks, out, lse)
 
 
-def _chunked_flash_bwd(qc, kc, res, do):
+def _chunked_flash_bwd(qc, kc, causal, res, do):
   """FlashAttention-2 backward: per (q chunk, kv chunk) recompute p = exp(s - lse) and
   accumulate dq (carried over kv chunks) and dk, dv (carried over q chunks)."""
   q, k, v, qs, ks, out, lse = res
   scale = 1.0 / math.sqrt(q.shape[-1])
   delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
   delta = delta.reshape(delta.shape[0], delta.shape[1], -1, qc).transpose(2, 0, 1, 3)
-  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc))
+  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc), _positions(k.shape[1], kc, causal))
 
   def q_step(dkv, xs):
-    qb, qsb, dob, lseb, deltab = xs
+    qb, qsb, qpb, dob, lseb, deltab = xs
 
     def kv_step(dq, ys):
-      kb, vb, ksb = ys
-      s, valid = _chunk_scores(qb, kb, qsb, ksb, scale)
+      kb, vb, ksb, kpb = ys
+      s, valid = _chunk_scores(qb, kb, qsb, ksb, qpb, kpb, scale)
       p = jnp.where(valid, jnp.exp(s - lseb[..., None]), 0.0)
       dv = jnp.einsum("bhqk,bqhd->bkhd", p.astype(dob.dtype), dob,
                       preferred_element_type=jnp.float32)
@@ -183,7 +207,8 @@ def _chunked_flash_bwd(qc, kc, res, do):
 
   zeros = jnp.zeros(kv[0].shape, jnp.float32)
   (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros),
-                              (_chunks(q, qc), _chunks(qs, qc), _chunks(do, qc), lse, delta))
+                              (_chunks(q, qc), _chunks(qs, qc), _positions(q.shape[1], qc, causal),
+                               _chunks(do, qc), lse, delta))
   return _unchunk(dq, q), _unchunk(dk, k), _unchunk(dv, v), None, None
 
 
@@ -191,7 +216,7 @@ _chunked_flash.defvjp(_chunked_flash_fwd, _chunked_flash_bwd)
 
 
 def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                      q_chunk: int = 512, kv_chunk: int = 512):
+                      q_chunk: int = 512, kv_chunk: int = 512, causal: bool = False):
   """Memory-efficient attention: online softmax over kv chunks inside a scan over q chunks.
 
   Peak memory is O(q_chunk * kv_chunk) per (batch, head) for the scores, O(N * D) overall.
@@ -211,20 +236,22 @@ def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=
     ks = jnp.where(kv_mask, ks, KV_PAD_ID)
   qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, Q_PAD_ID)
   kp, vp, ksp = _pad_to(k, 1, kc), _pad_to(v, 1, kc), _pad_to(ks, 1, kc, KV_PAD_ID)
-  return _chunked_flash(qp, kp, vp, qsp, ksp, qc, kc)[:, :nq]
+  return _chunked_flash(qp, kp, vp, qsp, ksp, qc, kc, causal)[:, :nq]
 
 
-def cudnn_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None):
+def cudnn_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                    causal=False):
   """cuDNN flash attention through jax.nn.dot_product_attention (GPU only)."""
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f"attention.impl=cudnn needs bf16/fp16 inputs, got {q.dtype}; "
                      "set model.dtype=bfloat16 or attention.impl=auto")
   return _even_lengths_attention(
       functools.partial(jax.nn.dot_product_attention, implementation="cudnn"), q, k, v,
-      kv_mask, q_segment_ids, kv_segment_ids)
+      kv_mask, q_segment_ids, kv_segment_ids, causal)
 
 
-def _even_lengths_attention(attend, q, k, v, kv_mask, q_segment_ids, kv_segment_ids):
+def _even_lengths_attention(attend, q, k, v, kv_mask, q_segment_ids, kv_segment_ids,
+                            causal=False):
   """cuDNN trains with a mask only on even sequence lengths: pad Nq and Nk by one where odd
   (the extra key masked out, the extra query dropped) and pass a full [B, 1, Nq, Nk] mask."""
   nq, nk = q.shape[1], k.shape[1]
@@ -235,7 +262,8 @@ def _even_lengths_attention(attend, q, k, v, kv_mask, q_segment_ids, kv_segment_
   if q_segment_ids is not None:
     q_segment_ids = _pad_to(q_segment_ids, 1, 2, -1)
     kv_segment_ids = _pad_to(kv_segment_ids, 1, 2, -2)
-  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids, nq=q.shape[1])
+  mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids, nq=q.shape[1], causal=causal,
+                   nk=k.shape[1])
   return attend(q, k, v, mask=mask)[:, :nq]
 
 
@@ -265,13 +293,14 @@ def _pallas_ok(choice: str, q, k) -> bool:
     return False
 
 
-def choose_impl(impl: str, q, k, platform: Optional[str] = None) -> str:
+def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = False) -> str:
   """Resolve `auto` to a concrete backend (logged once per distinct choice).
 
   TPU: pallas_tpu (splash) when head_dim is 64 or a multiple of 128 and both lengths >= 256.
   GPU: cudnn when its constraints hold (bf16/fp16, head_dim % 8 == 0, <= 128, 256 on Hopper);
        else pallas_gpu (any dtype, head_dim <= 256) when both lengths >= 256.
   Otherwise (CPU, or short sequences): chunked when Nq * Nk >= 4096^2, else xla.
+  Causal attention never resolves to the Pallas kernels (their masks here are not causal).
   """
   if impl not in IMPLS:
     raise ValueError(f"unknown attention.impl={impl!r}; choose one of {', '.join(IMPLS)}")
@@ -280,6 +309,8 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None) -> str:
   platform = platform or jax.default_backend()
   nq, nk = q.shape[1], k.shape[1]
   long_enough = min(nq, nk) >= _PALLAS_MIN_LEN
+  if causal and impl == "auto":
+    long_enough = False
   if platform == "tpu" and long_enough and _pallas_ok("pallas_tpu", q, k):
     choice = "pallas_tpu"
   elif platform == "gpu" and _cudnn_ok(q, k):
@@ -300,22 +331,26 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None) -> str:
 
 def attention_kernel(q, k, v, *, impl: str = "auto", kv_mask=None, q_segment_ids=None,
                      kv_segment_ids=None, return_weights: bool = False,
-                     chunk_size: int = 512):
+                     chunk_size: int = 512, causal: bool = False):
   """The one dispatch point. Returns (out [B, Nq, H, D], weights [B, H, Nq, Nk] or None)."""
-  choice = "xla" if return_weights else choose_impl(impl, q, k)
+  choice = "xla" if return_weights else choose_impl(impl, q, k, causal=causal)
   kv_mask = None if kv_mask is None else kv_mask.astype(bool)
   masks = dict(kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
   weights = None
   if choice == "xla":
-    out, weights = xla_attention(q, k, v, return_weights=return_weights, **masks)
+    out, weights = xla_attention(q, k, v, return_weights=return_weights, causal=causal, **masks)
   elif choice == "chunked":
-    out = chunked_attention(q, k, v, q_chunk=chunk_size, kv_chunk=chunk_size, **masks)
+    out = chunked_attention(q, k, v, q_chunk=chunk_size, kv_chunk=chunk_size, causal=causal,
+                            **masks)
   elif choice == "cudnn":
-    out = cudnn_attention(q, k, v, **masks)
+    out = cudnn_attention(q, k, v, causal=causal, **masks)
   else:
+    if causal:
+      raise ValueError(f"attention.impl={choice} has no causal mask yet (a causal text tower "
+                       "is configured); use attention.impl=auto, xla, chunked or cudnn")
     from mmjax import kernels  # pylint: disable=import-outside-toplevel
     out = kernels.pallas_attention(choice, q, k, v, **masks)
-  rows = _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids)
+  rows = _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal)
   if rows is not None:  # a query with nothing to attend to outputs zeros, never NaN
     out = jnp.where(rows[:, :, None, None], out, jnp.zeros((), out.dtype))
   return out, weights
@@ -345,9 +380,11 @@ class MultiHeadAttention(nn.Module):
   capture_weights: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  key_bias: bool = False  # softmax ignores it (see below); imported checkpoints carry one
 
   @nn.compact
-  def __call__(self, x_q, x_kv=None, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None):
+  def __call__(self, x_q, x_kv=None, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+               causal: bool = False):
     x_kv = x_q if x_kv is None else x_kv
     e, h, d = x_q.shape[-1], self.num_heads, self.head_dim
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
@@ -363,16 +400,18 @@ class MultiHeadAttention(nn.Module):
           nn.initializers.zeros, ("heads", "kv")), (h, d), self.param_dtype)
       return y + b.astype(y.dtype)
 
-    # No key bias: q.(k + b) shifts every logit of a query equally, so softmax ignores it
-    # (its gradient is exactly zero; a parameter that only ever receives rounding noise).
-    q, k, v = project("query", x_q), project("key", x_kv, bias=False), project("value", x_kv)
+    # No key bias by default: q.(k + b) shifts every logit of a query equally, so softmax
+    # ignores it (its gradient is exactly zero; a parameter that only receives rounding noise).
+    q = project("query", x_q)
+    k = project("key", x_kv, bias=self.key_bias)
+    v = project("value", x_kv)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
     out, weights = attention_kernel(
         q, k, v, impl=self.impl, kv_mask=kv_mask, q_segment_ids=q_segment_ids,
         kv_segment_ids=kv_segment_ids, return_weights=self.capture_weights,
-        chunk_size=self.chunk_size)
+        chunk_size=self.chunk_size, causal=causal)
     if weights is not None:
       self.sow("intermediates", "attention_weights", weights)
     b, nq, _ = x_q.shape

@@ -17,6 +17,7 @@ import os
 from typing import Any, Optional
 
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
@@ -66,10 +67,11 @@ class Checkpointer:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore errors are long; keep the cause's first line
-      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      first = _first_line(e)
       others = [s for s in self.all_steps() if s != step]
-      hint = (f"delete {self.directory}/{step} to fall back to step {max(others)}" if others
-              else "delete it and train again")
+      hint = (f"move {self.directory}/{step} aside (out of {self.directory}) to fall back to "
+              f"step {max(others)}" if others else
+              f"move {self.directory} aside and train again")
       raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt or "
                             f"incomplete ({type(e).__name__}: {first}); {hint}") from None
     return out["state"]
@@ -82,11 +84,19 @@ class Checkpointer:
     except Exception as e:
       raise CheckpointError(f"cannot read the config of checkpoint step {step} at {path} "
                             f"({type(e).__name__}); the checkpoint is incomplete or corrupt: "
-                            "delete it or pass --config") from None
+                            "move it aside or pick another step") from None
 
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+  """The first line of an (often long) orbax / tensorstore error, at most 200 characters."""
+  text = str(e).strip()
+  if not text:
+    return type(e).__name__
+  return text.splitlines()[0].split(" See full TensorStore details")[0][:200]
 
 
 def _tuples(x: Any) -> Any:
@@ -120,3 +130,85 @@ def find_checkpoint(workdir: Optional[str] = None, checkpoint: Optional[str] = N
     raise CheckpointError(f"no committed checkpoint in {ckpt.directory}; train first (or "
                           "wait for the first checkpoint.every_steps)")
   return ckpt, step
+
+
+def locate(path: str, what: str = "checkpoint"):
+  """(Checkpointer, step) of a workdir (its latest committed step), its checkpoints directory,
+  or one step directory <workdir>/checkpoints/<step>; `what` names the setting in errors."""
+  if not path or not os.path.exists(path):
+    raise CheckpointError(f"{what} {path!r} does not exist; pass an mmjax workdir or a "
+                          "<workdir>/checkpoints/<step> directory")
+  try:
+    if os.path.isdir(checkpoint_dir(path)):
+      return find_checkpoint(workdir=path)
+    return find_checkpoint(checkpoint=path)
+  except CheckpointError as e:
+    raise CheckpointError(f"{what}: {e}") from None
+  except Exception as e:  # an unreadable directory: orbax's errors are long
+    raise CheckpointError(f"{what} {path} is not a readable checkpoint ({type(e).__name__}); "
+                          "pass an mmjax workdir or a <workdir>/checkpoints/<step> "
+                          "directory") from None
+
+
+def _key(k) -> str:
+  for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _name(keys) -> str:
+  """'embed_image/proj/kernel' for a parameter's keys (without the 'params' collection)."""
+  keys = [str(k) for k in keys]
+  return "/".join(keys[1:] if len(keys) > 1 and keys[0] == "params" else keys)
+
+
+def restore_params(path: str, params, what: str = "init_from"):
+  """The parameters of the checkpoint at `path` (see `locate`) restored into `params`
+  (TrainState.params: {'params': {...}}, arrays or ShapeDtypeStructs whose shardings and
+  dtypes the restored ones take), reading nothing else. A parameter the checkpoint lacks is
+  returned as given; one of another shape is a one-line CheckpointError.
+
+  Returns (params, missing names, count of checkpoint parameters this model does not use,
+  the step directory read)."""
+  ckpt, step = locate(path, what)
+  step_dir = epath.Path(ckpt.directory) / str(step)
+  ckpt.close()
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    try:
+      saved = handler.metadata(step_dir / "state").tree["params"]
+    except Exception as e:
+      raise CheckpointError(f"{what}: {step_dir} has no readable parameters "
+                            f"({type(e).__name__}); it is incomplete or corrupt, or not an "
+                            "mmjax checkpoint") from None
+    saved = {tuple(str(k) for k in keys): m for keys, m in ocp.tree.to_flat_dict(saved).items()}
+    flat = {tuple(_key(k) for k in keys): x
+            for keys, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    missing = [_name(k) for k in flat if k not in saved]
+    for k, x in flat.items():
+      shape = tuple(getattr(saved.get(k), "shape", None) or ())
+      if k in saved and shape != tuple(x.shape):
+        raise CheckpointError(
+            f"{what}: parameter {_name(k)} has shape {shape} in {step_dir} but "
+            f"{tuple(x.shape)} in this model; make the model config match the checkpoint's "
+            f"(saved in {step_dir}/config)")
+    target = {"params": ocp.tree.from_flat_dict(
+        {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+         for k, x in flat.items() if k in saved})}
+    try:
+      restored = handler.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+          item=target, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(target)))["params"]
+    except Exception as e:
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise CheckpointError(f"{what}: the parameters in {step_dir} are corrupt or incomplete "
+                            f"({type(e).__name__}: {first}); pick another step or "
+                            "checkpoint") from None
+  finally:
+    handler.close()
+  got = {tuple(str(k) for k in keys): x for keys, x in ocp.tree.to_flat_dict(restored).items()}
+  leaves = [got.get(k, x) for k, x in flat.items()]
+  out = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
+  unused = sum(1 for k in saved if k not in flat)
+  return out, missing, unused, str(step_dir)

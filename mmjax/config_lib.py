@@ -35,10 +35,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 PATCH_KINDS = ("image", "video", "audio")
 # Modality-config keys that describe the data (not embedder options), and that size a tower.
 DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim")
-TOWER_KEYS = ("width", "heads", "mlp_dim")
+TOWER_KEYS = ("width", "heads", "mlp_dim", "causal", "activation", "norm_eps", "key_bias")
+# Modality keys of the model around the tower: its pooling, its contrastive projection.
+HEAD_KEYS = ("pool", "proj", "proj_bias")
+MODALITY_POOLS = ("cls", "mean", "last", "map")
+# Heads the model can carry, one per objective family (model.heads selects them).
+HEADS = ("contrastive", "sigmoid", "itm", "mlm", "mim")
 DEPTH_KEYS = ("unimodal", "joint", "post", "cross")
 # Keys older configs carry that nothing reads any more.
 IGNORED_KEYS = ("eval_every_steps",)
+# Keys that record where a config came from (mmjax.convert), for people, not for the code.
+INFO_KEYS = ("converted_from",)
 
 
 class ConfigError(ValueError):
@@ -57,7 +64,10 @@ class ModalityConfig:
   channels: int = 3
   feature_dim: int = 2048
   in_dim: int = 16
-  tower: Optional[BlockConfig] = None  # set when width / heads / mlp_dim are its own
+  tower: Optional[BlockConfig] = None  # set when width / heads / mlp_dim / ... are its own
+  pool: str = ""          # cls | mean | last | map (attention-pool head); '' = model.pool
+  proj: bool = True       # contrastive projection proj_<m>; False: the pooled tower itself
+  proj_bias: bool = True
 
   def option(self, key: str):
     """An embedder option: the config's value, else the embedder's own default."""
@@ -86,6 +96,7 @@ class ModelConfig:
   block: BlockConfig
   modalities: Tuple[ModalityConfig, ...]
   embed_dim: int = 128
+  objective_heads: Tuple[str, ...] = HEADS  # heads built (an imported CLIP: contrastive only)
 
   @property
   def names(self) -> Tuple[str, ...]:
@@ -109,6 +120,12 @@ class ObjectivesConfig:
   mlm_prob: float = 0.15
   mim_ratio: float = 0.5
   norm_pix: bool = True
+  # Multi-positive contrastive targets (UniCL): 'none' (InfoNCE), 'text' (identical text ids
+  # are positives), 'label' (equal batch 'label's are positives). objectives.contrastive_loss.
+  multi_positive: str = "none"
+  # > 0: a fixed contrastive temperature (logit scale 1/temperature, at most 100) instead of
+  # the learned, clamped logit_scale (initialised at 1/0.07).
+  temperature: float = 0.0
 
   def weight(self, name: str) -> float:
     return dict(self.weights).get(name, 0.0)
@@ -149,6 +166,20 @@ class EvalConfig:
   evaluators: Tuple[str, ...] = ("zero_shot", "retrieval", "itm", "mlm", "mim")
   batch_size: int = 100
   num_examples: int = 1000
+  # linear_probe: logistic regression on frozen embeddings of this many train examples; its
+  # L2 strength is chosen from probe_l2 on a probe_holdout fraction of them, then refit.
+  probe_train_examples: int = 2000
+  probe_l2: Tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+  probe_holdout: float = 0.2
+
+  def __post_init__(self):
+    if self.probe_train_examples < 2:
+      raise ConfigError(f"eval.probe_train_examples={self.probe_train_examples} must be >= 2")
+    if not self.probe_l2 or min(self.probe_l2) <= 0:
+      raise ConfigError(f"eval.probe_l2={self.probe_l2} must be a non-empty list of positive "
+                        "numbers")
+    if not 0.0 < self.probe_holdout < 1.0:
+      raise ConfigError(f"eval.probe_holdout={self.probe_holdout} must be in (0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +198,8 @@ class Config:
   grad_accum_steps: int = 1
   nan_policy: str = "stop"  # stop | skip
   log_every_steps: int = 25
+  init_from: str = ""  # a workdir or <workdir>/checkpoints/<step>: its parameters, when fresh
+  freeze: Tuple[str, ...] = ()  # modality names or parameter path prefixes left untrained
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -216,7 +249,9 @@ def _block(mc, att) -> BlockConfig:
         capture_weights=bool(a.get("capture_weights", False)),
         dtype=_dtype(mc.get("dtype", "float32"), "model.dtype"),
         param_dtype=_dtype(mc.get("param_dtype", "float32"), "model.param_dtype"),
-        remat=remat, scan=bool(mc.get("scan", False)), dropout=float(mc.get("dropout", 0.0)))
+        remat=remat, scan=bool(mc.get("scan", False)), dropout=float(mc.get("dropout", 0.0)),
+        activation=mc.get("activation", "gelu_tanh"), norm_eps=float(mc.get("norm_eps", 1e-6)),
+        key_bias=bool(mc.get("key_bias", False)))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -233,7 +268,8 @@ FUSION_KEYS = tuple(f.name for f in dataclasses.fields(fusion_lib.FusionConfig)
                     if f.name not in ("name", "unimodal_depth", "joint_depth", "post_depth",
                                       "cross_depth"))
 _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
-               "remat", "scan", "dropout", "depth", "modalities") + FUSION_KEYS
+               "remat", "scan", "dropout", "depth", "modalities", "activation", "norm_eps",
+               "key_bias", "objective_heads") + FUSION_KEYS
 
 
 def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
@@ -244,7 +280,7 @@ def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
                       f"{', '.join(EMBEDDERS)}")
   fields = set(EMBEDDERS[kind].__dataclass_fields__) - {"parent", "name", "width", "dtype",
                                                         "param_dtype"}
-  options = {k: v for k, v in o.items() if k not in DATA_KEYS + TOWER_KEYS}
+  options = {k: v for k, v in o.items() if k not in DATA_KEYS + TOWER_KEYS + HEAD_KEYS}
   unknown = sorted(set(options) - fields)
   if unknown:
     raise ConfigError(f"modality {name!r} ({kind}) has unknown option(s) {unknown}; valid: "
@@ -257,12 +293,20 @@ def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
       raise ConfigError(f"model.modalities.{name}.width={width} is not divisible by its "
                         f"heads={heads}; pick a width that is a multiple of heads")
     mlp = int(o.get("mlp_dim", base.mlp_dim * width // base.width))
-    tower = dataclasses.replace(base, width=width, num_heads=heads, mlp_dim=mlp)
+    extra = {k: o[k] for k in ("causal", "activation", "norm_eps", "key_bias") if k in o}
+    try:
+      tower = dataclasses.replace(base, width=width, num_heads=heads, mlp_dim=mlp, **extra)
+    except ValueError as e:
+      raise ConfigError(f"model.modalities.{name}: {e}") from None
   data = {k: o[k] for k in ("input_shape", "channels", "feature_dim", "in_dim") if k in o}
   if "input_shape" in data:
     data["input_shape"] = tuple(int(s) for s in data["input_shape"])
+  head = {k: o[k] for k in HEAD_KEYS if k in o}
+  if head.get("pool", "") not in ("",) + MODALITY_POOLS:
+    raise ConfigError(f"unknown model.modalities.{name}.pool={head['pool']!r}; choose one of "
+                      f"{', '.join(MODALITY_POOLS)}")
   return ModalityConfig(name=name, kind=kind, options=tuple(options.items()), tower=tower,
-                        **data)
+                        **data, **head)
 
 
 def _model(mc, att) -> ModelConfig:
@@ -292,8 +336,20 @@ def _model(mc, att) -> ModelConfig:
   if not design.projects_towers and len(widths) > 1 and fcfg.pool_combine != "concat":
     raise ConfigError(f"towers of different widths {sorted(widths)} cannot be combined by "
                       f"pool_combine={fcfg.pool_combine!r}; use pool_combine='concat'")
-  return ModelConfig(fusion=fcfg, block=block, modalities=mods,
-                     embed_dim=int(mc.get("embed_dim", 128)))
+  heads = mc.get("objective_heads", "all")
+  heads = HEADS if heads == "all" else tuple(_plain(heads))
+  bad = [h for h in heads if h not in HEADS]
+  if bad:
+    raise ConfigError(f"unknown model.objective_heads {bad}; choose from {', '.join(HEADS)} "
+                      "or 'all'")
+  embed_dim = int(mc.get("embed_dim", 128))
+  for m in mods:
+    width = (m.tower or block).width
+    if not m.proj and width != embed_dim:
+      raise ConfigError(f"model.modalities.{m.name}.proj=False needs the tower width {width} "
+                        f"to equal model.embed_dim={embed_dim}; set one to the other")
+  return ModelConfig(fusion=fcfg, block=block, modalities=mods, embed_dim=embed_dim,
+                     objective_heads=heads)
 
 
 def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
@@ -303,8 +359,31 @@ def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
     objectives.check_objectives(model.design, weights, model.names)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  headless = [k for k, w in weights.items()
+              if w > 0 and k in HEADS and k not in model.objective_heads]
+  if headless:
+    raise ConfigError(f"loss_weights.{headless[0]} > 0 but the model has no {headless[0]} head "
+                      f"(model.objective_heads={list(model.objective_heads)}); add it there")
   o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
   return ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
+
+
+def freeze_entries(freeze) -> Tuple[str, ...]:
+  """config.freeze as a tuple of entries: a name, 'image,text', or a list of them."""
+  entries = (freeze or "").split(",") if isinstance(freeze, str) or not freeze else freeze
+  if not isinstance(entries, (tuple, list)) or not all(isinstance(e, str) for e in entries):
+    raise ConfigError(f"freeze={freeze!r} must be a modality name, a comma-separated list of "
+                      "them, or parameter path prefixes such as 'fusion/tower_image'")
+  return tuple(e.strip() for e in entries if e.strip())
+
+
+def _init_and_freeze(top) -> Dict[str, Any]:
+  """init_from as a path ('' = none); freeze as a tuple of entries."""
+  init_from = top.get("init_from") or ""
+  if not isinstance(init_from, str):
+    raise ConfigError(f"init_from={init_from!r} must be a path (a workdir or "
+                      "<workdir>/checkpoints/<step>) or '' for none")
+  return {"init_from": init_from, "freeze": freeze_entries(top.get("freeze"))}
 
 
 def parse(config) -> Config:
@@ -317,7 +396,8 @@ def parse(config) -> Config:
     raise ConfigError(f"config lacks {missing}; start from configs/default.py")
   sections = ("model", "attention", "loss_weights", "objectives", "optimizer", "mesh",
               "checkpoint", "data", "eval")
-  top = _fields(Config, config, "config", skip=sections + IGNORED_KEYS)
+  top = _fields(Config, config, "config", skip=sections + IGNORED_KEYS + INFO_KEYS)
+  top.update(_init_and_freeze(top))
   model = parse_model(config)
   from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
   try:
@@ -340,6 +420,17 @@ def parse(config) -> Config:
                       f"grad_accum_steps={cfg.grad_accum_steps}")
   if cfg.nan_policy not in ("stop", "skip"):
     raise ConfigError(f"unknown nan_policy {cfg.nan_policy!r}; use 'stop' or 'skip'")
+  mp = cfg.objectives.multi_positive
+  if mp not in ("none", "text", "label"):
+    raise ConfigError(f"unknown objectives.multi_positive={mp!r}; use 'none', 'text' (identical "
+                      "captions are positives) or 'label' (equal labels are positives)")
+  if mp != "none" and cfg.objectives.weight("sigmoid") > 0:
+    raise ConfigError(f"objectives.multi_positive={mp!r} applies to the contrastive loss only; "
+                      "set loss_weights.sigmoid=0 or objectives.multi_positive='none'")
+  t = cfg.objectives.temperature
+  if not (math.isfinite(t) and (t == 0 or t >= 0.01)):
+    raise ConfigError(f"objectives.temperature={t} must be 0 (learned) or >= 0.01 (the logit "
+                      "scale is capped at 100)")
   for k in ("mlm_prob", "mim_ratio"):
     v = getattr(cfg.objectives, k)
     if not (math.isfinite(v) and 0.0 < v < 1.0):
@@ -354,12 +445,83 @@ def parse_model(config) -> ModelConfig:
   if isinstance(config, ModelConfig):
     return config
   model = _model(config.model, config.get("attention"))
+  if "data" in config:  # data and model meet: the text ids come from the tokenizer
+    mlm = float((config.get("loss_weights") or {}).get("mlm", 0.0)) > 0
+    model = text_ids(model, config.data, mlm)
   if type(model.design).validate_lengths is not fusion_lib.FusionDesign.validate_lengths:
     try:
       model.design.validate_lengths(token_counts(model))
     except ValueError as e:
       raise ConfigError(str(e)) from None
   return model
+
+
+def text_ids(model: ModelConfig, data, mlm: bool) -> ModelConfig:
+  """Each text modality's ids from the data's tokenizer (mmjax.data.text.from_config):
+  pad_id, mask_id, special_ids, vocab_size (and key_mask='eos' / eos_id where padding reuses a
+  real token), written where they differ from the embedder's defaults and the config does not
+  set them; a set value that contradicts the tokenizer, or a vocab smaller than the ids the
+  run produces (the mask id only with MLM), is a ConfigError. Without a data section
+  parse_model keeps the embedder's defaults, the bytes tokenizer's ids."""
+  if not any(m.kind == "text" for m in model.modalities):
+    return model
+  from mmjax.data import text as text_lib  # pylint: disable=import-outside-toplevel
+  try:
+    spec = text_lib.spec_from_config(data)
+    tok = text_lib.get_tokenizer(spec)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    raise ConfigError(str(e)) from None
+  where = f"data.tokenizer={spec.spec}"
+  if mlm and tok.mask_id is None:
+    raise ConfigError(f"loss_weights.mlm > 0 needs a [MASK] token, and {where} has none "
+                      "(data.tokenizer_specials.mask=''); name one or set loss_weights.mlm=0")
+  fields = EMBEDDERS["text"].__dataclass_fields__
+  want = {"pad_id": tok.pad_id, "mask_id": -1 if tok.mask_id is None else tok.mask_id}
+  if tok.pad_is_token and "key_mask" in fields:
+    want["key_mask"] = "eos"
+  need = tok.ids_needed(mlm)
+  mods = []
+  for m in model.modalities:
+    if m.kind != "text":
+      mods.append(m)
+      continue
+    opts, key = dict(m.options), f"model.modalities.{m.name}"
+    for k, v in want.items():
+      if k not in opts:
+        if m.option(k) != v:
+          opts[k] = v
+      elif k == "key_mask" and opts[k] == "pad":
+        raise ConfigError(f"{key}.key_mask='pad' hides real tokens: {where} pads with id "
+                          f"{tok.pad_id}, a real token; use key_mask='eos' or leave it unset")
+      elif k != "key_mask" and opts[k] != v:
+        raise ConfigError(f"{key}.{k}={opts[k]} contradicts the tokenizer's {k}={v} ({where}); "
+                          f"set it to {v} or leave it unset")
+    if "special_ids" in opts:
+      lack = sorted(set(tok.role_ids) - {int(i) for i in opts["special_ids"]})
+      if lack:
+        raise ConfigError(f"{key}.special_ids={tuple(opts['special_ids'])} lacks the "
+                          f"tokenizer's special id(s) {lack} ({where}); add them or leave "
+                          "special_ids unset")
+    elif tuple(m.option("special_ids")) != tok.special_ids:
+      opts["special_ids"] = tok.special_ids
+    if "eos_id" in fields and (opts.get("key_mask") or m.option("key_mask")) == "eos":
+      if tok.sep_id is None:
+        raise ConfigError(f"{key}.key_mask='eos' needs an end token, and {where} has none "
+                          "(data.tokenizer_specials.sep=''); name one or use key_mask='pad'")
+      if "eos_id" not in opts:
+        opts["eos_id"] = tok.sep_id
+      elif opts["eos_id"] != tok.sep_id:
+        raise ConfigError(f"{key}.eos_id={opts['eos_id']} contradicts the tokenizer's end "
+                          f"token {tok.sep_id} ({where}); set it to {tok.sep_id} or leave it "
+                          "unset")
+    if "vocab_size" not in opts:
+      if m.option("vocab_size") != need:
+        opts["vocab_size"] = need
+    elif int(opts["vocab_size"]) < need:
+      raise ConfigError(f"{key}.vocab_size={opts['vocab_size']} is smaller than the "
+                        f"tokenizer's {need} ids ({where}); set {key}.vocab_size={need}")
+    mods.append(dataclasses.replace(m, options=tuple(opts.items())))
+  return dataclasses.replace(model, modalities=tuple(mods))
 
 
 def check_mesh(cfg: Config, num_devices: int) -> Tuple[int, int, int]:

@@ -17,6 +17,15 @@ import jax.numpy as jnp
 
 from mmjax.attention import MultiHeadAttention
 
+# x -> f(x) of the MLP. gelu_tanh: GELU's tanh approximation (flax's nn.gelu default, SigLIP);
+# gelu: exact x * Phi(x) (open_clip, ViT); quick_gelu: x * sigmoid(1.702 x) (OpenAI CLIP).
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": nn.relu,
+}
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -39,10 +48,18 @@ class BlockConfig:
   remat: str = "none"
   scan: bool = False
   dropout: float = 0.0
+  # Options that published architectures need (CLIP, SigLIP, open_clip), defaults unchanged:
+  activation: str = "gelu_tanh"  # MLP nonlinearity, a key of ACTIVATIONS
+  norm_eps: float = 1e-6         # LayerNorm epsilon (CLIP: 1e-5)
+  key_bias: bool = False         # a bias on K (softmax ignores it; kept for exact imports)
+  causal: bool = False           # token i attends to tokens <= i only (CLIP's text tower)
 
   def __post_init__(self):
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {self.activation!r}; choose one of "
+                       f"{', '.join(ACTIVATIONS)}")
 
   @property
   def head_dim(self) -> int:
@@ -51,7 +68,7 @@ class BlockConfig:
 
 def _layer_norm(cfg: BlockConfig, name: str):
   return nn.LayerNorm(
-      dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
@@ -69,11 +86,12 @@ def _mha(cfg: BlockConfig, name: str):
   return MultiHeadAttention(
       num_heads=cfg.num_heads, head_dim=cfg.head_dim, impl=cfg.attention_impl,
       chunk_size=cfg.chunk_size, capture_weights=cfg.capture_weights, dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype, name=name)
+      param_dtype=cfg.param_dtype, key_bias=cfg.key_bias, name=name)
 
 
 class Mlp(nn.Module):
-  """Position-wise FFN: Dense(E->M), GELU, Dense(M->E). [B, N, E] -> [B, N, E]."""
+  """Position-wise FFN: Dense(E->M), activation (cfg.activation), Dense(M->E).
+  [B, N, E] -> [B, N, E]."""
   cfg: BlockConfig
 
   @nn.compact
@@ -83,14 +101,15 @@ class Mlp(nn.Module):
     h = nn.Dense(cfg.mlp_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="fc1",
                  kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
-    h = nn.with_logical_constraint(nn.gelu(h), ("batch", "length", "mlp"))
+    h = nn.with_logical_constraint(ACTIVATIONS[cfg.activation](h), ("batch", "length", "mlp"))
     return nn.Dense(x.shape[-1], dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="fc2",
                     kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN self-attention block. x [B, N, E], mask [B, N] -> [B, N, E]."""
+  """Pre-LN self-attention block (causal when cfg.causal). x [B, N, E], mask [B, N] ->
+  [B, N, E]."""
   cfg: BlockConfig
 
   @nn.compact
@@ -98,7 +117,7 @@ class EncoderBlock(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     h = _layer_norm(self.cfg, "ln_attn")(x)
     h = _mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
-                               kv_segment_ids=segment_ids)
+                               kv_segment_ids=segment_ids, causal=self.cfg.causal)
     x = x + dropout(self, self.cfg.dropout, h)
     h = Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_mlp")(x))
     return x + dropout(self, self.cfg.dropout, h)
@@ -127,6 +146,22 @@ class CrossBlock(nn.Module):
     x = x + drop(attn(_layer_norm(cfg, "ln_cross_q")(x), _layer_norm(cfg, "ln_cross_kv")(y),
                       kv_mask=y_mask))
     return x + drop(Mlp(cfg, name="mlp")(_layer_norm(cfg, "ln_mlp")(x)))
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (SigLIP's head, Set Transformer's PMA): a learned probe
+  attends to the tokens, then a residual MLP. x [B, N, E], mask [B, N] -> [B, E]:
+    h = MHA(Q=probe, K=V=x);  out = h + MLP(LN(h))."""
+  cfg: BlockConfig
+
+  @nn.compact
+  def __call__(self, x, mask):
+    probe = self.param("probe", nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(), (None, "embed")), (1, x.shape[-1]), self.cfg.param_dtype)
+    q = jnp.broadcast_to(probe.astype(x.dtype)[None], (x.shape[0], 1, x.shape[-1]))
+    h = _mha(self.cfg, "attn")(q, x, kv_mask=mask)
+    h = h + Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln")(h))
+    return h[:, 0]
 
 
 class _ScanBlock(nn.Module):

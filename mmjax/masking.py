@@ -36,9 +36,16 @@ def bert_mask(rng, ids, *, mask_id: int, vocab_size: int, mask_prob: float = 0.1
   ids: int [..., L]; valid_mask: bool [..., L] (None = all valid). In each row exactly
   max(1, round(mask_prob * n)) of the n valid, non-special positions are chosen (0 if n = 0).
   Random replacements are uniform over the ids in [0, vocab_size) that are not special.
+  mask_id, vocab_size and special_ids are the tokenizer's (mmjax.data.text), never assumed.
   Returns (masked_ids [..., L] like ids, targets = ids (original), weights float32 [..., L],
   1 at the chosen positions) -- the inputs of objectives.mlm_loss.
   """
+  if not 0 <= int(mask_id) < vocab_size:
+    raise ValueError(f"mask_id={mask_id} is outside the vocabulary [0, {vocab_size}); use the "
+                     "tokenizer's [MASK] id and a vocab_size that holds it")
+  if int(mask_id) not in {int(s) for s in special_ids} and special_ids:
+    raise ValueError(f"mask_id={mask_id} is not among special_ids={tuple(special_ids)}; a "
+                     "[MASK] must never be drawn as a random replacement: add it")
   ids = jnp.asarray(ids)
   specials = sorted({int(s) for s in special_ids})
   eligible = jnp.ones(ids.shape, bool) if valid_mask is None else jnp.asarray(valid_mask, bool)

@@ -18,6 +18,12 @@ A modality may set its own `width` / `heads` / `mlp_dim` (CLIP's 512-wide text t
 768-wide ViT): its embedder and tower run at that width, and a linear `tower_proj_<m>` maps
 the tower's output to model.width for the interaction (none where the design meets only in
 the contrastive projections, as dual_encoder does).
+
+Per modality, the contrastive embedding is pool_m(tower output) -> proj_<m>: pool is the
+model's `pool` or the modality's own (cls | mean | last valid token | map, an attention-pool
+head `map_<m>`), and proj is a Dense (with or without bias) or, with proj=False, the identity.
+`model.objective_heads` selects which objective heads exist (an imported CLIP has only the
+contrastive temperature), so a converted checkpoint holds exactly the published parameters.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import numpy as np
 
 from mmjax import fusion as fusion_lib
 from mmjax import masking
-from mmjax.layers import l2_normalize
+from mmjax.layers import MAPHead, l2_normalize
 from mmjax.config_lib import PATCH_KINDS, ModelConfig, ObjectivesConfig, parse_model
 from mmjax.tokenizers import build_embedder, patchify_image, patchify_spectrogram, patchify_video
 
@@ -56,32 +62,40 @@ class MultimodalModel(nn.Module):
 
   def setup(self):
     cfg, blk = self.cfg, self.cfg.block
+    heads = cfg.objective_heads
     embedders = {}
     for mod in cfg.modalities:
       opts = dict(mod.options)
       opts.setdefault("dropout", blk.dropout)
+      opts.setdefault("norm_eps", (mod.tower or blk).norm_eps)
       width = (mod.tower or blk).width
       embedders[mod.name] = build_embedder(mod.kind, mod.name, width, blk.dtype,
                                            blk.param_dtype, **opts)
     self.embedders = embedders
     self.fusion = fusion_lib.Fusion(cfg.fusion, blk, self.modalities, cfg.tower_blocks,
                                     name="fusion")
-    dense = lambda n, name, axes=("embed", None): nn.Dense(
-        n, dtype=blk.dtype, param_dtype=blk.param_dtype, name=name,
+    dense = lambda n, name, axes=("embed", None), bias=True: nn.Dense(
+        n, dtype=blk.dtype, param_dtype=blk.param_dtype, name=name, use_bias=bias,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes))
-    self.projections = {m: dense(cfg.embed_dim, f"proj_{m}") for m in self.modalities}
-    self.itm_head = dense(2, "itm_head")
+    self.projections = {m.name: dense(cfg.embed_dim, f"proj_{m.name}", bias=m.proj_bias)
+                        for m in cfg.modalities if m.proj}
+    self.pool_heads = {m.name: MAPHead(m.tower or blk, name=f"map_{m.name}")
+                       for m in cfg.modalities if m.pool == "map"}
+    self.itm_head = dense(2, "itm_head") if "itm" in heads else None
     self.mlm_heads = {m.name: dense(m.option("vocab_size"), f"mlm_head_{m.name}",
                                     ("embed", "vocab"))
-                      for m in cfg.modalities if m.kind == "text"}
+                      for m in cfg.modalities if m.kind == "text" and "mlm" in heads}
     self.mlm_norms = {m: nn.LayerNorm(dtype=blk.dtype, param_dtype=blk.param_dtype,
                                       name=f"mlm_ln_{m}") for m in self.mlm_heads}
     self.mim_heads = {m.name: dense(m.patch_dim, f"mim_head_{m.name}")
-                      for m in cfg.modalities if m.kind != "text"}
+                      for m in cfg.modalities if m.kind != "text" and "mim" in heads}
     # CLIP temperature (log scale), SigLIP temperature and bias.
-    self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), ())
-    self.sigmoid_t = self.param("sigmoid_t", nn.initializers.constant(np.log(10.0)), ())
-    self.sigmoid_b = self.param("sigmoid_b", nn.initializers.constant(-10.0), ())
+    if "contrastive" in heads:
+      self.logit_scale = self.param("logit_scale",
+                                    nn.initializers.constant(np.log(1 / 0.07)), ())
+    if "sigmoid" in heads:
+      self.sigmoid_t = self.param("sigmoid_t", nn.initializers.constant(np.log(10.0)), ())
+      self.sigmoid_b = self.param("sigmoid_b", nn.initializers.constant(-10.0), ())
 
   # -- stages ---------------------------------------------------------------------------------
 
@@ -106,13 +120,34 @@ class MultimodalModel(nn.Module):
 
   # -- heads ----------------------------------------------------------------------------------
 
+  def pooled_towers(self, encoded) -> Dict[str, Any]:
+    """Per-modality pooled tower outputs {m: [B, D_m]} (the modality's pool, else model.pool)."""
+    out = {}
+    for m, (tokens, mask) in encoded.items():
+      how = self.cfg.modality(m).pool or self.cfg.fusion.pool
+      out[m] = (self.pool_heads[m](tokens, mask) if how == "map"
+                else fusion_lib.pool_tokens(tokens, mask, how))
+    return out
+
   def contrastive_embedding(self, encoded) -> Dict[str, Any]:
     """Unimodal pooled -> projection, per modality: {m: [B, embed_dim]} (not normalized)."""
-    pooled = fusion_lib.pool_unimodal(encoded, self.cfg.fusion.pool)
-    return {m: self.projections[m](pooled[m]) for m in self.modalities if m in pooled}
+    pooled = self.pooled_towers(encoded)
+    return {m: self.projections[m](pooled[m]) if m in self.projections else pooled[m]
+            for m in self.modalities if m in pooled}
+
+  def alignment_logits(self, za, zb, kind: str = "contrastive"):
+    """[Na, E], [Nb, E] -> [Na, Nb] the logits of the alignment loss: contrastive
+    exp(logit_scale) cos(a, b) (CLIP, scale capped at 100), sigmoid exp(t) cos(a, b) + b
+    (SigLIP)."""
+    za, zb = l2_normalize(za), l2_normalize(zb)
+    if kind == "sigmoid":
+      return jnp.exp(self.sigmoid_t) * (za @ zb.T) + self.sigmoid_b
+    return jnp.minimum(jnp.exp(self.logit_scale), 100.0) * (za @ zb.T)
 
   def itm_logits(self, joint):
     """[B, D'] -> [B, 2] (not matched, matched)."""
+    if self.itm_head is None:
+      raise ValueError("this model has no ITM head (model.objective_heads lacks 'itm')")
     return self.itm_head(joint)
 
   def mlm_logits(self, modality: str, tokens):
@@ -127,7 +162,8 @@ class MultimodalModel(nn.Module):
     encoded = self.encode(embedded)
     out = self.interact(encoded)
     self.contrastive_embedding(encoded)
-    self.itm_logits(out["joint"])
+    if self.itm_head is not None:
+      self.itm_logits(out["joint"])
     for m in self.mlm_heads:
       self.mlm_logits(m, out["tokens"][m])
     for m in self.mim_heads:
@@ -168,9 +204,11 @@ class MultimodalModel(nn.Module):
     if (set(ALIGNMENT) | {"itm"}) & active:
       encoded = self.encode(self.embed(batch))
       emb = {m: z.astype(jnp.float32) for m, z in self.contrastive_embedding(encoded).items()}
-      out.update(embeddings=emb, pairs=list(itertools.combinations(mods, 2)),
-                 logit_scale=self.logit_scale, sigmoid_t=self.sigmoid_t,
-                 sigmoid_b=self.sigmoid_b)
+      out.update(embeddings=emb, pairs=list(itertools.combinations(mods, 2)))
+      if "contrastive" in self.cfg.objective_heads:
+        out["logit_scale"] = self.logit_scale
+      if "sigmoid" in self.cfg.objective_heads:
+        out.update(sigmoid_t=self.sigmoid_t, sigmoid_b=self.sigmoid_b)
       if "itm" in active:
         out["itm"] = self._itm(encoded, emb, rng_itm)
     text = [m for m in mods if self.cfg.modality(m).kind == "text" and "mlm" in active]
@@ -183,7 +221,7 @@ class MultimodalModel(nn.Module):
         masked[m], targets, weights = masking.bert_mask(
             jax.random.fold_in(rng_mlm, mods.index(m)), ids, mask_prob=objectives.mlm_prob,
             mask_id=emb_m.mask_id, vocab_size=emb_m.vocab_size, special_ids=emb_m.special_ids,
-            valid_mask=ids != emb_m.pad_id)
+            valid_mask=emb_m.token_mask(ids))  # the tokenizer's ids (config_lib.text_ids)
         mlm[m] = (targets, weights)
       for m in patches:
         target = self.mim_target(m, batch[m])
@@ -206,7 +244,9 @@ class MultimodalModel(nn.Module):
     """ITM with hard negatives: B positives, B (A_i, hard B) and B (hard A, B_j) negatives."""
     a, b = self.modalities[0], self.modalities[1]
     za, zb = l2_normalize(emb[a]), l2_normalize(emb[b])
-    scale = jnp.exp(self.logit_scale).clip(max=100.0)
+    log_scale = (self.logit_scale if "contrastive" in self.cfg.objective_heads
+                 else np.log(1 / 0.07))
+    scale = jnp.exp(log_scale).clip(max=100.0)
     sim = jax.lax.stop_gradient(scale * (za @ zb.T))  # scaled: softmax over cosines is flat
     neg_b, neg_a = masking.itm_hard_negatives(rng, sim)
     take = lambda x, idx: jax.tree.map(lambda t: jnp.take(t, idx, axis=0), x)

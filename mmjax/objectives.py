@@ -11,6 +11,7 @@ its rows of the global batch, and the result equals the single-device result on 
 batch (value and gradients, with `check_vma` True or False). In the sharded case:
   contrastive  all-gathers both towers' embeddings with gradient; each device computes its
                rows against all global columns. Memory per device grows with the global batch.
+               Multi-positive targets (objectives.multi_positive) all-gather the keys too.
   sigmoid      a ring: each device keeps its A rows and passes B chunks around with ppermute
                (forward and a hand-written backward ring), so no device holds more than a
                [local, local] logits block; memory per device does not grow with device count.
@@ -54,7 +55,7 @@ def _varying(x, axis_name: AxisName):
 
 # ------------------------------------------------------------------------------ contrastive
 
-def contrastive_loss(za, zb, logit_scale_param, *, axis_name: AxisName = None,
+def contrastive_loss(za, zb, logit_scale_param, keys=None, *, axis_name: AxisName = None,
                      max_logit_scale: float = 100.0) -> LossAndMetrics:
   """Symmetric InfoNCE (CLIP) with a learnable, clamped temperature and global-batch negatives.
 
@@ -64,7 +65,13 @@ def contrastive_loss(za, zb, logit_scale_param, *, axis_name: AxisName = None,
   With A, B the global (all-gathered, with gradient) normalized embeddings and r = the global
   indices of the local rows:
     L = 1/2 [ CE(s * za @ B.T, r) + CE(s * zb @ A.T, r) ],  averaged over the global batch.
-  Metrics: loss, i2t_accuracy (A->B top-1), t2i_accuracy (B->A top-1), logit_scale.
+  keys (optional, multi-positive as in UniCL): int [B_local, K]; rows i, j are positives when
+  keys_i == keys_j (all K entries: a label [B, 1], or text ids [B, L]). The target of row i is
+  then uniform over its positives P_i (the diagonal always among them), in both directions:
+    CE_soft(logits_i) = logsumexp_j(logits_ij) - 1/|P_i| sum_{j in P_i} logits_ij.
+  keys=None is plain InfoNCE (P_i = {i}). With keys, a top-1 hit is any positive.
+  Metrics: loss, i2t_accuracy (A->B top-1), t2i_accuracy (B->A top-1), logit_scale; with keys
+  also positives (mean |P_i|).
   """
   za, zb = l2_normalize(za), l2_normalize(zb)
   scale = jnp.minimum(jnp.exp(jnp.asarray(logit_scale_param, jnp.float32)), max_logit_scale)
@@ -76,16 +83,32 @@ def contrastive_loss(za, zb, logit_scale_param, *, axis_name: AxisName = None,
   labels = global_rows(za.shape[0], axis_name)
   logits_ab = scale * (za @ zb_all.T)  # [B_local, B_global]
   logits_ba = scale * (zb @ za_all.T)
+  metrics = {}
+  if keys is None:
+    def ce(logits):
+      correct = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+      return jnp.mean(jax.nn.logsumexp(logits, axis=1) - correct)
 
-  def ce(logits):
-    correct = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - correct)
+    def acc(logits):
+      return jnp.mean((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))
+  else:
+    keys = jnp.asarray(keys).reshape(keys.shape[0], -1)
+    keys_all = keys if axis_name is None else jax.lax.all_gather(keys, axis_name, tiled=True)
+    pos = jnp.all(keys[:, None, :] == keys_all[None, :, :], axis=-1)  # [B_local, B_global]
+    pos = pos | (jnp.arange(keys_all.shape[0])[None, :] == labels[:, None])
+    count = jnp.sum(pos, axis=1).astype(jnp.float32)
+    targets = pos.astype(jnp.float32) / count[:, None]  # uniform over the positives
 
-  def acc(logits):
-    return jnp.mean((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))
+    def ce(logits):
+      return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.sum(targets * logits, axis=1))
+
+    def acc(logits):
+      hit = jnp.take_along_axis(pos, jnp.argmax(logits, axis=1)[:, None], axis=1)[:, 0]
+      return jnp.mean(hit.astype(jnp.float32))
+    metrics["positives"] = jnp.mean(count)
 
   loss = 0.5 * (ce(logits_ab) + ce(logits_ba))
-  metrics = {"loss": loss, "i2t_accuracy": acc(logits_ab), "t2i_accuracy": acc(logits_ba)}
+  metrics.update(loss=loss, i2t_accuracy=acc(logits_ab), t2i_accuracy=acc(logits_ba))
   if axis_name is not None:
     metrics = jax.lax.pmean(metrics, axis_name)
   metrics["logit_scale"] = scale
@@ -355,12 +378,41 @@ def _global_loss(fn, mesh, *arrays, scalars=()):
   return mapped(*arrays, *scalars)
 
 
+def _multi_positive_contrastive(za, zb, keys, logit_scale_param, *, axis_name=None):
+  return contrastive_loss(za, zb, logit_scale_param, keys, axis_name=axis_name)
+
+
+MULTI_POSITIVE = ("none", "text", "label")
+
+
+def positive_keys(batch: Mapping, model_cfg, mode: str):
+  """The multi-positive keys of `batch` for objectives.multi_positive=`mode` (None for 'none'):
+  'label' -> label [B, 1]; 'text' -> the ids of every text modality, concatenated [B, sum L]."""
+  if mode == "none":
+    return None
+  if mode == "label":
+    if "label" not in batch:
+      raise ValueError("objectives.multi_positive='label' needs a 'label' in every batch; give "
+                       "each example a label (JSONL: \"label\": 3) or use 'text'")
+    return jnp.asarray(batch["label"]).astype(jnp.int32).reshape(-1, 1)
+  if mode == "text":
+    text = [m.name for m in model_cfg.modalities if m.kind == "text" and m.name in batch]
+    if not text:
+      raise ValueError("objectives.multi_positive='text' needs a text modality in the batch; "
+                       "use 'label' (with labelled data) or 'none'")
+    return jnp.concatenate([jnp.asarray(batch[m]).astype(jnp.int32) for m in text], axis=1)
+  raise ValueError(f"unknown objectives.multi_positive={mode!r}; use one of "
+                   f"{', '.join(MULTI_POSITIVE)}")
+
+
 def losses_from_outputs(outputs: Mapping, objectives, mesh=None) -> Tuple[jax.Array, Metrics]:
   """Weighted loss and metrics from `MultimodalModel.pretraining_outputs`.
 
   Alignment runs on every pair of modalities (named 'contrastive' with one pair, else
   'contrastive_<a>_<b>'); MLM / MIM per modality ('mlm' with one text modality, else
   'mlm_<m>'). Each objective's weight is objectives.weight(<objective>).
+  objectives.temperature > 0 fixes the contrastive scale at 1/temperature (else the learned
+  logit_scale); outputs['positive_keys'] (pretraining_loss) makes it multi-positive.
   """
   results: Dict[str, LossAndMetrics] = {}
   weights: Dict[str, float] = {}
@@ -370,15 +422,21 @@ def losses_from_outputs(outputs: Mapping, objectives, mesh=None) -> Tuple[jax.Ar
     weights[name] = objectives.weight(objective)
 
   pairs = outputs.get("pairs", [])
+  keys = outputs.get("positive_keys")
+  temperature = float(getattr(objectives, "temperature", 0.0))
+  if temperature > 0 and "logit_scale" in outputs:  # fixed: the learned logit_scale is unused
+    outputs = dict(outputs, logit_scale=jnp.float32(math.log(1.0 / temperature)))
   for objective, fn, scalars in (
       ("contrastive", contrastive_loss, ("logit_scale",)),
       ("sigmoid", sigmoid_loss, ("sigmoid_t", "sigmoid_b"))):
     if objective in objectives.active:
       for a, b in pairs:
         emb = outputs["embeddings"]
+        loss_fn, arrays = fn, (emb[a], emb[b])
+        if objective == "contrastive" and keys is not None:
+          loss_fn, arrays = _multi_positive_contrastive, arrays + (keys,)
         add(objective, objective if len(pairs) == 1 else f"{objective}_{a}_{b}",
-            _global_loss(fn, mesh, emb[a], emb[b],
-                         scalars=tuple(outputs[s] for s in scalars)))
+            _global_loss(loss_fn, mesh, *arrays, scalars=tuple(outputs[s] for s in scalars)))
   if "itm" in outputs:
     add("itm", "itm", itm_loss(*outputs["itm"]))
   for objective, fn in (("mlm", mlm_loss),
@@ -393,7 +451,12 @@ def pretraining_loss(model, params, batch, rng, objectives, mesh=None
                      ) -> Tuple[jax.Array, Metrics]:
   """(weighted loss, metrics) of `model` on `batch`: the model's pretraining outputs mapped to
   the objectives above. `objectives` is an ObjectivesConfig; `mesh` (optional) spreads the
-  alignment losses over the global batch. Dropout masks come from fold_in(rng, 7)."""
+  alignment losses over the global batch. Dropout masks come from fold_in(rng, 7).
+  With objectives.multi_positive 'text' or 'label' the contrastive targets are multi-positive
+  (positive_keys of the batch; contrastive_loss)."""
   outputs = model.apply(params, batch, rng, objectives, method=model.pretraining_outputs,
                         rngs={"dropout": jax.random.fold_in(rng, 7)})
+  keys = positive_keys(batch, model.cfg, getattr(objectives, "multi_positive", "none"))
+  if keys is not None:
+    outputs = dict(outputs, positive_keys=keys)
   return losses_from_outputs(outputs, objectives, mesh)

@@ -11,6 +11,14 @@ row-major over the patch grid -- time first, then height, then width (spectrogra
 frequency); inside a patch the values are flattened row-major in the same order with channels
 last: image (dy, dx, c), video (dt, dy, dx, c), audio (dt, df).
 
+Options that published architectures need (all off by default):
+  type_embedding  False: no modality-type vector (CLIP, SigLIP have none)
+  cls_position    True: the [CLS] token gets a learned position of its own (CLIP's table
+                  covers [CLS] + patches; stored as `cls_pos` beside the patch grid)
+  pre_norm        True: LayerNorm on the finished tokens before the tower (CLIP's ln_pre)
+  patch_bias      False: the patch projection has no bias (CLIP's conv1)
+  mim_token       False: no learned [MASK] embedding (models trained without MIM)
+
 Optional arguments every embedder takes:
   valid    [B] bool       this example has the modality (False = absent: all tokens masked)
   mim_mask [B, N] bool    patch embedders only: replace these tokens by a learned [MASK] embedding
@@ -101,6 +109,12 @@ class _Embedder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   dropout: float = 0.0  # on the finished tokens, training only (layers.dropout)
+  type_embedding: bool = True
+  cls_position: bool = False
+  pre_norm: bool = False
+  patch_bias: bool = True
+  mim_token: bool = True
+  norm_eps: float = 1e-6  # of the pre_norm LayerNorm
 
   def _param(self, name, shape, axes, init=nn.initializers.normal(0.02)):
     return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
@@ -121,26 +135,37 @@ class _Embedder(nn.Module):
       tokens = tokens + self._positions(ref_grid, grid).astype(tokens.dtype)[None]
     if self.add_cls:
       cls = self._param("cls", (self.width,), ("embed",)).astype(tokens.dtype)
+      if self.cls_position:
+        cls = cls + self._param("cls_pos", (self.width,), ("embed",)).astype(tokens.dtype)
       cls = jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width))
       tokens = jnp.concatenate([cls, tokens], axis=1)
       mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
-    tokens = tokens + self._param("type_embedding", (self.width,), ("embed",)).astype(
-        tokens.dtype)  # [CLS] included: the joint stream knows whose [CLS] it is
+    if self.type_embedding:  # [CLS] included: the joint stream knows whose [CLS] it is
+      tokens = tokens + self._param("type_embedding", (self.width,), ("embed",)).astype(
+          tokens.dtype)
+    if self.pre_norm:
+      tokens = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="pre_norm")(tokens)
     if valid is not None:
       mask = mask & valid[:, None]
     tokens = layers.dropout(self, self.dropout, tokens.astype(self.dtype))
     tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
     return tokens, mask
 
-  def _project(self, x, name="proj"):
+  def _project(self, x, name="proj", use_bias=True):
     return nn.Dense(
-        self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name, use_bias=use_bias,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                  (None, "embed")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
 
   def _mim(self, tokens, mim_mask):
     """Masked modelling: the tokens where mim_mask is True become a learned [MASK]."""
+    if not self.mim_token:
+      if mim_mask is not None:
+        raise ValueError(f"{self.name} was built with mim_token=False; it cannot take a MIM "
+                         "mask (set loss_weights.mim=0 or the modality's mim_token=True)")
+      return tokens
     mask_tok = self._param("mask_token", (self.width,), ("embed",)).astype(tokens.dtype)
     if mim_mask is None:
       return tokens
@@ -148,17 +173,39 @@ class _Embedder(nn.Module):
 
 
 class TextEmbedder(_Embedder):
-  """Word/subword ids [B, L] -> tokens [B, L, D]; mask = ids != pad_id.
+  """Word/subword ids [B, L] -> tokens [B, L, D] and the mask of the tokens the model sees:
+
+    key_mask='pad'  ids != pad_id (BERT-style padding)
+    key_mask='eos'  every position up to and including the first eos_id (CLIP: the pad id is
+                    a real token or the end token itself; pooling 'last' then picks the end)
+    key_mask='none' every position (SigLIP attends over its padding)
 
   Learned table (logical axes vocab x embed) + 1D positions (the first L of max_len; longer
   text interpolates the table) + type. The text tokenizer already puts [CLS] first, so add_cls defaults to False.
   """
+  # The ids default to the bytes tokenizer's; config_lib.text_ids fills them (and vocab_size,
+  # key_mask, eos_id where needed) from data.tokenizer, so they are never assumed.
   vocab_size: int = 261
   max_len: int = 64
   pad_id: int = 0
   mask_id: int = 3                                # [MASK], for masked language modelling
   special_ids: Tuple[int, ...] = (0, 1, 2, 3)     # never masked nor drawn as replacements
   add_cls: bool = False
+  key_mask: str = "pad"    # pad | eos | none
+  eos_id: int = -1         # the end-of-text id, for key_mask='eos'
+
+  def token_mask(self, ids):
+    """[B, L] bool: which ids are tokens the model attends to (see key_mask)."""
+    if self.key_mask == "pad":
+      return ids != self.pad_id
+    if self.key_mask == "eos":
+      if self.eos_id < 0:
+        raise ValueError("text key_mask='eos' needs the modality's eos_id; set it")
+      is_eos = (ids == self.eos_id).astype(jnp.int32)
+      return (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
+    if self.key_mask == "none":
+      return jnp.ones(ids.shape, bool)
+    raise ValueError(f"unknown text key_mask {self.key_mask!r}; use 'pad', 'eos' or 'none'")
 
   @nn.compact
   def __call__(self, ids, *, valid=None, mim_mask=None):
@@ -170,8 +217,8 @@ class TextEmbedder(_Embedder):
     if self.pos == "learned" and n <= self.max_len:  # shorter text: the first n positions
       pos = self._param("pos_embedding", (self.max_len, self.width), (None, "embed"))
       tokens = tokens + pos[:n].astype(tokens.dtype)[None]
-      return self._finish(tokens, ids != self.pad_id, None, None, valid)
-    return self._finish(tokens, ids != self.pad_id, (self.max_len,), (n,), valid)
+      return self._finish(tokens, self.token_mask(ids), None, None, valid)
+    return self._finish(tokens, self.token_mask(ids), (self.max_len,), (n,), valid)
 
 
 class ImagePatchEmbedder(_Embedder):
@@ -184,7 +231,8 @@ class ImagePatchEmbedder(_Embedder):
   def __call__(self, x, *, valid=None, mim_mask=None):
     if x.ndim != 4:
       raise ValueError(f"image input must be [batch, height, width, channels], got {x.shape}")
-    tokens = self._mim(self._project(patchify_image(x, self.patch).astype(self.dtype)), mim_mask)
+    tokens = self._mim(self._project(patchify_image(x, self.patch).astype(self.dtype),
+                                     use_bias=self.patch_bias), mim_mask)
     grid = (x.shape[1] // self.patch, x.shape[2] // self.patch)
     mask = jnp.ones(tokens.shape[:2], bool)
     return self._finish(tokens, mask, self.grid, grid, valid)
@@ -201,8 +249,8 @@ class VideoTubeletEmbedder(_Embedder):
     if x.ndim != 5:
       raise ValueError(f"video input must be [batch, time, height, width, channels], "
                        f"got {x.shape}")
-    tokens = self._mim(self._project(patchify_video(x, self.tubelet).astype(self.dtype)),
-                       mim_mask)
+    tokens = self._mim(self._project(patchify_video(x, self.tubelet).astype(self.dtype),
+                                     use_bias=self.patch_bias), mim_mask)
     grid = tuple(s // t for s, t in zip(x.shape[1:4], self.tubelet))
     return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid)
 
@@ -217,8 +265,8 @@ class AudioSpectrogramEmbedder(_Embedder):
   def __call__(self, x, *, valid=None, mim_mask=None):
     if x.ndim != 3:
       raise ValueError(f"audio input must be a spectrogram [batch, time, mel], got {x.shape}")
-    tokens = self._mim(self._project(patchify_spectrogram(x, self.patch).astype(self.dtype)),
-                       mim_mask)
+    tokens = self._mim(self._project(patchify_spectrogram(x, self.patch).astype(self.dtype),
+                                     use_bias=self.patch_bias), mim_mask)
     grid = (x.shape[1] // self.patch[0], x.shape[2] // self.patch[1])
     return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid)
 

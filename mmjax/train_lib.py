@@ -25,10 +25,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import models, objectives, sharding
-from mmjax.config_lib import Config, parse
+from mmjax.config_lib import Config, ConfigError, parse
 
-NO_DECAY = re.compile(r"(bias|scale|embedding|cls|mask_token|bottleneck_tokens|logit_scale|"
-                      r"sigmoid_[tb]|sum_weights)$")
+NO_DECAY = re.compile(r"(bias|scale|embedding|cls|cls_pos|probe|mask_token|bottleneck_tokens|"
+                      r"logit_scale|sigmoid_[tb]|sum_weights)$")
 
 
 @flax.struct.dataclass
@@ -64,7 +64,58 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def param_name(path) -> str:
+  """'fusion/tower_image/layer_0/attn/key_kernel' for a key path into TrainState.params (the
+  'params' collection and the boxes' .value dropped)."""
+  keys = [str(k.key) if hasattr(k, "key") else str(k.idx) for k in path
+          if not isinstance(k, jax.tree_util.GetAttrKey)]
+  return "/".join(keys[1:] if len(keys) > 1 and keys[0] == "params" else keys)
+
+
+def freeze_groups(config: Config) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+  """(entry, path prefixes) per config.freeze entry: a modality is its unimodal side
+  (embed_<m>, fusion/tower_<m>, fusion/tower_proj_<m>, its pooling head map_<m>, proj_<m>),
+  anything else a path prefix."""
+  config = parse(config)
+  out = []
+  for entry in config.freeze:
+    e = entry.strip("/")
+    e = e[len("params/"):] if e.startswith("params/") else e
+    out.append((entry, (f"embed_{e}", f"fusion/tower_{e}", f"fusion/tower_proj_{e}",
+                        f"map_{e}", f"proj_{e}") if e in config.model.names else (e,)))
+  return tuple(out)
+
+
+def frozen_mask(config: Config, params):
+  """True for every parameter config.freeze names (a tree like `params`); an entry that
+  matches no parameter is a one-line ConfigError."""
+  config = parse(config)
+  groups = freeze_groups(config)
+  hit = set()
+
+  def frozen(path, _):
+    name = param_name(path)
+    out = False
+    for entry, prefixes in groups:
+      if any(name == p or name.startswith(p + "/") for p in prefixes):
+        hit.add(entry)
+        out = True
+    return out
+  # A boxed (nn.Partitioned) parameter is one leaf: frozen ones get no optimizer state at all.
+  mask = jax.tree_util.tree_map_with_path(
+      frozen, params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  unmatched = [entry for entry, _ in groups if entry not in hit]
+  if unmatched:
+    names = config.model.names
+    raise ConfigError(f"freeze entry {unmatched[0]!r} matches no parameter; use a modality "
+                      f"name ({', '.join(names)}) or a parameter path prefix such as "
+                      f"'fusion/tower_{names[0]}'")
+  return mask
+
+
 def make_optimizer(config: Config) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (+ clipping) with the schedule; with config.freeze the frozen parameters get
+  set_to_zero (no update, no weight decay, no Adam moments) and clipping sees the rest."""
   config = parse(config)
   o = config.optimizer
   schedule = learning_rate_schedule(config)
@@ -72,6 +123,10 @@ def make_optimizer(config: Config) -> Tuple[optax.GradientTransformation, optax.
       optax.clip_by_global_norm(o.grad_clip) if o.grad_clip else optax.identity(),
       optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
                   weight_decay=o.weight_decay, mask=weight_decay_mask))
+  if config.freeze:
+    labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
+                                         frozen_mask(config, params))
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule
 
 
@@ -142,11 +197,16 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -
   config = parse(config)
   accum = config.grad_accum_steps
   stop = config.nan_policy == "stop"
+  # Frozen parameters: no gradient flows into them (their backward is dead code) and they are
+  # carried over as they are, so they stay bitwise unchanged.
+  frozen = (frozen_mask(config, state_sharding.params) if config.freeze else
+            jax.tree.map(lambda _: False, state_sharding.params))
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
 
     def loss_fn(params, micro, r):
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
       return compute_losses(model, params, micro, r, config, mesh)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -173,6 +233,7 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params = jax.tree.map(lambda n, o, f: o if f else n, params, state.params, frozen)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     apply = finite & (state.skipped == 0) if stop else finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)

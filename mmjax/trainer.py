@@ -4,6 +4,8 @@ train(config, workdir):
   * validates the config (one-line errors) before anything compiles;
   * builds the mesh, initializes (or restores the latest committed checkpoint: state and the
     data iterator), compiles the step and prints a summary (params, FLOPs, mesh, shardings);
+  * a fresh run with config.init_from starts from that checkpoint's parameters (fresh
+    optimizer, step 0); config.freeze leaves the parameters it names untouched;
   * every log_every_steps: loss of each objective, learning rate, gradient norm, step time,
     TFLOP/s, MFU to metrics.jsonl, TensorBoard and the progress bar (metrics stay on the
     device in between, so dispatch runs ahead);
@@ -110,6 +112,94 @@ def _summary(config: config_lib.Config, state, flops, mesh, peak) -> str:
   return "\n".join(lines)
 
 
+def init_from(path: str, target, tx, state_sharding, fresh):
+  """A state at step 0 with the parameters of the checkpoint at `path` (a workdir or
+  <workdir>/checkpoints/<step>) and a fresh optimizer state. `target` is the abstract state;
+  `fresh()` makes a fresh state, called only when the checkpoint lacks some parameters (they
+  keep its init). Returns (state, a summary line of what was restored)."""
+  params, missing, unused, where = ckpt_lib.restore_params(path, target.params)
+  if missing:
+    state = fresh()
+    params = jax.tree.map(lambda p, f: f if isinstance(p, jax.ShapeDtypeStruct) else p,
+                          params, state.params)
+  else:
+    zero = lambda s: jax.device_put(np.zeros((), np.int32), s)
+    state = train_lib.TrainState(
+        step=zero(state_sharding.step), params=None, opt_state=None,
+        skipped=zero(state_sharding.skipped), first_skipped=zero(state_sharding.first_skipped))
+  opt_state = jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params)
+  total = len(jax.tree.leaves(params))
+  note = (f"  init_from   {where}: {total - len(missing)} of {total} parameter arrays restored "
+          "(fresh optimizer state, step 0)")
+  if missing:
+    note += f"; fresh init, not in the checkpoint: {', '.join(missing)}"
+  if unused:
+    note += f"; {unused} checkpoint arrays unused"
+  return state.replace(params=params, opt_state=opt_state), note
+
+
+# Model keys that do not change the saved state's layout (a resume may change them).
+_RESUME_FREE = ("model.dtype", "model.remat", "model.dropout")
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_resume(ckpt, step, cfg: config_lib.Config, workdir: str):
+  """A one-line ConfigError, before anything is restored, when this run's model config differs
+  from the one the checkpoint was trained with (an intact checkpoint, not a corrupt one)."""
+  try:
+    saved = json.loads(ckpt.restore_config(step).to_json_best_effort()).get("model")
+  except ckpt_lib.CheckpointError:
+    return  # an unreadable config: restoring names the checkpoint as corrupt
+  now = json.loads(cfg.source.to_json_best_effort()).get("model")
+  if not isinstance(saved, dict) or not isinstance(now, dict):
+    return
+  was, want = _flat(saved, "model."), _flat(now, "model.")
+  diff = [k for k in sorted(set(was) & set(want))
+          if was[k] != want[k] and k not in _RESUME_FREE]
+  if diff:
+    shown = ", ".join(f"{k}={was[k]!r} in the checkpoint vs {want[k]!r} requested"
+                      for k in diff[:4]) + (f" (+{len(diff) - 4} more)" if len(diff) > 4 else "")
+    raise config_lib.ConfigError(
+        f"cannot resume {workdir} (checkpoint step {step}) with another model: {shown}; pass "
+        f"--workdir=<a new folder> for a new run, or rerun with the checkpoint's values "
+        f"(saved in {ckpt.directory}/{step}/config)")
+
+
+def _restore(ckpt, step, target, data_it, cfg: config_lib.Config):
+  """ckpt.restore, naming a changed config.freeze (it changes the optimizer state's layout)."""
+  try:
+    return ckpt.restore(step, target, data_it)
+  except ckpt_lib.CheckpointError as error:
+    try:
+      was = config_lib.freeze_entries(ckpt.restore_config(step).get("freeze"))
+    except (ckpt_lib.CheckpointError, config_lib.ConfigError):
+      raise error from None
+    if was != cfg.freeze:
+      raise config_lib.ConfigError(
+          f"the checkpoint at step {step} in {ckpt.directory} was trained with "
+          f"freeze={','.join(was)!r}, this run has freeze={','.join(cfg.freeze)!r}; resume with "
+          "the same freeze, or start a new workdir with init_from=<this workdir>") from None
+    raise error from None
+
+
+def _freeze_note(cfg: config_lib.Config, params) -> str:
+  """How many parameters train and how many config.freeze keeps as they are."""
+  sizes = [int(np.prod(x.shape)) for x in jax.tree.leaves(params)]
+  frozen = sum(n for n, f in zip(sizes, jax.tree.leaves(train_lib.frozen_mask(cfg, params)))
+               if f)
+  return (f"  trainable   {sum(sizes) - frozen:,} params; frozen {frozen:,} "
+          f"(freeze={','.join(cfg.freeze)})")
+
+
 def train(config, workdir: str, *, stop_after: Optional[int] = None,
           log_to_stdout: bool = True, devices=None) -> Dict[str, Any]:
   """Train (or resume) in `workdir` on `devices` (default: all). `config` is a ConfigDict
@@ -125,32 +215,58 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
   tx, schedule = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), devices)
   target, shard = train_lib.abstract_state(model, tx, mesh)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir} is a file, not a folder; pass a new folder "
+                                 "or a training run's workdir")
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=cfg.checkpoint.keep,
                                async_save=cfg.checkpoint.async_save)
-  data_it = make_data_iterator(cfg)
-  start = ckpt.latest_step()
-  if start is not None:
-    state = ckpt.restore(start, target, data_it)
-    logging.info("resumed from step %d", start)
-  else:
-    state, _ = train_lib.create_state(cfg, model, tx, mesh)
-    start = 0
-  step_fn = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
-  batch_sh = sharding.batch_sharding(mesh)
+  try:  # every exit before the loop closes the async checkpointer too
+    data_it = make_data_iterator(cfg)
+    notes = [_freeze_note(cfg, target.params)] if cfg.freeze else []
+    start = ckpt.latest_step()
+    if start is not None:
+      _check_resume(ckpt, start, cfg, workdir)
+      state = _restore(ckpt, start, target, data_it, cfg)
+      logging.info("resumed from step %d", start)
+      if cfg.init_from:  # resuming takes precedence over init_from
+        notes.append(f"  init_from   ignored: resumed from this workdir's step {start}")
+    else:
+      start = 0
+      fresh = lambda: train_lib.create_state(cfg, model, tx, mesh)[0]
+      if cfg.init_from:
+        state, note = init_from(cfg.init_from, target, tx, shard, fresh)
+        notes.append(note)
+      else:
+        state = fresh()
+    for note in notes:
+      logging.info(note.strip())
+    step_fn = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
+    batch_sh = sharding.batch_sharding(mesh)
+    extra = ("label",) if cfg.objectives.multi_positive == "label" else ()  # multi-positive keys
 
-  def next_batch():
-    return pipeline.to_global_arrays(model_inputs(next(data_it), model), batch_sh)
+    skips = pipeline.SkipCounter()  # data.on_error='skip': examples dropped so far
 
-  batch = next_batch()
-  lowered = step_fn.lower(state, batch)
-  compiled = lowered.compile()  # the loop runs this executable: compiled once, up front
-  flops = step_flops(lowered) / mesh.size
-  peak = chip_peak()
-  primary = jax.process_index() == 0
-  if primary and log_to_stdout:
-    print(_summary(cfg, state, flops, mesh, peak), flush=True)
-    if start:
-      print(f"  resumed     from checkpoint step {start}", flush=True)
+    def next_batch():
+      raw = skips.update(next(data_it))
+      inputs = dict(model_inputs(raw, model), **{k: raw[k] for k in extra if k in raw})
+      return pipeline.to_global_arrays(inputs, batch_sh)
+
+    batch = next_batch()
+    lowered = step_fn.lower(state, batch)
+    compiled = lowered.compile()  # the loop runs this executable: compiled once, up front
+    flops = step_flops(lowered) / mesh.size
+    peak = chip_peak()
+    primary = jax.process_index() == 0
+    if primary and log_to_stdout:
+      print(_summary(cfg, state, flops, mesh, peak), flush=True)
+      if start:
+        print(f"  resumed     from checkpoint step {start}", flush=True)
+      for note in notes:
+        print(note, flush=True)
+
+  except BaseException:
+    ckpt.close()
+    raise
 
   stop = {"signal": None}
 
@@ -200,6 +316,8 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
                  tflops_per_device=flops / step_time / 1e12,
                  mfu=flops / step_time / 1e12 / peak[0],
                  examples_per_s=cfg.batch_size / step_time)
+        if skips.active:
+          m["data/skipped"] = float(skips.total())
         last_metrics = m
         writer.write(step, m)
         if bar is not None:

@@ -144,3 +144,42 @@ def test_even_length_padding_used_by_cudnn_is_exact(nq, nk):
     # attention_kernel zeroes queries with no valid key after any backend; compare the rest.
     rows = attention._rows_with_a_key(q, mask, seg, seg)[:, :, None, None]
     chex.assert_trees_all_close(jnp.where(rows, out, 0.0), ref, atol=1e-5)
+
+
+def _causal_reference(q, k, v, kv_mask):
+  """NumPy softmax attention where query i sees keys j <= i that are not padding."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  n = q.shape[1]
+  vis = (np.arange(n)[:, None] >= np.arange(n)[None])[None, None] & \
+      np.asarray(kv_mask)[:, None, None, :]
+  s = np.where(vis, s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_causal_attention_matches_numpy_with_gradients(impl):
+  rng = np.random.default_rng(3)
+  b, n, h, d = 2, 37, 2, 8  # 37: chunks of 8 leave a ragged last chunk
+  q, k, v = (jnp.asarray(rng.normal(size=(b, n, h, d)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray(np.arange(n)[None] < np.array([30, 37])[:, None])
+  out, _ = attention.attention_kernel(q, k, v, impl=impl, kv_mask=mask, causal=True,
+                                      chunk_size=8)
+  np.testing.assert_allclose(out, _causal_reference(q, k, v, mask), atol=2e-5)
+  # the first query sees only itself: out[0] = v[0] exactly
+  np.testing.assert_allclose(out[:, 0], v[:, 0], atol=1e-6)
+  loss = lambda impl: lambda *a: jnp.sum(attention.attention_kernel(
+      *a, impl=impl, kv_mask=mask, causal=True, chunk_size=8)[0] ** 2)
+  ref = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss(impl), argnums=(0, 1, 2))(q, k, v)
+  for a, g in zip(ref, got):
+    np.testing.assert_allclose(g, a, atol=5e-5)
+
+
+def test_causal_is_never_resolved_to_pallas_and_explicit_pallas_refuses():
+  q = jnp.zeros((1, 512, 2, 64), jnp.bfloat16)
+  assert attention.choose_impl("auto", q, q, platform="tpu", causal=True) != "pallas_tpu"
+  with pytest.raises(ValueError, match="no causal mask"):
+    attention.attention_kernel(q, q, q, impl="pallas_tpu", causal=True)

@@ -86,3 +86,40 @@ def test_hf_tokenizer(tmp_path):
   ids = tok.encode("a red circle", 8)
   assert list(ids) == [2, 4, 5, 6, 3, 0, 0, 0]
   assert tok.decode(ids) == "a red circle"
+
+
+def test_byte_framing_options_and_lowercase():
+  tok = text.get_tokenizer("bytes", {"cls": ""}, lowercase=True)
+  assert tok.cls_id is None and tok.special_ids == (0, 1, 2, 3)
+  ids = tok.encode("AB", 5)
+  assert list(ids) == [ord("a") + 5, ord("b") + 5, text.SEP_ID, 0, 0]
+  assert text.get_tokenizer("bytes").encode("AB", 5)[1] == ord("A") + 5  # default: as is
+  assert text.get_tokenizer("bytes", {"sep": "", "cls": ""}).encode("ab", 2).tolist() == [
+      ord("a") + 5, ord("b") + 5]
+  assert text.get_tokenizer("bytes").ids_needed(True) == 261
+
+
+def test_data_config_checks_tokenizer_specials():
+  from mmjax.data import config as data_config
+  cfg = data_config.resolve({"tokenizer_specials": {"cls": "", "pad": 0}, "lowercase": True})
+  assert text.spec_from_config(cfg) == text.TokenizerSpec("bytes", (("cls", ""), ("pad", 0)),
+                                                           True)
+  assert text.spec_from_config(data_config.get_config()) == text.TokenizerSpec()
+  with pytest.raises(ValueError, match="unknown data.tokenizer_specials key 'eos'") as e:
+    data_config.resolve({"tokenizer_specials": {"eos": "</s>"}})
+  assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="must be a token string"):
+    data_config.resolve({"tokenizer_specials": {"mask": 1.5}})
+
+
+def test_hf_framing_tokens_in_text_are_dropped(tmp_path):
+  tk = pytest.importorskip("tokenizers")
+  t = tk.Tokenizer(tk.models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4},
+                                       unk_token="[UNK]"))
+  t.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+  t.add_special_tokens(["[CLS]", "[SEP]", "[PAD]"])
+  path = str(tmp_path / "tokenizer.json")
+  t.save(path)
+  tok = text.get_tokenizer(f"hf:{path}")
+  assert list(tok.encode("a [SEP] a", 6)) == [2, 4, 4, 3, 0, 0]  # text cannot end it early
+  assert tok.special_ids == (0, 2, 3, 5) and not tok.pad_is_token

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from mmjax.configs import default
-from mmjax import fusion, models
+from mmjax import config_lib, fusion, models
+import jax.numpy as jnp
+from tests.helpers import tiny_config
 
 
 def _cfg(name):
@@ -129,3 +131,35 @@ def test_pretraining_outputs_cover_every_pair_and_objective():
   want, _ = objectives.contrastive_loss(emb["feat"], emb["text"],
                                         params["params"]["logit_scale"])
   assert float(metrics["contrastive_feat_text/loss"]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_text_key_masks_and_last_token_pooling():
+  from mmjax import tokenizers
+  from mmjax.fusion.base import pool_tokens
+  ids = jnp.asarray([[7, 5, 9, 0, 9, 0], [7, 9, 9, 9, 9, 9]])
+  eos = tokenizers.TextEmbedder(width=4, key_mask="eos", eos_id=9)
+  np.testing.assert_array_equal(eos.token_mask(ids), [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+  pad = tokenizers.TextEmbedder(width=4, key_mask="pad", pad_id=0)
+  np.testing.assert_array_equal(pad.token_mask(ids), [[1, 1, 1, 0, 1, 0], [1] * 6])
+  assert bool(jnp.all(tokenizers.TextEmbedder(width=4, key_mask="none").token_mask(ids)))
+  tokens = jnp.arange(2 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 1)
+  last = pool_tokens(tokens, eos.token_mask(ids), "last")  # the end token itself
+  np.testing.assert_array_equal(last[:, 0], [2.0, 7.0])
+
+
+def test_objective_heads_build_only_what_they_name():
+  cfg = tiny_config("dual_encoder")
+  cfg.model.objective_heads = ("sigmoid",)
+  cfg.loss_weights = {"contrastive": 0.0, "sigmoid": 1.0, "mlm": 0.0, "mim": 0.0, "itm": 0.0}
+  cfg.model.modalities.image.update({"pool": "map", "proj_bias": False,
+                                     "type_embedding": False, "mim_token": False})
+  model = models.build_model(cfg)
+  params = model.init(jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
+  top = set(params["params"])
+  assert {"sigmoid_t", "sigmoid_b", "map_image"} <= top
+  assert not top & {"logit_scale", "itm_head", "mlm_head_text", "mim_head_image"}
+  assert "bias" not in params["params"]["proj_image"]
+  assert "type_embedding" not in params["params"]["embed_image"]
+  cfg.loss_weights.contrastive = 1.0
+  with pytest.raises(config_lib.ConfigError, match="no contrastive head"):
+    config_lib.parse(cfg)

@@ -16,6 +16,8 @@ def get_config():
   c.grad_accum_steps = 1
   c.nan_policy = "stop"        # stop | skip
   c.log_every_steps = 25
+  c.init_from = ""             # workdir or <workdir>/checkpoints/<step>: start from its params
+  c.freeze = ""                # e.g. 'image' (LiT), 'image,text' or 'fusion/tower_image'
 
   c.model = ml_collections.ConfigDict()
   c.model.fusion = "hier_multi_to_one"

@@ -455,5 +455,5 @@ def source_from_config(cfg, split: str) -> BuiltinSource:
       cfg.task, split, size=num_examples(cfg.task, split, cfg), seed=cfg.builtin_seed,
       image_size=cfg.image_size, num_frames=cfg.num_frames, audio_frames=cfg.audio_frames,
       mel_bins=cfg.mel_bins, sample_rate=cfg.sample_rate, text_len=cfg.text_len,
-      tokenizer=cfg.tokenizer, num_hard_negatives=cfg.num_hard_negatives,
+      tokenizer=text_lib.spec_from_config(cfg), num_hard_negatives=cfg.num_hard_negatives,
       max_objects=cfg.max_objects, include_caption=cfg.include_caption)

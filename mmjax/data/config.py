@@ -5,10 +5,18 @@ import os
 
 import ml_collections
 
+from mmjax.data import prompts
+
 SOURCES = ("builtin", "tfds", "jsonl")
 FEATURE_NAMES = ("image", "video", "audio", "text", "label")
+ON_ERROR = ("stop", "skip")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # pixel normalization for external images
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _any(default):
+  """A field that takes a list or a string (a file path) in configs and on the command line."""
+  return ml_collections.FieldReference(default, field_type=object)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,6 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample_rate = 16_000           # built-in synthesis rate; mel bins span 20 Hz..sample_rate/2
   c.text_len = 32
   c.tokenizer = "bytes"            # bytes | sentencepiece:/path | hf:/path/tokenizer.json
+  # Framing (mmjax/data/text.py): role -> token for cls (start), sep (end), pad, mask; a token
+  # string, an int id, or '' for none (cls, sep, mask); a role left out is the tokenizer's own.
+  # CLIP: {'cls': '<|startoftext|>', 'sep': '<|endoftext|>', 'pad': 0} (HF: pad the end token)
+  # with lowercase=True; SigLIP: {'cls': ''} (its model ends with '</s>', pads with <pad>).
+  # On the command line: --config.data.tokenizer_specials="{'cls': '', 'pad': 0}".
+  c.tokenizer_specials = ml_collections.ConfigDict()
+  c.lowercase = False              # lowercase text before tokenizing (CLIP)
   # built-in set
   c.num_hard_negatives = 3         # K captions differing in exactly one binding
   c.max_objects = 3                # image_text: 1..max_objects shapes per image
@@ -44,10 +59,20 @@ def get_config() -> ml_collections.ConfigDict:
   # external pixel normalization (the built-in set uses its own measured statistics)
   c.image_mean = CLIP_MEAN
   c.image_std = CLIP_STD
+  # zero-shot classes of any labelled source (mmjax/data/prompts.py). () = the source's own:
+  # the built-in set's names and templates, a TFDS ClassLabel's names (a JSONL manifest has
+  # none); external sources' templates default to openai_imagenet.
+  c.class_names = _any(())         # list | text file (one per line) | 'cat,dog,bird'
+  c.prompt_templates = _any(())    # list of '{}' strings | openai_imagenet | simple | text file
   # loading
   c.num_workers = 0                # >0: grain multiprocess prefetch
   c.read_threads = 2               # grain ReadOptions.num_threads per process
   c.prefetch_batches = 4           # grain ReadOptions.prefetch_buffer_size (in batches)
+  # bad examples (tfds / jsonl: unreadable file, JSON line or label): 'stop' ends the run
+  # naming it; 'skip' drops, counts (data/skipped in metrics.jsonl) and logs it, and stops
+  # once more than max_skip_fraction of the examples read (after 100) were bad
+  c.on_error = "stop"              # stop | skip
+  c.max_skip_fraction = 0.01
   return c
 
 
@@ -63,8 +88,8 @@ def resolve(data_cfg=None) -> ml_collections.ConfigDict:
     for k, v in items:
       if k not in cfg:
         _fail(f"unknown data config key data.{k}; known keys: {', '.join(sorted(cfg.keys()))}")
-      if k == "feature_keys":
-        cfg.feature_keys = ml_collections.ConfigDict(dict(v))
+      if k in ("feature_keys", "tokenizer_specials"):
+        cfg[k] = ml_collections.ConfigDict(dict(v or {}))
       else:
         with cfg.ignore_type():
           cfg[k] = v
@@ -81,6 +106,8 @@ def validate(cfg) -> None:
       _fail(f"data.{key}={cfg[key]} must be a positive integer")
   if cfg.text_len < 2:
     _fail(f"data.text_len={cfg.text_len} leaves no room for [CLS] and [SEP]; use >= 2")
+  from mmjax.data import text  # pylint: disable=g-import-not-at-top
+  text.check_specials(cfg.tokenizer_specials)
   if cfg.source == "builtin":
     from mmjax.data import builtin  # pylint: disable=g-import-not-at-top
     if cfg.task not in builtin.TASKS:
@@ -104,5 +131,11 @@ def validate(cfg) -> None:
       p = cfg[key]
       if p and not os.path.isfile(os.path.expanduser(p)):
         _fail(f"JSONL manifest not found: {p}; fix data.{key}", FileNotFoundError)
+  prompts.parse_class_names(cfg.class_names)
+  prompts.parse_templates(cfg.prompt_templates)
   if len(cfg.image_mean) != 3 or len(cfg.image_std) != 3 or min(cfg.image_std) <= 0:
     _fail("data.image_mean / data.image_std must be 3 numbers each (std > 0)")
+  if cfg.on_error not in ON_ERROR:
+    _fail(f"unknown data.on_error {cfg.on_error!r}; use one of {', '.join(ON_ERROR)}")
+  if not 0 <= float(cfg.max_skip_fraction) <= 1:
+    _fail(f"data.max_skip_fraction={cfg.max_skip_fraction} must be in [0, 1]")

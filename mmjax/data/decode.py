@@ -163,10 +163,29 @@ def pick_text(value) -> str:
   return str(value)
 
 
+# ----------------------------------------------------------------------------- labels
+
+def parse_label(value, where: str = "") -> np.int32:
+  """An integer class id (int, integral float, numpy scalar) -> int32; else a one-line error."""
+  x = np.asarray(value)
+  ok = x.ndim == 0 and (np.issubdtype(x.dtype, np.integer) or (
+      np.issubdtype(x.dtype, np.floating) and np.isfinite(x) and float(x).is_integer()))
+  if not ok or not -2**31 <= int(x) < 2**31:
+    raise ValueError(_one_line(f"bad label {value!r} {where}: not an integer class id; "
+                               "write an int such as 3"))
+  return np.int32(x)
+
+
 # ----------------------------------------------------------------------------- preprocessor
 
+SKIP = "_skip"  # key of the sentinel a bad example becomes under data.on_error='skip'
+
+
 class Preprocessor:
-  """(index, raw example) -> model-ready example (see module doc). Picklable."""
+  """(index, raw example) -> model-ready example (see module doc). Picklable.
+
+  data.on_error='skip': an example that cannot be decoded (or a source row with '_error')
+  becomes {SKIP: one-line reason}, which the pipeline drops and counts."""
 
   def __init__(self, cfg):
     self.cfg = cfg
@@ -175,13 +194,25 @@ class Preprocessor:
   @property
   def tokenizer(self):
     if self._tok is None:
-      self._tok = text_lib.get_tokenizer(self.cfg.tokenizer)
+      self._tok = text_lib.from_config(self.cfg)
     return self._tok
 
   def __getstate__(self):
     return {"cfg": self.cfg, "_tok": None}
 
   def __call__(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:
+    if self.cfg.get("on_error", "stop") != "skip":
+      return self.decode(index, raw)
+    try:
+      if "_error" in raw:
+        raise ValueError(raw["_error"])
+      return self.decode(index, raw)
+    except Exception as e:  # pylint: disable=broad-except
+      msg, where = _one_line(e) or type(e).__name__, raw.get("_where", "")
+      return {SKIP: msg if where in msg else f"{msg} {where}"}
+
+  def decode(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:
+    """The model-ready example; a bad one raises a one-line error naming where it is."""
     cfg, where = self.cfg, raw.get("_where", "")
     out: Dict[str, Any] = {}
     if "image" in raw:
@@ -199,6 +230,6 @@ class Preprocessor:
       if cfg.include_caption:
         out["caption"] = np.asarray(caption)
     if "label" in raw:
-      out["label"] = np.int32(raw["label"])
+      out["label"] = parse_label(raw["label"], where)
     out["index"] = np.int32(raw.get("_index", index))
     return out

@@ -12,10 +12,18 @@ count.
     batch = next(it)                   # dict of numpy arrays, leading dim 64 / process_count
     state = it.get_state()             # JSON-serializable; it.set_state(state) resumes exactly
     arrays = to_global_arrays(batch, NamedSharding(mesh, P(("data", "fsdp"))))
+
+data.on_error='skip' (external sources): bad examples are dropped after decoding and the next
+ones fill the batch, so each process filters its own stream (the global batch then depends on
+the process count, and with workers each worker filters its slice of examples). Every row of a
+batch carries '_skipped', the count dropped so far by the worker that built it, and
+'_skip_worker'; SkipCounter sums them. More than data.max_skip_fraction of the examples read
+(per worker, after 100) stops the run.
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Dict
 
 import grain
 import jax
@@ -36,9 +44,11 @@ def make_source(cfg, split: str) -> grain.MapDataset:
     return grain.MapDataset.source(builtin.source_from_config(cfg, split))
   if cfg.source == "tfds":
     src = sources.TfdsSource(cfg, split)
+    if cfg.on_error == "skip":
+      src = _SafeSource(src)
   else:
     path = cfg.jsonl_eval_path if split == "test" and cfg.jsonl_eval_path else cfg.jsonl_path
-    src = sources.JsonlSource(path)
+    src = sources.JsonlSource(path, cfg.on_error)
   return grain.MapDataset.source(src).map_with_index(decode.Preprocessor(cfg))
 
 
@@ -69,9 +79,14 @@ def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
   ds = ds.repeat() if repeat else ds[: n - n % global_batch_size]
   ds = grain.MapDataset.range(len(ds) // process_count).map(
       _ProcessBlock(ds, process_index, local, global_batch_size))
-  ds = ds.batch(local, drop_remainder=True)
   threads, buf = int(cfg.read_threads), max(int(cfg.prefetch_batches), 1)
-  out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buf))
+  if cfg.source != "builtin" and cfg.on_error == "skip":
+    out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                               prefetch_buffer_size=buf * local))
+    out = _SkipBad(out, float(cfg.max_skip_fraction)).batch(local, drop_remainder=True)
+  else:
+    ds = ds.batch(local, drop_remainder=True)
+    out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buf))
   workers = cfg.num_workers if num_workers is None else num_workers
   if workers and workers > 0:
     _ensure_absl_flags_parsed()  # grain's worker processes read absl flags
@@ -89,6 +104,106 @@ class _ProcessBlock:
   def __call__(self, i):
     i = int(i)
     return self.ds[(i // self.local) * self.glob + self.offset + i % self.local]
+
+
+SKIPPED, SKIP_WORKER = "_skipped", "_skip_worker"
+MIN_READ = 100  # examples read before data.max_skip_fraction is enforced
+
+
+class _SafeSource:
+  """A source whose unreadable records become {'_where', '_error'} rows (picklable)."""
+
+  def __init__(self, src):
+    self.src = src
+
+  def __len__(self) -> int:
+    return len(self.src)
+
+  def __getitem__(self, index: int) -> Dict[str, Any]:
+    try:
+      return self.src[index]
+    except Exception as e:  # pylint: disable=broad-except
+      name = getattr(self.src, "name", type(self.src).__name__)
+      return {"_where": f"({name} #{index})",
+              "_error": f"cannot read record {index} of {name} ({type(e).__name__}: {e})"}
+
+
+class _SkipBad(grain.IterDataset):
+  """Drops the SKIP sentinels of decode.Preprocessor, counting them (checkpointed)."""
+
+  def __init__(self, parent, max_fraction: float):
+    super().__init__(parent)
+    self.max_fraction, self.worker = max_fraction, 0
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    """grain's worker slicing: remember the worker, slice the parent."""
+    self.worker = int(sl.start or 0)
+    self._parent.set_slice(sl, sequential_slice)
+
+  def __iter__(self):
+    return _SkipBadIterator(self._parent.__iter__(), self.max_fraction, self.worker)
+
+
+class _SkipBadIterator(grain.DatasetIterator):
+  """Good examples, each with the worker's skipped count so far; state: parent + counts."""
+
+  def __init__(self, parent, max_fraction: float, worker: int):
+    super().__init__(parent)
+    self.max_fraction, self.worker = max_fraction, worker
+    self.read = self.skipped = 0
+    self._named = set()
+
+  def __next__(self):
+    while True:
+      ex = next(self._parent)
+      self.read += 1
+      if decode.SKIP not in ex:
+        ex[SKIPPED], ex[SKIP_WORKER] = np.int64(self.skipped), np.int32(self.worker)
+        return ex
+      self.skipped += 1
+      msg = ex[decode.SKIP]
+      if msg not in self._named:
+        self._named.add(msg)
+        logging.warning("data: skipped a bad example (%d so far): %s", self.skipped, msg)
+      if self.read >= MIN_READ and self.skipped > self.max_fraction * self.read:
+        raise ValueError(
+            f"{self.skipped} of {self.read} examples read were bad "
+            f"({self.skipped / self.read:.1%} > data.max_skip_fraction={self.max_fraction}); "
+            f"last: {msg}; fix the data or raise data.max_skip_fraction")
+
+  def get_state(self) -> Dict[str, Any]:
+    return {"parent": self._parent.get_state(), "read": self.read, "skipped": self.skipped}
+
+  def set_state(self, state) -> None:
+    self._parent.set_state(state["parent"])
+    self.read, self.skipped = int(state["read"]), int(state["skipped"])
+
+
+class SkipCounter:
+  """Examples skipped so far under data.on_error='skip', from the counts batches carry."""
+
+  def __init__(self):
+    self.by_worker: Dict[int, int] = {}
+
+  @property
+  def active(self) -> bool:
+    return bool(self.by_worker)
+
+  def update(self, batch):
+    """Reads a local batch's counts; returns the batch unchanged."""
+    if SKIPPED in batch:
+      w = int(np.asarray(batch[SKIP_WORKER]).reshape(-1)[0])
+      n = int(np.max(batch[SKIPPED]))
+      self.by_worker[w] = max(self.by_worker.get(w, 0), n)
+    return batch
+
+  def total(self) -> int:
+    """This process's workers summed, then summed over processes (a collective when P > 1)."""
+    n = sum(self.by_worker.values())
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      n = int(np.sum(multihost_utils.process_allgather(np.int64(n))))
+    return n
 
 
 def _ensure_absl_flags_parsed():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from mmjax.data.decode import _one_line
 
@@ -23,6 +23,17 @@ JSONL_KEYS = {"image": "image", "video": "video", "audio": "audio", "caption": "
 def split_name(cfg, split: str) -> str:
   """'train' -> data.tfds_split_train; 'test' / 'eval' -> data.tfds_split_eval."""
   return cfg.tfds_split_train if split == "train" else cfg.tfds_split_eval
+
+
+def source_class_names(cfg, split: str = "test") -> Optional[Tuple[str, ...]]:
+  """The class names a source carries itself, in label order: the built-in task's, a TFDS
+  ClassLabel's; None for a JSONL manifest or a TFDS label without names."""
+  if cfg.source == "builtin":
+    from mmjax.data import builtin  # pylint: disable=g-import-not-at-top
+    return tuple(builtin.class_names(cfg.task))
+  if cfg.source == "tfds":
+    return TfdsSource(cfg, split).class_names
+  return None
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -75,6 +86,14 @@ class TfdsSource:
     if "audio" in self.keys:
       self.audio_rate = getattr(_lookup(features, self.keys["audio"]), "sample_rate", None)
 
+  @property
+  def class_names(self) -> Optional[Tuple[str, ...]]:
+    """The label feature's names when it is a tfds ClassLabel (in label order), else None."""
+    if "label" not in self.keys:
+      return None
+    names = getattr(_lookup(self._ds.dataset_info.features, self.keys["label"]), "names", None)
+    return tuple(str(n) for n in names) if names else None
+
   def __len__(self) -> int:
     return len(self._ds)
 
@@ -90,13 +109,16 @@ class TfdsSource:
 # ----------------------------------------------------------------------------- JSONL
 
 class JsonlSource:
-  """len(src), src[i] -> raw dict from one manifest line (paths made absolute, checked to exist)."""
+  """len(src), src[i] -> raw dict from one manifest line (paths made absolute, checked to exist).
 
-  def __init__(self, path: str):
+  on_error='skip': a bad line (bad JSON, missing file) becomes {'_where', '_error'} (dropped
+  and counted by the pipeline) instead of raising."""
+
+  def __init__(self, path: str, on_error: str = "stop"):
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
       raise FileNotFoundError(f"JSONL manifest not found: {path}; fix data.jsonl_path")
-    root = os.path.dirname(path)
+    self.root = os.path.dirname(path)
     self.path, self.rows = path, []
     with open(path, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
@@ -104,32 +126,44 @@ class JsonlSource:
           continue
         where = f"(line {n} of {path})"
         try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(
-              f"bad JSON {where}: {_one_line(e)}; write one JSON object per line") from None
-        if not isinstance(obj, dict):
-          raise ValueError(f"{where} is not a JSON object; write one object per line")
-        unknown = sorted(set(obj) - set(JSONL_KEYS))
-        if unknown:
-          raise ValueError(f"unknown manifest key(s) {unknown} {where}; use "
-                           f"{', '.join(sorted(JSONL_KEYS))}")
-        row: Dict[str, Any] = {"_where": where}
-        for key, value in obj.items():
-          if key in ("image", "video", "audio"):
-            value = os.path.join(root, value)
-            if not os.path.exists(value):
-              raise FileNotFoundError(f"{key} file not found: {value} {where}; fix the path "
-                                      "(relative to the manifest's folder) or remove the line")
-          row[JSONL_KEYS[key]] = value
-        self.rows.append(row)
-    if not self.rows:
+          obj = self._parse(line, where)
+        except (ValueError, FileNotFoundError) as e:
+          if on_error != "skip":
+            raise
+          self.rows.append({"_where": where, "_error": str(e)})
+          continue
+        self.rows.append(obj)
+    good = [r for r in self.rows if "_error" not in r]
+    if not good:
       raise ValueError(f"JSONL manifest {path} has no examples; add one JSON object per line, "
                        'e.g. {"image": "img/0.png", "caption": "a cat", "label": 0}')
-    kinds = {frozenset(k for k in r if k != "_where") for r in self.rows}
+    kinds = {frozenset(k for k in r if k != "_where") for r in good}
     if len(kinds) > 1:
       raise ValueError(f"JSONL manifest {path} mixes lines with different keys "
                        f"({sorted(map(sorted, kinds))}); give every line the same keys")
+
+  def _parse(self, line: str, where: str) -> Dict[str, Any]:
+    """One manifest line -> raw dict; one-line ValueError / FileNotFoundError if bad."""
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f"bad JSON {where}: {_one_line(e)}; write one JSON object per line") from None
+    if not isinstance(obj, dict):
+      raise ValueError(f"{where} is not a JSON object; write one object per line")
+    unknown = sorted(set(obj) - set(JSONL_KEYS))
+    if unknown:
+      raise ValueError(f"unknown manifest key(s) {unknown} {where}; use "
+                       f"{', '.join(sorted(JSONL_KEYS))}")
+    row: Dict[str, Any] = {"_where": where}
+    for key, value in obj.items():
+      if key in ("image", "video", "audio"):
+        value = os.path.join(self.root, value)
+        if not os.path.exists(value):
+          raise FileNotFoundError(f"{key} file not found: {value} {where}; fix the path "
+                                  "(relative to the manifest's folder) or remove the line")
+      row[JSONL_KEYS[key]] = value
+    return row
 
   def __len__(self) -> int:
     return len(self.rows)

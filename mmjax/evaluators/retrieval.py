@@ -36,7 +36,7 @@ def evaluate(ev, batches, max_itm_pairs_n: int = 100) -> dict:
     encs, n = [], 0
     for batch in batches:
       encs.append(ev.encode(batch))
-      n += len(batch["label"])
+      n += len(batch[ev.a])
       if n >= max_itm_pairs_n:
         break
     import jax  # pylint: disable=import-outside-toplevel

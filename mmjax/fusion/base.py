@@ -109,7 +109,12 @@ def cross_block_flops(nq: float, nk: float, d: float, m: float, mode: str) -> fl
 
 def pool_tokens(tokens, mask, how: str):
   """[B, N, D], [B, N] -> [B, D]: the first valid token ([CLS] of the first modality present),
-  or the mean over valid tokens. A row with no valid token pools to 0."""
+  the last valid token ('last': CLIP's end-of-text token, SigLIP's final position), or the
+  mean over valid tokens. A row with no valid token pools to 0."""
+  if how == "last":
+    last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
+    picked = jnp.take_along_axis(tokens, last[:, None, None], axis=1)[:, 0]
+    return picked * jnp.any(mask, axis=1, keepdims=True).astype(tokens.dtype)
   if how == "cls":
     first = jnp.argmax(mask, axis=1)
     picked = jnp.take_along_axis(tokens, first[:, None, None], axis=1)[:, 0]

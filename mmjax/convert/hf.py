@@ -1,0 +1,164 @@
+"""Hugging Face CLIP and SigLIP checkpoints (a local folder: config.json + model.safetensors
+or pytorch_model.bin, as `save_pretrained` writes it) -> mmjax parameters and config.
+
+  CLIP    vision: conv patches (no bias) + [CLS] + positions over [CLS] and patches, pre-LN,
+          pre-norm blocks, LN on [CLS], projection without bias; text: causal, pooled at the
+          end-of-text token, LN, projection without bias; logit_scale.
+  SigLIP  vision: conv patches (with bias) + positions, blocks, LN, attention-pool head
+          (probe, MHA, LN, MLP), no projection; text: bidirectional over all 64 positions
+          (padding included), LN, last position, a Dense head with bias; logit_scale and
+          logit_bias (sigmoid_t, sigmoid_b).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Tuple
+
+from mmjax.convert import common as C
+
+ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _activation(cfg, where) -> str:
+  act = cfg.get("hidden_act", "quick_gelu")
+  if act not in ACTIVATIONS:
+    raise C.ConvertError(f"{where}.hidden_act={act!r} is not supported; known: "
+                         f"{', '.join(ACTIVATIONS)}")
+  return ACTIVATIONS[act]
+
+
+def read_config(folder: str) -> Dict[str, Any]:
+  path = os.path.join(folder, "config.json")
+  if not os.path.isfile(path):
+    raise C.ConvertError(f"{folder} has no config.json; pass a folder written by "
+                         "save_pretrained (config.json + model.safetensors)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise C.ConvertError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the "
+                         "download is incomplete") from None
+
+
+def spec_of(cfg: Dict[str, Any]) -> C.DualEncoderSpec:
+  """The architecture of a CLIPConfig / SiglipConfig dict."""
+  family = cfg.get("model_type")
+  if family not in ("clip", "siglip"):
+    raise C.ConvertError(f"model_type={family!r} is not supported; mmjax converts 'clip' "
+                         "and 'siglip' checkpoints")
+  v, t = cfg.get("vision_config", {}), cfg.get("text_config", {})
+  # transformers' defaults where a config.json leaves a key out (CLIP ViT-B/32; SigLIP B/16)
+  clip = family == "clip"
+  dv = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+            num_hidden_layers=12, image_size=224, patch_size=32 if clip else 16,
+            layer_norm_eps=1e-5 if clip else 1e-6)
+  dt = dict(hidden_size=512 if clip else 768, intermediate_size=2048 if clip else 3072,
+            num_attention_heads=8 if clip else 12, num_hidden_layers=12,
+            vocab_size=49408 if clip else 32000, max_position_embeddings=77 if clip else 64,
+            layer_norm_eps=1e-5 if clip else 1e-6)
+  gv = lambda k: v.get(k, dv[k])
+  gt = lambda k: t.get(k, dt[k])
+  tower = lambda g: C.Tower(g("hidden_size"), g("num_hidden_layers"), g("num_attention_heads"),
+                            g("intermediate_size"))
+  embed = cfg.get("projection_dim", 512) if clip else gv("hidden_size")
+  if not clip and t.get("projection_size", gt("hidden_size")) != gv("hidden_size"):
+    raise C.ConvertError("SigLIP text projection_size differs from the vision width; this "
+                         "layout is not supported yet")
+  return C.DualEncoderSpec(
+      family=family, vision=tower(gv), text=tower(gt), embed_dim=embed,
+      image_size=gv("image_size"), patch=gv("patch_size"), vocab_size=gt("vocab_size"),
+      text_len=gt("max_position_embeddings"),
+      activation=_activation(v, "vision_config"), norm_eps=gv("layer_norm_eps"),
+      text_activation=_activation(t, "text_config"), text_norm_eps=gt("layer_norm_eps"))
+
+
+def _encoder(w: C.Weights, prefix: str, depth: int, heads: int, final: str):
+  blocks = []
+  for i in range(depth):
+    p = f"{prefix}.encoder.layers.{i}"
+    a = lambda n, x: w(f"{p}.self_attn.{n}_proj.{x}")
+    blocks.append(C.block(
+        C.layer_norm(w(f"{p}.layer_norm1.weight"), w(f"{p}.layer_norm1.bias")),
+        C.attention(a("q", "weight"), a("q", "bias"), a("k", "weight"), a("k", "bias"),
+                    a("v", "weight"), a("v", "bias"), a("out", "weight"), a("out", "bias"),
+                    heads),
+        C.layer_norm(w(f"{p}.layer_norm2.weight"), w(f"{p}.layer_norm2.bias")),
+        C.mlp(w(f"{p}.mlp.fc1.weight"), w(f"{p}.mlp.fc1.bias"), w(f"{p}.mlp.fc2.weight"),
+              w(f"{p}.mlp.fc2.bias"))))
+  return C.tower(blocks, C.layer_norm(w(f"{prefix}.{final}.weight"),
+                                      w(f"{prefix}.{final}.bias")))
+
+
+def convert_params(sd, spec: C.DualEncoderSpec) -> Dict[str, Any]:
+  """mmjax parameter tree of a CLIPModel / SiglipModel state dict."""
+  w = C.Weights(sd, ignore=("position_ids",))
+  g = spec.image_size // spec.patch
+  v, t = spec.vision, spec.text
+  ve, te = "vision_model.embeddings", "text_model.embeddings"
+  pos = w(f"{ve}.position_embedding.weight")
+  image = {"proj": {"kernel": C.conv_patch(w(f"{ve}.patch_embedding.weight"))}}
+  text = {"token_embedding": w(f"{te}.token_embedding.weight"),
+          "pos_embedding": w(f"{te}.position_embedding.weight")}
+  params: Dict[str, Any] = {"embed_image": image, "embed_text": text}
+  if spec.family == "clip":
+    image.update(cls=w(f"{ve}.class_embedding"), cls_pos=pos[0],
+                 pos_embedding=pos[1:].reshape(g, g, -1),
+                 pre_norm=C.layer_norm(w("vision_model.pre_layrnorm.weight"),
+                                       w("vision_model.pre_layrnorm.bias")))
+    params["fusion"] = {
+        "tower_image": _encoder(w, "vision_model", v.depth, v.heads, "post_layernorm"),
+        "tower_text": _encoder(w, "text_model", t.depth, t.heads, "final_layer_norm")}
+    params["proj_image"] = {"kernel": w("visual_projection.weight").T}
+    params["proj_text"] = {"kernel": w("text_projection.weight").T}
+    params["logit_scale"] = w("logit_scale").reshape(())
+  else:
+    image.update(pos_embedding=pos.reshape(g, g, -1))
+    image["proj"]["bias"] = w(f"{ve}.patch_embedding.bias")
+    params["fusion"] = {
+        "tower_image": _encoder(w, "vision_model", v.depth, v.heads, "post_layernorm"),
+        "tower_text": _encoder(w, "text_model", t.depth, t.heads, "final_layer_norm")}
+    h = "vision_model.head"
+    params["map_image"] = {
+        "probe": w(f"{h}.probe").reshape(1, -1),
+        "attn": C.fused_attention(w(f"{h}.attention.in_proj_weight"),
+                                  w(f"{h}.attention.in_proj_bias"),
+                                  w(f"{h}.attention.out_proj.weight"),
+                                  w(f"{h}.attention.out_proj.bias"), v.heads),
+        "ln": C.layer_norm(w(f"{h}.layernorm.weight"), w(f"{h}.layernorm.bias")),
+        "mlp": C.mlp(w(f"{h}.mlp.fc1.weight"), w(f"{h}.mlp.fc1.bias"),
+                     w(f"{h}.mlp.fc2.weight"), w(f"{h}.mlp.fc2.bias"))}
+    params["proj_text"] = C.linear(w("text_model.head.weight"), w("text_model.head.bias"))
+    params["sigmoid_t"] = w("logit_scale").reshape(())
+    params["sigmoid_b"] = w("logit_bias").reshape(())
+  w.check_all_used()
+  return params
+
+
+def default_tokenizer(folder: str) -> str:
+  """The folder's own tokenizer as a data.tokenizer spec ('' if it has none)."""
+  if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    return "hf:" + os.path.join(folder, "tokenizer.json")
+  if os.path.isfile(os.path.join(folder, "spiece.model")):
+    return "sentencepiece:" + os.path.join(folder, "spiece.model")
+  return ""
+
+
+def convert(folder: str, tokenizer: str = "") -> Tuple[Any, Dict[str, Any]]:
+  """(mmjax ConfigDict, parameter tree) of a Hugging Face CLIP / SigLIP folder."""
+  if not os.path.isdir(folder):
+    raise C.ConvertError(f"{folder} is not a folder; pass the folder save_pretrained wrote")
+  spec = spec_of(read_config(folder))
+  files = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f))]
+  if not files:
+    raise C.ConvertError(f"{folder} has no {' or '.join(WEIGHT_FILES)}; download the "
+                         "weights too")
+  tokenizer = tokenizer or default_tokenizer(folder)
+  if not tokenizer:
+    raise C.ConvertError(f"{folder} has no tokenizer.json or spiece.model; pass "
+                         "--tokenizer=hf:/path/tokenizer.json (or sentencepiece:/path)")
+  config = C.model_config(spec, tokenizer)
+  params = convert_params(C.load_state_dict(os.path.join(folder, files[0])), spec)
+  return config, C.check_params(params, config)

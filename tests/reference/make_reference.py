@@ -1,0 +1,259 @@
+"""Reference models for the conversion tests, run in the reference environment
+(.venv-ref: torch CPU, transformers, open_clip_torch; `make .venv-ref/.stamp`).
+
+  python tests/reference/make_reference.py LAYOUT OUT_DIR
+
+Builds LAYOUT at random init (seeded, every parameter perturbed so that no two are equal and
+a swapped mapping shows), saves it the way its library saves checkpoints, and writes
+OUT_DIR/reference.npz: the inputs (images NHWC, text ids) and the reference outputs (image and
+text embeddings before normalization, image->text logits).
+
+Layouts: hf_clip, hf_siglip (small), open_clip_clip, open_clip_siglip (small),
+open_clip_vit_b16 (full-size ViT-B/16 CLIP).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+# PyPI's torchvision is built against the CUDA torch; beside the CPU build its C++ ops are
+# missing and its import fails registering fake kernels for them. open_clip only needs
+# torchvision's Python transforms, so declare the two op schemas it trips on first.
+for _op in ("nms", "qnms"):
+  torch.library.define(f"torchvision::{_op}",
+                       "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+V, L, IMG, PATCH = 100, 12, 32, 8
+
+
+def perturb(model, seed=0):
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn(p.shape, generator=g))
+  return model.eval()
+
+
+def word_tokenizer(path, specials, size=V):
+  """A WordLevel tokenizer.json over `size` ids ('w<i>'), these special tokens at their ids."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  vocab = {f"w{i}": i for i in range(size)}
+  for i, tok in specials.items():
+    del vocab[f"w{i}"]
+    vocab[tok] = i
+  t = Tokenizer(models.WordLevel(vocab, unk_token=specials.get(2, "w3")))
+  t.pre_tokenizer = pre_tokenizers.Whitespace()
+  t.add_special_tokens(list(specials.values()))
+  t.save(path)
+
+
+def text_ids(rng, n, family, length=L):
+  """CLIP: <sot> words <eot> 0-padding (eot = V-1, the highest id); SigLIP: words </s> then
+  </s> padding (id 1)."""
+  ids = np.zeros((n, length), np.int64)
+  for i in range(n):
+    k = int(rng.integers(2, length - 1))
+    if family == "clip":
+      ids[i, 0], ids[i, 1:k] = V - 2, rng.integers(1, V - 2, k - 1)
+      ids[i, k] = V - 1
+    else:
+      ids[i, :k], ids[i, k:] = rng.integers(3, V, k), 1
+  return ids
+
+
+def outputs_hf(model, px, ids):
+  with torch.no_grad():
+    out = model(input_ids=ids, pixel_values=px)
+    img = model.get_image_features(pixel_values=px)
+    txt = model.get_text_features(input_ids=ids)
+  pick = lambda x: x if torch.is_tensor(x) else x.pooler_output
+  return pick(img), pick(txt), out.logits_per_image
+
+
+def main(layout, out):
+  os.makedirs(out, exist_ok=True)
+  torch.manual_seed(0)
+  rng = np.random.default_rng(0)
+  family = "siglip" if "siglip" in layout else "clip"
+  img_size = 224 if layout == "open_clip_vit_b16" else IMG
+  images = rng.normal(size=(2, img_size, img_size, 3)).astype(np.float32)
+  px = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  if layout == "open_clip_vit_b16":
+    import open_clip
+    model = perturb(open_clip.create_model("ViT-B-16"), seed=1)
+    word_tokenizer(os.path.join(out, "tokenizer.json"),
+                   {0: "<pad>", 49406: "<|startoftext|>", 49407: "<|endoftext|>"}, 49408)
+    ids = np.zeros((3, 77), np.int64)
+    for i, k in enumerate((5, 20, 76)):
+      ids[i, 0], ids[i, 1:k], ids[i, k] = 49406, rng.integers(1, 49406, k - 1), 49407
+  else:
+    ids = text_ids(rng, 3, family)
+  t_ids = torch.from_numpy(ids)
+  if layout.startswith("hf_"):
+    import transformers as tf
+    if family == "clip":
+      cfg = tf.CLIPConfig(
+          text_config=dict(vocab_size=V, hidden_size=24, intermediate_size=48,
+                           num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=L,
+                           bos_token_id=V - 2, eos_token_id=V - 1, pad_token_id=0),
+          vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                             num_hidden_layers=2, image_size=IMG, patch_size=PATCH),
+          projection_dim=16)
+      model = perturb(tf.CLIPModel(cfg))
+      word_tokenizer(os.path.join(out, "tokenizer.json"),
+                     {0: "<pad>", V - 2: "<|startoftext|>", V - 1: "<|endoftext|>"})
+    else:
+      cfg = tf.SiglipConfig(
+          text_config=dict(vocab_size=V, hidden_size=32, intermediate_size=64,
+                           num_attention_heads=2, num_hidden_layers=2,
+                           max_position_embeddings=L),
+          vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                             num_hidden_layers=2, image_size=IMG, patch_size=PATCH))
+      model = perturb(tf.SiglipModel(cfg))
+      word_tokenizer(os.path.join(out, "tokenizer.json"), {0: "<pad>", 1: "</s>", 2: "<unk>"})
+    model.save_pretrained(out)  # config.json + model.safetensors
+    img, txt, logits = outputs_hf(model, px, t_ids)
+    n_params = sum(p.numel() for p in model.parameters())
+  else:
+    import open_clip
+    if layout == "open_clip_clip":
+      mcfg = {"embed_dim": 16, "quick_gelu": False,
+              "vision_cfg": {"image_size": IMG, "layers": 2, "width": 32, "patch_size": PATCH,
+                             "head_width": 16},
+              "text_cfg": {"context_length": L, "vocab_size": V, "width": 24, "heads": 2,
+                           "layers": 2}}
+      model = perturb(open_clip.model.CLIP(embed_dim=16, vision_cfg=mcfg["vision_cfg"],
+                                           text_cfg=mcfg["text_cfg"]))
+    elif layout == "open_clip_siglip":
+      from timm.models import register_model
+      from timm.models.vision_transformer import _create_vision_transformer
+
+      @register_model
+      def vit_tinytest_siglip(pretrained=False, **kw):  # pylint: disable=unused-variable
+        args = dict(patch_size=PATCH, embed_dim=32, depth=2, num_heads=2, class_token=False,
+                    global_pool="map", img_size=IMG)
+        return _create_vision_transformer("vit_base_patch16_siglip_224", pretrained=False,
+                                          **dict(args, **kw))
+      text_cfg = {"context_length": L, "vocab_size": V, "width": 32, "heads": 2, "layers": 2,
+                  "no_causal_mask": True, "proj_bias": True, "pool_type": "last",
+                  "norm_kwargs": {"eps": 1e-6}}
+      vision_cfg = {"image_size": IMG, "timm_model_name": "vit_tinytest_siglip",
+                    "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
+      model = perturb(open_clip.model.CustomTextCLIP(
+          embed_dim=32, vision_cfg=vision_cfg, text_cfg=text_cfg, init_logit_bias=-10.0))
+      # the architecture, for mmjax: open_clip's JSON plus the tiny trunk's sizes
+      mcfg = {"embed_dim": 32, "text_cfg": text_cfg,
+              "vision_cfg": dict(vision_cfg, patch_size=PATCH, width=32, layers=2, heads=2,
+                                 mlp_dim=128)}
+    else:
+      mcfg = None
+    if mcfg is not None:
+      with open(os.path.join(out, "model_config.json"), "w", encoding="utf-8") as f:
+        json.dump(mcfg, f)
+    from safetensors.torch import save_file
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(out, "open_clip.safetensors"))
+    if layout != "open_clip_vit_b16":  # the pickle path is tested on the small layouts
+      torch.save(model.state_dict(), os.path.join(out, "open_clip.bin"))
+    with torch.no_grad():
+      img, txt = model.encode_image(px), model.encode_text(t_ids)
+      zi = img / img.norm(dim=-1, keepdim=True)
+      zt = txt / txt.norm(dim=-1, keepdim=True)
+      logits = model.logit_scale.exp() * zi @ zt.T
+      if getattr(model, "logit_bias", None) is not None:
+        logits = logits + model.logit_bias
+    n_params = sum(p.numel() for p in model.parameters())
+  np.savez(os.path.join(out, "reference.npz"), images=images, ids=ids.astype(np.int32),
+           image_embeds=img.numpy(), text_embeds=txt.numpy(), logits=logits.numpy(),
+           n_params=np.int64(n_params))
+  print(f"{layout}: {n_params} parameters -> {out}")
+
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+def zero_shot(folder, images_dir, names_file, templates_file, out):
+  """CLIP zero-shot predictions of the Hugging Face CLIP in `folder` on the PNGs of
+  images_dir (sorted by name): prompts framed <sot> words <eot> 0-padding, class embedding =
+  normalized mean of the normalized prompt embeddings, prediction = argmax cosine."""
+  import transformers as tf
+  from PIL import Image
+  model = tf.CLIPModel.from_pretrained(folder).eval()
+  tok = tf.PreTrainedTokenizerFast(tokenizer_file=os.path.join(folder, "tokenizer.json"))
+  length = model.config.text_config.max_position_embeddings
+  names = open(names_file, encoding="utf-8").read().splitlines()
+  templates = open(templates_file, encoding="utf-8").read().splitlines()
+  def ids(text):
+    words = tok(text.lower(), add_special_tokens=False)["input_ids"][:length - 2]
+    row = [V - 2] + words + [V - 1]
+    return row + [0] * (length - len(row))
+  files = sorted(os.listdir(images_dir))
+  px = np.stack([(np.asarray(Image.open(os.path.join(images_dir, f)).convert("RGB"),
+                             np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD for f in files])
+  with torch.no_grad():
+    pick = lambda x: x if torch.is_tensor(x) else x.pooler_output
+    img = pick(model.get_image_features(
+        pixel_values=torch.from_numpy(px.transpose(0, 3, 1, 2).copy())))
+    img = img / img.norm(dim=-1, keepdim=True)
+    classes = []
+    for n in names:
+      t = pick(model.get_text_features(input_ids=torch.tensor([ids(tp.format(n))
+                                                               for tp in templates])))
+      t = (t / t.norm(dim=-1, keepdim=True)).mean(0)
+      classes.append(t / t.norm())
+    pred = (img @ torch.stack(classes).T).argmax(-1).numpy()
+  np.save(out, pred)
+  print(f"zero-shot predictions of {len(files)} images -> {out}")
+
+
+TEXTS = ("a photo of a cat.", "A Diagram of the Digit Seven!", "two dogs, playing  in the snow",
+         "an ü-umlaut, naïve café", "x" * 300)
+
+
+def clip_tokenizer(out):
+  """CLIP's BPE (the vocabulary open_clip ships) as a Hugging Face tokenizer.json, and
+  open_clip's own ids for TEXTS (context 77): the reference for mmjax's hf: backend."""
+  import gzip
+  import open_clip
+  from open_clip.tokenizer import bytes_to_unicode, default_bpe
+  os.makedirs(out, exist_ok=True)
+  merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+  merges = [tuple(m.split()) for m in merges]
+  base = list(bytes_to_unicode().values())
+  vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges]
+  vocab += ["<|startoftext|>", "<|endoftext|>"]
+  with open(os.path.join(out, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump({v: i for i, v in enumerate(vocab)}, f)
+  with open(os.path.join(out, "merges.txt"), "w", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+  # The layout of Hugging Face's CLIP tokenizer.json: byte-level BPE with '</w>' word ends.
+  from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+  bpe = models.BPE(vocab={v: i for i, v in enumerate(vocab)}, merges=merges,
+                   end_of_word_suffix="</w>", unk_token="<|endoftext|>", fuse_unk=False)
+  tok = Tokenizer(bpe)
+  tok.normalizer = normalizers.Sequence([normalizers.NFC(),
+                                         normalizers.Replace(Regex(r"\s+"), " "),
+                                         normalizers.Lowercase()])
+  pattern = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|"""
+             r"""[\p{N}]|[^\s\p{L}\p{N}]+""")
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False)])
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
+  tok.save(os.path.join(out, "tokenizer.json"))
+  np.savez(os.path.join(out, "reference.npz"), ids=open_clip.tokenize(list(TEXTS)).numpy(),
+           texts=np.array(TEXTS))
+  print(f"CLIP BPE, {len(vocab)} ids -> {out}")
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "clip_tokenizer":
+    clip_tokenizer(sys.argv[2])
+  elif sys.argv[1] == "zeroshot":
+    zero_shot(*sys.argv[2:7])
+  else:
+    main(*sys.argv[1:3])

@@ -1,0 +1,43 @@
+"""Runs on a machine without TPUs print no libtpu / TPU errors, with libtpu installed (the
+test environment has it, for the pod-compile tooling): the entry points leave the TPU backend
+out unless the host exposes TPU chips."""
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mmjax import platforms
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_train_as_the_readme_shows_prints_no_tpu_errors(tmp_path):
+  if platforms.has_tpu_devices():
+    pytest.skip("this host has TPU chips")
+  assert importlib.util.find_spec("libtpu"), "make test installs libtpu (the tpu extra)"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  # The README's command (".venv/bin/python train.py --config=configs/default.py
+  # --workdir=..."), cut to 2 small steps.
+  r = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/default.py", f"--workdir={tmp_path / 'w'}",
+       "--config.total_steps=2", "--config.batch_size=8", "--config.data.train_examples=64"],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  out = r.stdout + r.stderr
+  assert r.returncode == 0, out[-3000:]
+  assert "done: step 2/2" in out
+  bad = [l for l in out.splitlines() if "tpu" in l.lower() or "TPU_" in l]
+  assert not bad, bad[:5]
+
+
+def test_platform_choice(monkeypatch):
+  monkeypatch.setattr(platforms, "has_tpu_devices", lambda: True)
+  assert platforms.default_platforms() == ""  # a TPU host: JAX chooses, TPU first
+  monkeypatch.setattr(platforms, "has_tpu_devices", lambda: False)
+  monkeypatch.setattr(platforms.os.path, "exists", lambda p: False)
+  assert platforms.default_platforms() == "cpu"
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  platforms.set_default_platforms()
+  assert os.environ["JAX_PLATFORMS"] == "cuda"  # what the user set is kept
