@@ -23,7 +23,7 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PY) -m pip install -q -e ".[text]"
 	touch $@
 
-# Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots).
+# Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots), scikit-learn (digits example).
 $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tpu,bench,text]"
 	touch $@

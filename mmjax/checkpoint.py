@@ -13,7 +13,9 @@ commit, so a step that was being written when the process died is never listed o
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from typing import Any, Optional
 
 import grain
@@ -37,8 +39,9 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = directory
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
+    options = ocp.CheckpointManagerOptions(  # read-only: the values orbax would force
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        enable_async_checkpointing=async_save, create=not read_only,
         cleanup_tmp_directories=not read_only, read_only=read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),
@@ -64,6 +67,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    _quiet_closed_loop_callbacks()  # a corrupt step fails with reads still in flight
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore errors are long; keep the cause's first line
@@ -89,6 +93,38 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class _DropOrbaxReadTasks(logging.Filter):
+  """asyncio's 'Task exception was never retrieved' for orbax's failed read tasks."""
+
+  def filter(self, record):
+    msg = record.getMessage()
+    return not (msg.startswith("Task exception was never retrieved") and "orbax" in msg)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """Installed before a restore. When a restore fails (a truncated array file), tensorstore
+  still finishes the reads that were in flight. Their callbacks reach orbax's event loop after
+  it closed (`RuntimeError: Event loop is closed`), and orbax's other read tasks, failed too,
+  are dropped unawaited. Python prints each as an unraisable exception or an asyncio log
+  record, a traceback after the one-line error. Drop exactly those; every other unraisable
+  exception and log record goes where it went before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_mmjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+      return
+    previous(unraisable)
+
+  hook._mmjax_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())
 
 
 def _first_line(e: BaseException) -> str:
@@ -196,6 +232,7 @@ def restore_params(path: str, params, what: str = "init_from"):
     target = {"params": ocp.tree.from_flat_dict(
         {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
          for k, x in flat.items() if k in saved})}
+    _quiet_closed_loop_callbacks()
     try:
       restored = handler.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
           item=target, partial_restore=True,

@@ -1,0 +1,179 @@
+"""Small real labelled sets written as a JSONL manifest, for trying mmjax on your own data.
+
+  python -m mmjax.data.examples digits --out DIR [--size 32] [--augment 0] [--seed 0]
+
+`digits` is scikit-learn's bundled handwritten digits (load_digits: 1,797 real 8x8 grayscale
+scans, 10 classes, no download; needs the `bench` or `test` extra). It writes
+
+  DIR/images/{train,test}/NNNNN[_k].png   each digit upsampled (bicubic) to size x size RGB,
+                                          ink white on black, 16 grey levels spread to 0..255
+  DIR/train.jsonl, DIR/test.jsonl         {"image": "images/...", "caption": "...", "label": c}
+  DIR/class_names.txt                     one class name per line (line c = label c)
+  DIR/prompt_templates.txt                one template per line, '{}' marks the class name
+  DIR/meta.json                           counts, split seed, templates, what was written
+
+The split is fixed and stratified (TEST_SIZE = 450 test, 1,347 train, every class in both at
+its own frequency). Every image gets one caption: a template drawn at random (seeded per
+example) filled with its class name, e.g. 'a photo of the digit seven.'. This is the
+'labelled images + templated captions' set that configs/own_data.py is tuned on. The longest
+caption is 36 bytes: longer than configs/default.py's text_len of 32 (30 bytes + [CLS] and
+[SEP]) keeps, which cuts 'a scan of a handwritten digit seven.' before the class name.
+
+--augment K adds K shifted and rotated copies of each *train* image (offline augmentation,
++-1 source pixel, +-10 degrees; the pipeline itself does not augment). The test split is
+never augmented.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Caption templates (training) and zero-shot prompts: the same family, '{}' = the class name.
+DIGIT_TEMPLATES = (
+    "a photo of the digit {}.",
+    "a handwritten {}.",
+    "the number {}, written by hand.",
+    "a scan of a handwritten digit {}.",
+    "a small grey image of a {}.",
+)
+TEST_SIZE = 450
+SPLIT_SEED = 0
+
+
+def load_digits() -> Tuple[np.ndarray, np.ndarray]:
+  """(images uint8 [1797, 8, 8] in 0..255, labels int [1797]) from scikit-learn."""
+  try:
+    from sklearn.datasets import load_digits as sk_load  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ImportError("the digits example needs scikit-learn; pip install -e '.[bench]'"
+                      ) from None
+  d = sk_load()
+  images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+  return images, d.target.astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, test_size: int = TEST_SIZE, seed: int = SPLIT_SEED
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """(train indices, test indices), both sorted: each class gives round(test_size * n_c / N)
+  test examples (largest remainders fix the total), chosen by a seeded permutation."""
+  rng = np.random.RandomState(seed)
+  classes, counts = np.unique(labels, return_counts=True)
+  exact = test_size * counts / counts.sum()
+  take = np.floor(exact).astype(int)
+  for c in np.argsort(-(exact - take), kind="stable")[: test_size - take.sum()]:
+    take[c] += 1
+  test = []
+  for c, k in zip(classes, take):
+    idx = np.flatnonzero(labels == c)
+    test.extend(rng.permutation(idx)[:k].tolist())
+  test = np.sort(np.asarray(test, np.int64))
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return train, test
+
+
+def upsample(img: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [h, w] -> uint8 RGB [size, size, 3] (bicubic)."""
+  up = Image.fromarray(img, mode="L").resize((size, size), Image.BICUBIC)
+  return np.repeat(np.asarray(up)[..., None], 3, axis=-1)
+
+
+def augment(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+  """A random shift (+-1 source pixel, in 1/4-pixel steps) and rotation (+-10 degrees) of an
+  8x8 uint8 digit, done at 4x resolution and brought back to 8x8 (bilinear)."""
+  big = Image.fromarray(img, mode="L").resize((32, 32), Image.BICUBIC)
+  dx, dy = rng.randint(-4, 5, size=2)
+  big = big.rotate(float(rng.uniform(-10, 10)), resample=Image.BILINEAR,
+                   translate=(int(dx), int(dy)), fillcolor=0)
+  return np.asarray(big.resize((8, 8), Image.BILINEAR))
+
+
+def _write_split(out: str, split: str, images, labels, indices, size: int, copies: int,
+                 seed: int) -> List[Dict]:
+  folder = os.path.join(out, "images", split)
+  os.makedirs(folder, exist_ok=True)
+  rows = []
+  for i in indices:
+    rng = np.random.RandomState([seed, int(i)])
+    for k in range(copies + 1):
+      img = images[i] if k == 0 else augment(images[i], rng)
+      rel = f"images/{split}/{int(i):05d}" + (f"_{k}" if k else "") + ".png"
+      Image.fromarray(upsample(img, size)).save(os.path.join(out, rel))
+      template = DIGIT_TEMPLATES[rng.randint(len(DIGIT_TEMPLATES))]
+      rows.append({"image": rel, "caption": template.format(DIGIT_NAMES[labels[i]]),
+                   "label": int(labels[i])})
+  with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  return rows
+
+
+def prepare_digits(out: str, size: int = 32, augment_copies: int = 0, seed: int = 0) -> Dict:
+  """Writes the digits set to `out` (see the module doc); returns meta.json's content.
+  Rerunning with the same arguments rewrites identical files."""
+  if size < 8:
+    raise ValueError(f"--size {size} is below the digits' own 8x8; use 8 or more")
+  if augment_copies < 0:
+    raise ValueError(f"--augment {augment_copies} must be >= 0")
+  images, labels = load_digits()
+  train, test = stratified_split(labels)
+  os.makedirs(out, exist_ok=True)
+  rows = _write_split(out, "train", images, labels, train, size, augment_copies, seed)
+  n_train = len(rows)
+  n_test = len(_write_split(out, "test", images, labels, test, size, 0, seed))
+  longest = max(len(t.format(n).encode("utf-8")) for t in DIGIT_TEMPLATES for n in DIGIT_NAMES)
+  with open(os.path.join(out, "class_names.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(DIGIT_NAMES) + "\n")
+  with open(os.path.join(out, "prompt_templates.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(DIGIT_TEMPLATES) + "\n")
+  meta = {"dataset": "sklearn.datasets.load_digits", "size": size, "seed": seed,
+          "split_seed": SPLIT_SEED, "augment": augment_copies, "train_examples": n_train,
+          "test_examples": n_test, "train_source_images": len(train),
+          "test_source_images": len(test), "longest_caption_bytes": longest,
+          "class_names": list(DIGIT_NAMES),
+          "templates": list(DIGIT_TEMPLATES)}
+  with open(os.path.join(out, "meta.json"), "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  return meta
+
+
+def read_lines(path: str) -> List[str]:
+  """Non-empty stripped lines of a text file (class_names.txt, prompt_templates.txt)."""
+  with open(path, encoding="utf-8") as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+DATASETS = {"digits": prepare_digits}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m mmjax.data.examples", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("dataset", choices=sorted(DATASETS))
+  p.add_argument("--out", required=True, help="output folder (created)")
+  p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+  p.add_argument("--augment", type=int, default=0, help="augmented copies per train image")
+  p.add_argument("--seed", type=int, default=0, help="caption / augmentation seed")
+  a = p.parse_args(argv)
+  try:
+    meta = DATASETS[a.dataset](a.out, size=a.size, augment_copies=a.augment, seed=a.seed)
+  except (ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {meta['train_examples']} train / {meta['test_examples']} test examples "
+        f"({meta['size']}x{meta['size']}) to {a.out}: train.jsonl, test.jsonl, "
+        "class_names.txt, prompt_templates.txt")
+  print(f"longest caption: {meta['longest_caption_bytes']} bytes; the bytes tokenizer keeps "
+        f"data.text_len - 2 of them (configs/default.py: 30), so train with data.text_len >= "
+        f"{meta['longest_caption_bytes'] + 2} (configs/own_data.py: 48)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
