@@ -2,7 +2,8 @@
 at a time.
 
   python -m mmjax.bench.own_data [--data=runs/digits] [--workdir=runs/own_data]
-      [--steps=300] [--variants=default,contrastive_only,...] [--seed=0] [--out=FILE.md]
+      [--steps=200] [--variants=default,contrastive_only,...] [--seeds=0,1,2] [--out=FILE.md]
+      [--table_only]
 
 Prepares scikit-learn's handwritten digits (mmjax.data.examples: 1,347 train / 450 test real
 8x8 scans upsampled to 32x32, templated captions, labels) once, then trains each variant for
@@ -16,8 +17,9 @@ the same --steps at batch 64 on one device and scores it on the test split:
                the bar a linear classifier sets)
 
 A variant is configs/default.py pointed at the digits with one change (VARIANTS), or the
-recipe configs/own_data.py. Finished variants are cached in --workdir/<variant>/result.json
-(rerun with --force to retrain). Prints one table (markdown) at the end.
+recipe configs/own_data.py. Finished runs are cached in
+--workdir/<variant>/seed<s>/result.json (rerun with --force to retrain; --table_only
+tabulates the cache and trains nothing). Prints one table (markdown) at the end.
 """
 from __future__ import annotations
 
@@ -60,13 +62,6 @@ def _set(**kv) -> Callable:
   return apply
 
 
-def _objective(key, value):
-  def apply(c):
-    c.objectives[key] = value
-    return c
-  return apply
-
-
 def _resolution(size: int, patch: int):
   def apply(c):
     c.data.image_size = size
@@ -105,7 +100,7 @@ VARIANTS: Dict[str, Tuple[str, str, Callable]] = {
     "default": ("default", "(configs/default.py as shipped)", lambda c: c),
     "no_itm": ("default", "loss_weights.itm = 0", _set(**{"loss_weights.itm": 0.0})),
     "default_multi_positive": ("default", "objectives.multi_positive = 'label'",
-                               _objective("multi_positive", "label")),
+                               _set(**{"objectives.multi_positive": "label"})),
     "contrastive_only": ("default", "loss_weights.mlm = mim = itm = 0", _contrastive_only),
     "contrastive_mlm": ("contrastive_only", "loss_weights.mlm = 0.5",
                         _set(**{"loss_weights.mlm": 0.5})),
@@ -113,13 +108,13 @@ VARIANTS: Dict[str, Tuple[str, str, Callable]] = {
                         _set(**{"loss_weights.mim": 0.5})),
     # one change at a time from contrastive_only
     "multi_positive_text": ("contrastive_only", "objectives.multi_positive = 'text'",
-                            _objective("multi_positive", "text")),
+                            _set(**{"objectives.multi_positive": "text"})),
     "multi_positive_label": ("contrastive_only", "objectives.multi_positive = 'label'",
-                             _objective("multi_positive", "label")),
+                             _set(**{"objectives.multi_positive": "label"})),
     "temperature_0.03": ("contrastive_only", "objectives.temperature = 0.03 (fixed)",
-                         _objective("temperature", 0.03)),
+                         _set(**{"objectives.temperature": 0.03})),
     "temperature_0.01": ("contrastive_only", "objectives.temperature = 0.01 (fixed)",
-                         _objective("temperature", 0.01)),
+                         _set(**{"objectives.temperature": 0.01})),
     "width_64": ("contrastive_only", "model.width = 64, mlp_dim = 256",
                  _set(**{"model.width": 64, "model.mlp_dim": 256})),
     "width_256": ("contrastive_only", "model.width = 256, mlp_dim = 1024",
@@ -141,12 +136,12 @@ VARIANTS: Dict[str, Tuple[str, str, Callable]] = {
     # the recipe, and the recipe with one of its changes undone (or one more added)
     "own_data": ("own_data", "(configs/own_data.py)", lambda c: c),
     "own_data_no_multi_positive": ("own_data", "objectives.multi_positive = 'none'",
-                                   _objective("multi_positive", "none")),
+                                   _set(**{"objectives.multi_positive": "none"})),
     "own_data_text_len_32": ("own_data", "data.text_len = text max_len = 32",
                              _set(**{"data.text_len": 32, "model.modalities.text.max_len": 32})),
     "own_data_patch_4": ("own_data", "patch 4 (64 tokens)", _resolution(32, 4)),
     "own_data_learned_temperature": ("own_data", "objectives.temperature = 0 (learned, "
-                                     "from 1/0.07)", _objective("temperature", 0.0)),
+                                     "from 1/0.07)", _set(**{"objectives.temperature": 0.0})),
     "own_data_augment_4": ("own_data", "4 augmented copies of each train image", _augmented),
     "own_data_itm": ("own_data", "hier_multi_to_one, joint depth 2, loss_weights.itm = 1",
                      _set(**{"model.fusion": "hier_multi_to_one", "model.depth.joint": 2,
@@ -251,8 +246,9 @@ def run_variant(name: str, data_dir: str, workdir: str, steps: int, seed: int, f
   import jax  # pylint: disable=import-outside-toplevel
   from mmjax import config_lib, models, sharding, trainer  # pylint: disable=import-outside-toplevel
   cache = os.path.join(workdir, "result.json")
-  if not force and cached(workdir, steps, seed):
-    return cached(workdir, steps, seed)
+  res = None if force else cached(workdir, steps, seed)
+  if res:
+    return res
   if os.path.isdir(workdir):
     shutil.rmtree(workdir)
   config = variant_config(name, data_dir, steps, seed)
