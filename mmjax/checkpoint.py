@@ -47,6 +47,7 @@ class Checkpointer:
                 "data": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    _await_tmp_cleanup(self.manager)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -93,6 +94,18 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _await_tmp_cleanup(manager) -> None:
+  """Wait for the clean-up of unfinished temporary step directories that orbax starts in a
+  background thread when a manager opens. orbax itself waits for it only before the first
+  save, and `close()` does not: a run that stops earlier (a bad init_from, a data error) exits
+  with the thread still running, and Python's shutdown makes it print a 'cannot schedule new
+  futures after shutdown' traceback after the one-line error."""
+  cleanup = getattr(manager, "_cleanup_tmp_directory_future", None)
+  if cleanup is not None:
+    cleanup.result()
+    manager._cleanup_tmp_directory_future = None  # pylint: disable=protected-access
 
 
 class _DropOrbaxReadTasks(logging.Filter):

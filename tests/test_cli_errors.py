@@ -284,3 +284,25 @@ def test_failed_restore_noise_is_dropped_and_other_unraisables_are_not(monkeypat
   Raises("a real bug")
   gc.collect()
   assert seen == ["a real bug"]
+
+
+def test_checkpointer_waits_for_orbax_start_up_cleanup(monkeypatch, tmp_path):
+  """orbax cleans unfinished temporary step directories in a background thread when a manager
+  opens. A run that stops before its first save (a bad init_from) must not exit with that
+  thread alive: at interpreter shutdown it prints 'cannot schedule new futures after
+  shutdown'. The Checkpointer returns only once the clean-up has finished."""
+  import asyncio  # pylint: disable=import-outside-toplevel
+  from orbax.checkpoint._src.path import temporary_paths  # pylint: disable=import-outside-toplevel
+  from mmjax import checkpoint  # pylint: disable=import-outside-toplevel
+  done = []
+  real = temporary_paths.cleanup_temporary_paths
+
+  async def slow_cleanup(*args, **kwargs):
+    await asyncio.sleep(0.5)
+    await real(*args, **kwargs)
+    done.append(True)
+
+  monkeypatch.setattr(temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  assert done == [True]
+  ckpt.close()
