@@ -23,9 +23,9 @@ $(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PY) -m pip install -q -e ".[text]"
 	touch $@
 
-# Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots), scikit-learn (digits example).
+# Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots), scikit-learn (digits example), av and soundfile (mp4 / flac shard members).
 $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
-	$(PY) -m pip install -q -e ".[test,tpu,bench,text]"
+	$(PY) -m pip install -q -e ".[test,tpu,bench,text,media]"
 	touch $@
 
 $(REF)/.stamp: requirements-reference.txt

@@ -7,6 +7,8 @@
 
 --config.KEY=VALUE overrides a key of the checkpoint's saved config (the value takes the key's
 type), so a checkpoint can be evaluated on another dataset, batch size or mesh.
+--eval_config=FILE[:ARG] applies a standard set's data / eval keys first (mmjax/data/standard.py):
+  python eval.py --workdir=DIR --eval_config=configs/coco_retrieval.py:tfds=~/tensorflow_datasets
 Prints a table and writes DIR/eval/results.json (or ./eval/results.json with --checkpoint).
 """
 import os
@@ -21,6 +23,8 @@ from absl import app, flags, logging  # noqa: E402
 flags.DEFINE_string("workdir", None, "Training workdir (its latest checkpoint is evaluated).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint step directory instead of --workdir.")
 flags.DEFINE_list("evaluators", None, "Evaluators to run (default: the config's eval list).")
+flags.DEFINE_string("eval_config", None, "A standard evaluation set: FILE[:ARG], e.g. "
+                    "configs/imagenet_zeroshot.py:tfds=DIR (before --config overrides).")
 flags.DEFINE_string("out", None, "Folder for results.json (default: <workdir>/eval).")
 flags.DEFINE_string("coordinator", None, "jax.distributed coordinator host:port.")
 flags.DEFINE_integer("num_processes", None, "Process count (with --coordinator).")
@@ -37,8 +41,12 @@ def main(argv):
   if not FLAGS.workdir and not FLAGS.checkpoint:
     sys.exit("error: pass --workdir=DIR (a training run) or --checkpoint=DIR/checkpoints/STEP")
   logging.set_verbosity(logging.WARNING)
+  overrides = dict(_OVERRIDES)
+  if FLAGS.eval_config:
+    from mmjax.data import standard  # pylint: disable=import-outside-toplevel
+    overrides = {**standard.eval_overrides(FLAGS.eval_config), **_OVERRIDES}
   results = evaluate.run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.evaluators,
-                         overrides=_OVERRIDES)
+                         overrides=overrides)
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(evaluate.format_table(results))

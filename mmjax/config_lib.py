@@ -126,6 +126,10 @@ class ObjectivesConfig:
   # > 0: a fixed contrastive temperature (logit scale 1/temperature, at most 100) instead of
   # the learned, clamped logit_scale (initialised at 1/0.07).
   temperature: float = 0.0
+  # Text packing for the MLM pass (mmjax.packing): short captions share rows of length L,
+  # pack_rows rows per step (0 = batch_size, which always fits). Text-tower designs only.
+  pack_text: bool = False
+  pack_rows: int = 0
 
   def weight(self, name: str) -> float:
     return dict(self.weights).get(name, 0.0)
@@ -435,7 +439,43 @@ def parse(config) -> Config:
     v = getattr(cfg.objectives, k)
     if not (math.isfinite(v) and 0.0 < v < 1.0):
       raise ConfigError(f"objectives.{k}={v} must be in (0, 1)")
+  check_packing(cfg)
   return cfg
+
+
+def pack_rows(cfg: Config) -> int:
+  """Packed text rows per step: objectives.pack_rows, 0 meaning batch_size."""
+  return cfg.objectives.pack_rows or cfg.batch_size
+
+
+def check_packing(cfg: Config) -> None:
+  """objectives.pack_text: one-line errors where packing would not be exact."""
+  o, model = cfg.objectives, cfg.model
+  if not o.pack_text:
+    return
+  design = model.design
+  if not design.independent_streams:
+    raise ConfigError(f"objectives.pack_text needs a fusion whose text tower is encoded on its "
+                      f"own (dual_encoder); {model.fusion.name} mixes text with other tokens, "
+                      "so the other modality would have to be packed too; set pack_text=False")
+  if o.weight("mlm") <= 0:
+    raise ConfigError("objectives.pack_text packs the MLM pass; set loss_weights.mlm > 0 or "
+                      "objectives.pack_text=False")
+  if cfg.grad_accum_steps != 1:
+    raise ConfigError(f"objectives.pack_text packs whole steps; it needs grad_accum_steps=1, "
+                      f"got {cfg.grad_accum_steps}")
+  if not 0 <= o.pack_rows <= cfg.batch_size:
+    raise ConfigError(f"objectives.pack_rows={o.pack_rows} must be in [0, batch_size="
+                      f"{cfg.batch_size}] (0 = batch_size)")
+  for m in model.modalities:
+    if m.kind != "text":
+      continue
+    if m.option("key_mask") not in ("pad", "eos"):
+      raise ConfigError(f"objectives.pack_text needs model.modalities.{m.name}.key_mask 'pad' "
+                        f"or 'eos', got {m.option('key_mask')!r} (its padding is attended to)")
+    if m.option("add_cls"):
+      raise ConfigError(f"objectives.pack_text needs model.modalities.{m.name}.add_cls=False "
+                        "(the tokenizer's [CLS] starts each example)")
 
 
 def parse_model(config) -> ModelConfig:
@@ -536,6 +576,9 @@ def check_mesh(cfg: Config, num_devices: int) -> Tuple[int, int, int]:
     raise ConfigError(f"batch_size={cfg.batch_size} (per micro-batch {micro}) is not "
                       f"divisible by the {d * f} batch shards (mesh.data x mesh.fsdp); change "
                       "batch_size or the mesh")
+  if cfg.objectives.pack_text and pack_rows(cfg) % (d * f):
+    raise ConfigError(f"objectives.pack_rows={pack_rows(cfg)} is not divisible by the {d * f} "
+                      "batch shards (mesh.data x mesh.fsdp); change pack_rows")
   return d, f, t
 
 

@@ -47,7 +47,9 @@ _SECTIONS = {"eval": config_lib.EvalConfig, "optimizer": config_lib.OptimizerCon
              "mesh": config_lib.MeshConfig, "checkpoint": config_lib.CheckpointConfig,
              "objectives": config_lib.ObjectivesConfig}
 # Keys whose string value the data layer reads itself (a file path, 'a,b,c', a set name).
-_STRING_OR_LIST = ("data.class_names", "data.prompt_templates")
+_STRING_OR_LIST = ("data.class_names", "data.prompt_templates", "data.wds_shards",
+                   "data.wds_eval_shards", "data.array_record_paths",
+                   "data.array_record_eval_paths")
 _MISSING = object()
 
 
@@ -159,9 +161,11 @@ def zero_shot_classes(data_cfg) -> Tuple[Optional[Tuple[str, ...]], Tuple[str, .
                  else prompts.TEMPLATE_SETS[prompts.DEFAULT_TEMPLATES])
   why = ""
   if names is None:
-    what = ("a JSONL manifest has no class names" if data_cfg.source == "jsonl" else
-            f"the TFDS label feature {data_cfg.feature_keys.get('label', 'label')!r} is not a "
-            "ClassLabel with names")
+    what = (f"the TFDS label feature {data_cfg.feature_keys.get('label', 'label')!r} is not a "
+            "ClassLabel with names" if data_cfg.source == "tfds" else
+            "the shards' folder has no classes.txt" if data_cfg.source in ("wds", "array_record")
+            else "a JSONL manifest has no class names" if data_cfg.source == "jsonl"
+            else f"a {data_cfg.source} source has no class names")
     why = f"{what}; {NAMES_HINT}"
   return names, templates, why
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import fusion as fusion_lib
-from mmjax import masking
+from mmjax import masking, packing
 from mmjax.layers import MAPHead, l2_normalize
 from mmjax.config_lib import PATCH_KINDS, ModelConfig, ObjectivesConfig, parse_model
 from mmjax.tokenizers import build_embedder, patchify_image, patchify_spectrogram, patchify_video
@@ -193,7 +193,8 @@ class MultimodalModel(nn.Module):
       logit_scale, sigmoid_t, sigmoid_b   the temperature / bias parameters
       itm         (logits [3B, 2], labels [3B]) on B positives and 2B hard negatives
                   re-paired from the encoded towers (the first two modalities)
-      mlm         {m: (logits [B, L, V], targets [B, L], weights [B, L])}  BERT-masked text
+      mlm         {m: (logits [B, L, V], targets [B, L], weights [B, L])}  BERT-masked text;
+                  [R, L, ...] packed rows when the batch has `<m>_pack_index` (packed_mlm)
       mim         {m: (pred [B, N, P], target [B, N, P], weights [B, N])}  masked patches
     Text masking uses the text embedder's special ids; rng draws every mask and negative.
     """
@@ -213,6 +214,10 @@ class MultimodalModel(nn.Module):
         out["itm"] = self._itm(encoded, emb, rng_itm)
     text = [m for m in mods if self.cfg.modality(m).kind == "text" and "mlm" in active]
     patches = [m for m in mods if self.cfg.modality(m).kind in PATCH_KINDS and "mim" in active]
+    packed = [m for m in text if f"{m}_pack_index" in batch]
+    if packed and not self.cfg.design.independent_streams:
+      raise ValueError(f"packed text needs a fusion whose text tower is encoded on its own "
+                       f"(dual_encoder); {self.cfg.fusion.name} mixes text with other tokens")
     if text or patches:
       masked, mlm, mim, mim_masks = dict(batch), {}, {}, {}
       for m in text:
@@ -229,9 +234,17 @@ class MultimodalModel(nn.Module):
             jax.random.fold_in(rng_mim, mods.index(m)), target.shape[0], target.shape[1],
             objectives.mim_ratio)
         mim[m] = target
-      fused = self(masked, mim_masks)
-      out["mlm"] = {m: (self.mlm_logits(m, fused["tokens"][m][:, :batch[m].shape[1]]), *mlm[m])
-                    for m in text}
+      out["mlm"] = {m: self.packed_mlm(m, masked[m], batch[f"{m}_pack_index"], *mlm[m],
+                                       batch.get(f"{m}_valid")) for m in packed}
+      if packed:  # independent streams: the other towers' tokens are what interact returns
+        keep = set(patches) | {f"{m}_valid" for m in patches}
+        rest = {k: v for k, v in masked.items() if k in keep}
+        fused = {"tokens": {m: t for m, (t, _) in self.encode(
+            self.embed(rest, mim_masks)).items()}} if patches else {"tokens": {}}
+      else:
+        fused = self(masked, mim_masks)
+      out["mlm"].update({m: (self.mlm_logits(m, fused["tokens"][m][:, :batch[m].shape[1]]),
+                             *mlm[m]) for m in text if m not in packed})
       out["mim"] = {}
       for m in patches:
         start = 1 if self.embedders[m].add_cls else 0
@@ -239,6 +252,26 @@ class MultimodalModel(nn.Module):
         pred = self.mim_prediction(m, fused["tokens"][m][:, start:start + n])
         out["mim"][m] = (pred, mim[m], mim_masks[m].astype(jnp.float32))
     return out
+
+  def packed_mlm(self, modality: str, masked_ids, index, targets, weights, valid=None):
+    """MLM on packed rows (mmjax.packing): masked_ids, targets, weights [B, L] (masked before
+    packing) and index [R, L] -> (logits [R, L, V], targets [R, L], weights [R, L]). The text
+    tower sees per-example positions and attends within each example's segment only."""
+    emb, length = self.embedders[modality], masked_ids.shape[1]
+    mask = emb.token_mask(masked_ids)
+    if valid is not None:
+      mask = mask & valid[:, None]
+    seg, pos = packing.index_segments(index, length)
+    ids = packing.gather_packed(masked_ids, index, emb.pad_id)
+    tokens, _ = emb(ids, positions=pos)
+    mask = packing.gather_packed(mask, index, False)
+    encoded = self.encode_packed(modality, tokens, mask, seg)
+    return (self.mlm_logits(modality, encoded), packing.gather_packed(targets, index, 0),
+            packing.gather_packed(weights, index, 0.0))
+
+  def encode_packed(self, modality: str, tokens, mask, segment_ids):
+    """The modality's tower on packed rows: [R, L, D], mask and segment ids [R, L]."""
+    return self.fusion.encode({modality: (tokens, mask)}, {modality: segment_ids})[modality][0]
 
   def _itm(self, encoded, emb, rng):
     """ITM with hard negatives: B positives, B (A_i, hard B) and B (hard A, B_j) negatives."""

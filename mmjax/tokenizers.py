@@ -208,12 +208,24 @@ class TextEmbedder(_Embedder):
     raise ValueError(f"unknown text key_mask {self.key_mask!r}; use 'pad', 'eos' or 'none'")
 
   @nn.compact
-  def __call__(self, ids, *, valid=None, mim_mask=None):
+  def __call__(self, ids, *, valid=None, mim_mask=None, positions=None):
+    """positions [B, L] int (packed text, mmjax.packing): token j gets position
+    positions[b, j] of the same table the unpacked text uses (restarting per segment)."""
     if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
       raise ValueError(f"text input must be int ids [batch, length], got {ids.dtype}{ids.shape}")
     table = self._param("token_embedding", (self.vocab_size, self.width), ("vocab", "embed"))
     tokens = jnp.take(table, ids, axis=0).astype(self.dtype)
     n = ids.shape[1]
+    if positions is not None:
+      if self.add_cls:
+        raise ValueError("packed text needs the text modality's add_cls=False (its [CLS] comes "
+                         "from the tokenizer, one per example)")
+      if self.pos == "learned" and n <= self.max_len:
+        pos = self._param("pos_embedding", (self.max_len, self.width), (None, "embed"))[:n]
+      else:
+        pos = self._positions((self.max_len,), (n,))
+      tokens = tokens + jnp.take(pos, positions, axis=0).astype(tokens.dtype)
+      return self._finish(tokens, self.token_mask(ids), None, None, valid)
     if self.pos == "learned" and n <= self.max_len:  # shorter text: the first n positions
       pos = self._param("pos_embedding", (self.max_len, self.width), (None, "embed"))
       tokens = tokens + pos[:n].astype(tokens.dtype)[None]

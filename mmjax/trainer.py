@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import config_lib, models, sharding, train_lib
+from mmjax import config_lib, models, packing, sharding, train_lib
 from mmjax.perf import chip_peak, step_flops
 from mmjax.data import pipeline
 
@@ -249,6 +249,9 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
     def next_batch():
       raw = skips.update(next(data_it))
       inputs = dict(model_inputs(raw, model), **{k: raw[k] for k in extra if k in raw})
+      if cfg.objectives.pack_text:  # MLM text packing: the rows' source indices (mmjax.packing)
+        inputs = packing.add_pack_index(inputs, cfg.model, config_lib.pack_rows(cfg)
+                                        // jax.process_count(), jax.process_index())
       return pipeline.to_global_arrays(inputs, batch_sh)
 
     batch = next_batch()

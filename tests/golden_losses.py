@@ -36,6 +36,11 @@ MAX_WIDTH = 256
 # Configs built from an argument (a workdir to start from, a prepared data folder): their
 # own tests cover them (tests/test_init_from.py, tests/test_own_data.py).
 PARAMETERIZED = ("configs/finetune.py", "configs/own_data.py")
+# Evaluation sets (eval.py --eval_config=...: data / eval overrides, not a model to train);
+# tests/test_standard_sets.py covers them.
+EVAL_SETS = ("configs/coco_retrieval.py", "configs/flickr30k_retrieval.py",
+             "configs/imagenet_zeroshot.py")
+PARAMETERIZED += EVAL_SETS
 
 
 def config_paths():

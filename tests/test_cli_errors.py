@@ -196,6 +196,18 @@ CASES = [
     ("manifest_corrupt_audio", _jsonl_train("corrupt_audio"), "bad.wav"),
     ("manifest_video_format", _jsonl_train("video_format"), "clip.txt"),
     ("manifest_corrupt_video", _jsonl_train("corrupt_video"), "bad.npy"),
+    # shards and folders
+    ("wds_no_shards", _train("--config.data.source=wds"), "wds_shards"),
+    ("wds_shard_missing", lambda w: _train("--config.data.source=wds",
+                                           f"--config.data.wds_shards={w}/s-{{000..003}}.tar")(w),
+     "shard not found"),
+    ("wds_not_a_tar", lambda w: _train("--config.data.source=wds",
+                                       f"--config.data.wds_shards={w / 'afile'}")(w),
+     "not a readable tar"),
+    ("wds_bad_shard_assign", _train("--config.data.source=wds", "--config.data.wds_shards=x.tar",
+                                    "--config.data.shard_assign=hosts"), "shard_assign"),
+    ("folder_missing", _train("--config.data.source=folder",
+                              "--config.data.folder_path=/nonexistent/in1k"), "not found"),
     # workdirs and checkpoints
     ("workdir_is_a_file", lambda w: ["train.py", *TINY, f"--workdir={w / 'afile'}"],
      "is a file"),

@@ -104,3 +104,26 @@ def test_train_py_and_eval_py_on_two_processes(tmp_path):
     else:
       assert r2[k] == v, k
   assert "zero_shot/accuracy" in r1 and "itm/pairwise_accuracy" in r1
+
+
+def test_train_py_from_shards_on_two_processes_equals_the_manifest_on_one(tmp_path):
+  """webdataset shards written from a JSONL manifest, read by 2 processes (each its rows of
+  every global batch, data.shard_assign='examples'): the losses of training from the JSONL on
+  1 process x 4 devices, step by step."""
+  from mmjax.data import write  # pylint: disable=import-outside-toplevel
+  from tests.test_data_shards import _manifest  # pylint: disable=import-outside-toplevel
+  manifest = _manifest(str(tmp_path / "data"), n=40)
+  res = write.write("jsonl", manifest, "wds", str(tmp_path / "wds"), shard_size=7)
+  train = ["train.py", "--config=tests/tiny_config.py", "--config.mesh.data=2",
+           "--config.mesh.fsdp=2", "--config.total_steps=3"]
+  ref = _cli([*train, f"--workdir={tmp_path / 'jsonl'}", "--config.data.source=jsonl",
+              f"--config.data.jsonl_path={manifest}"], 4)
+  _, err = ref.communicate(timeout=600)
+  assert ref.returncode == 0, err[-3000:]
+  _both([*train, f"--workdir={tmp_path / 'wds'}_run", "--config.data.source=wds",
+         f"--config.data.wds_shards={res['pattern']}"])
+  m, s = _metrics(f"{tmp_path / 'wds'}_run"), _metrics(str(tmp_path / "jsonl"))
+  assert sorted(m) == sorted(s) == [1, 2, 3]
+  for step in s:
+    for k in ("loss", "contrastive/loss", "itm/loss", "mlm/loss", "grad_norm"):
+      np.testing.assert_allclose(m[step][k], s[step][k], rtol=1e-5, atol=1e-6, err_msg=k)

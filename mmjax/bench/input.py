@@ -5,6 +5,12 @@
 
 Any data config key can be set with --data.KEY=VALUE (e.g. --data.source=jsonl
 --data.jsonl_path=/data/m.jsonl). The last stdout line is one JSON object with `examples_per_s`.
+
+Sharded input against a manifest, on generated photo-like JPEGs (one row per source and worker
+count, back to back in one run; the last line is a JSON list of the rows):
+
+  python -m mmjax.bench.input --synthetic_jpeg=2048 --sources=jsonl,wds,array_record \
+      --workers=0,2 --image_size=224 --batch=64 --steps=20
 """
 from __future__ import annotations
 
@@ -31,6 +37,13 @@ def _parse(argv):
   p.add_argument("--num_workers", type=int, default=0, help="grain multiprocess workers")
   p.add_argument("--read_threads", type=int, default=2, help="grain threads per process")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--synthetic_jpeg", type=int, default=0,
+                 help="generate this many JPEGs (a manifest and its shards) and compare sources")
+  p.add_argument("--jpeg_size", default="320x256", help="WxH of the generated JPEGs")
+  p.add_argument("--shard_size", type=int, default=512, help="examples per generated shard")
+  p.add_argument("--sources", default="jsonl,wds", help="with --synthetic_jpeg: sources to time")
+  p.add_argument("--workers", default="0", help="with --synthetic_jpeg: num_workers values")
+  p.add_argument("--cache_dir", default="", help="where to keep the generated set ('' = temp)")
   args, rest = p.parse_known_args(argv)
   overrides = {}
   for item in rest:
@@ -73,8 +86,75 @@ def run(args, overrides) -> dict:
           "shapes": {k: list(v.shape) for k, v in batch.items()}}
 
 
+def synthetic_jpegs(out: str, n: int, size=(320, 256), shard_size: int = 512) -> dict:
+  """n photo-like JPEGs (smooth colour fields plus mild noise, quality 90) in out/img, a
+  manifest out/m.jsonl (caption, label) and its wds / ArrayRecord shards; reused when present."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from mmjax.data import write  # pylint: disable=import-outside-toplevel
+  manifest = os.path.join(out, "m.jsonl")
+  done = os.path.join(out, "done.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      meta = json.load(f)
+    if meta.get("n") == n and meta.get("size") == list(size):
+      return meta
+  os.makedirs(os.path.join(out, "img"), exist_ok=True)
+  rng = np.random.default_rng(0)
+  w, h = size
+  with open(manifest, "w") as f:
+    for i in range(n):
+      coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+      img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+      arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (h, w, 3))
+      Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
+          os.path.join(out, "img", f"{i}.jpg"), quality=90)
+      f.write(json.dumps({"image": f"img/{i}.jpg", "caption": f"synthetic photo {i}",
+                          "label": i % 10}) + "\n")
+  meta = {"n": n, "size": list(size), "manifest": manifest}
+  for to in ("wds", "array_record"):
+    meta[to] = write.write("jsonl", manifest, to, os.path.join(out, to), shard_size)["pattern"]
+  meta["mean_jpeg_kib"] = round(sum(os.path.getsize(os.path.join(out, "img", f"{i}.jpg"))
+                                    for i in range(n)) / n / 1024, 1)
+  with open(done, "w") as f:
+    json.dump(meta, f)
+  return meta
+
+
+def compare(args, overrides) -> list:
+  """One row per (source, num_workers) on the generated set, back to back."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from mmjax.data import shards as shards_lib  # pylint: disable=import-outside-toplevel
+  out = args.cache_dir or tempfile.mkdtemp(prefix="mmjax_jpeg_")
+  w, h = (int(v) for v in args.jpeg_size.lower().split("x"))
+  meta = synthetic_jpegs(out, args.synthetic_jpeg, (w, h), args.shard_size)
+  t0 = time.perf_counter()
+  idx = shards_lib.WdsSource(shards_lib.shard_paths(meta["wds"]))
+  index_s = time.perf_counter() - t0
+  members = sum(len(ix.offsets) * len(ix) for ix in idx.indexes)
+  print(f"generated set: {meta['n']} JPEGs {w}x{h} (mean {meta['mean_jpeg_kib']} KiB) in {out}; "
+        f"wds index of {len(idx.paths)} shards: {index_s:.3f} s "
+        f"({members / max(index_s, 1e-9):.0f} members/s)")
+  keys = {"jsonl": {"jsonl_path": meta["manifest"]}, "wds": {"wds_shards": meta["wds"]},
+          "array_record": {"array_record_paths": meta["array_record"]}}
+  rows = []
+  for source in args.sources.split(","):
+    for workers in (int(x) for x in args.workers.split(",")):
+      a = argparse.Namespace(**{**vars(args), "num_workers": workers})
+      res = run(a, {"source": source, **keys[source], **overrides})
+      res["cpu_cores"] = os.cpu_count()
+      rows.append(res)
+      print(f"  {source:>12} workers={workers} threads={args.read_threads}: "
+            f"{res['examples_per_s']:8.1f} examples/s  (first batch {res['first_batch_s']} s)")
+  return rows
+
+
 def main(argv=None):
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  if args.synthetic_jpeg:
+    rows = compare(args, overrides)
+    print(json.dumps(rows))
+    return rows
   res = run(args, overrides)
   print(f"{res['source']}/{res['task']} batch={res['batch']} image={res['image_size']} "
         f"text_len={res['text_len']} workers={res['num_workers']} threads={res['read_threads']}: "

@@ -50,7 +50,8 @@ def get_config():
   c.loss_weights = ml_collections.ConfigDict(
       {"contrastive": 1.0, "sigmoid": 0.0, "mlm": 0.5, "mim": 0.5, "itm": 1.0})
   c.objectives = ml_collections.ConfigDict(
-      {"mlm_prob": 0.15, "mim_ratio": 0.5, "norm_pix": True})
+      {"mlm_prob": 0.15, "mim_ratio": 0.5, "norm_pix": True,
+       "pack_text": False, "pack_rows": 0})  # MLM text packing (dual_encoder), mmjax.packing
 
   c.optimizer = ml_collections.ConfigDict({
       "learning_rate": 1e-3, "warmup_steps": 50, "weight_decay": 0.05, "b1": 0.9,

@@ -7,7 +7,7 @@ import ml_collections
 
 from mmjax.data import prompts
 
-SOURCES = ("builtin", "tfds", "jsonl")
+SOURCES = ("builtin", "tfds", "jsonl", "folder", "wds", "array_record")
 FEATURE_NAMES = ("image", "video", "audio", "text", "label")
 ON_ERROR = ("stop", "skip")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # pixel normalization for external images
@@ -22,7 +22,7 @@ def _any(default):
 def get_config() -> ml_collections.ConfigDict:
   """Defaults for every data key (a train config's `data` may set any subset)."""
   c = ml_collections.ConfigDict()
-  c.source = "builtin"             # builtin | tfds | jsonl
+  c.source = "builtin"             # builtin | tfds | jsonl | folder | wds | array_record
   c.task = "image_text"            # builtin: image_text | video_text | audio_text | audio_video
   # shapes
   c.image_size = 32                # image / video frames: S x S (external images: resize + crop)
@@ -46,6 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.test_examples = 1_000
   c.builtin_seed = 0               # generation seed (the shuffle seed is make_dataset's seed)
   c.include_caption = False        # add raw 'caption' strings (not for jitted steps)
+  # Several captions per example (a JSONL list, a TFDS Sequence such as captions/text, a
+  # webdataset json list). 1: the first caption only. C > 1: up to C kept; training samples
+  # one per example per epoch (seeded by position), evaluation gets 'texts' [C, L] and
+  # 'num_captions' (retrieval then scores every caption, COCO / Flickr30k protocol).
+  c.max_captions = 1
   # TFDS (ArrayRecord, prepared in tfds_data_dir; never downloaded)
   c.tfds_name = ""                 # e.g. "coco_captions/2017" or "my_set:1.0.0"
   c.tfds_data_dir = ""
@@ -56,6 +61,18 @@ def get_config() -> ml_collections.ConfigDict:
   # JSONL manifest (paths relative to the manifest's folder)
   c.jsonl_path = ""
   c.jsonl_eval_path = ""           # '' = use jsonl_path for evaluation too
+  # image folder root/<class>/<image> (ImageNet's layout): label = class folder, sorted
+  c.folder_path = ""
+  c.folder_eval_path = ""          # '' = use folder_path for evaluation too
+  # sharded archives (mmjax/data/shards.py; write them with python -m mmjax.data.write):
+  # a brace pattern "dir/shard-{000000..000099}.tar", a list of files, or a folder
+  c.wds_shards = _any("")          # webdataset tar shards
+  c.wds_eval_shards = _any("")     # '' = use wds_shards for evaluation too
+  c.array_record_paths = _any("")  # ArrayRecord shards of msgpack member maps
+  c.array_record_eval_paths = _any("")
+  c.shard_assign = "examples"      # examples: same stream as a manifest, any process count |
+                                   # shards: process p reads only shards p, p+P, ... (training)
+  c.member_exts = ml_collections.ConfigDict()  # output -> 'ext,ext' (shards.DEFAULT_EXTS)
   # external pixel normalization (the built-in set uses its own measured statistics)
   c.image_mean = CLIP_MEAN
   c.image_std = CLIP_STD
@@ -88,7 +105,7 @@ def resolve(data_cfg=None) -> ml_collections.ConfigDict:
     for k, v in items:
       if k not in cfg:
         _fail(f"unknown data config key data.{k}; known keys: {', '.join(sorted(cfg.keys()))}")
-      if k in ("feature_keys", "tokenizer_specials"):
+      if k in ("feature_keys", "tokenizer_specials", "member_exts"):
         cfg[k] = ml_collections.ConfigDict(dict(v or {}))
       else:
         with cfg.ignore_type():
@@ -106,6 +123,11 @@ def validate(cfg) -> None:
       _fail(f"data.{key}={cfg[key]} must be a positive integer")
   if cfg.text_len < 2:
     _fail(f"data.text_len={cfg.text_len} leaves no room for [CLS] and [SEP]; use >= 2")
+  if int(cfg.max_captions) < 1:
+    _fail(f"data.max_captions={cfg.max_captions} must be a positive integer (1: one caption)")
+  if int(cfg.max_captions) > 1 and cfg.source == "builtin":
+    _fail("data.max_captions > 1 needs an external source with caption lists (tfds, jsonl, "
+          "...); the built-in set has one caption per example: use data.max_captions=1")
   from mmjax.data import text  # pylint: disable=g-import-not-at-top
   text.check_specials(cfg.tokenizer_specials)
   if cfg.source == "builtin":
@@ -131,6 +153,24 @@ def validate(cfg) -> None:
       p = cfg[key]
       if p and not os.path.isfile(os.path.expanduser(p)):
         _fail(f"JSONL manifest not found: {p}; fix data.{key}", FileNotFoundError)
+  elif cfg.source == "folder":
+    for key in ("folder_path", "folder_eval_path"):
+      p = cfg[key]
+      if key == "folder_path" and not p:
+        _fail("data.source='folder' needs data.folder_path, a folder of root/<class>/<image>")
+      if p and not os.path.isdir(os.path.expanduser(p)):
+        _fail(f"image folder not found: {p}; fix data.{key}", FileNotFoundError)
+  elif cfg.source in ("wds", "array_record"):
+    key = "wds_shards" if cfg.source == "wds" else "array_record_paths"
+    if not cfg[key]:
+      _fail(f"data.source={cfg.source!r} needs data.{key}, e.g. "
+            f"'dir/shard-{{000000..000009}}.{'tar' if cfg.source == 'wds' else 'array_record'}'"
+            " (write shards with python -m mmjax.data.write)")
+  from mmjax.data import shards  # pylint: disable=g-import-not-at-top
+  if cfg.shard_assign not in shards.SHARD_ASSIGN:
+    _fail(f"unknown data.shard_assign {cfg.shard_assign!r}; use one of "
+          f"{', '.join(shards.SHARD_ASSIGN)}")
+  shards.parse_exts(cfg.member_exts)
   prompts.parse_class_names(cfg.class_names)
   prompts.parse_templates(cfg.prompt_templates)
   if len(cfg.image_mean) != 3 or len(cfg.image_std) != 3 or min(cfg.image_std) <= 0:

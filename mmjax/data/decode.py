@@ -4,11 +4,13 @@ A raw example maps output names to raw values:
   image  encoded bytes | file path | uint8/float array [H, W, C]
   video  array [T, H, W, C] | .npy path | folder of frame images
   audio  waveform [N] (with 'audio_rate') | spectrogram [T, F] | .wav / .npy path
-  text   str | bytes | sequence of them (the first is used)
+  text   str | bytes | sequence of them (the first is used; up to data.max_captions of them)
   label  int
 `Preprocessor(cfg)(index, raw)` turns it into model inputs: 'image' float32 [S, S, 3],
 'video' float32 [T, S, S, 3], 'audio' float32 [A, F], 'text' int32 [L], 'label' int32 [],
-'index' int32 [] (and 'caption' when cfg.include_caption).
+'index' int32 [] (and 'caption' when cfg.include_caption). With C = data.max_captions > 1 also
+'texts' int32 [C, L] (the first C captions, missing rows all PAD) and 'num_captions' int32 []
+(>= 1; an empty list counts as one empty caption); 'text' is then the first caption.
 """
 from __future__ import annotations
 
@@ -163,6 +165,15 @@ def pick_text(value) -> str:
   return str(value)
 
 
+def pick_texts(value, limit: int) -> list:
+  """str | bytes | sequence of them -> list of 1..limit str (the first `limit`; [''] if none)."""
+  if isinstance(value, np.ndarray) and value.ndim > 0 or isinstance(value, (list, tuple)):
+    items = list(value)[:limit]
+  else:
+    items = [value]
+  return [pick_text(v) for v in items] or [""]
+
+
 # ----------------------------------------------------------------------------- labels
 
 def parse_label(value, where: str = "") -> np.int32:
@@ -224,7 +235,16 @@ class Preprocessor:
       out["video"] = normalize_image(vid, cfg.image_mean, cfg.image_std)
     if "audio" in raw:
       out["audio"] = load_audio(raw["audio"], cfg, raw.get("audio_rate"), where)
-    if "text" in raw:
+    if "text" in raw and int(cfg.get("max_captions", 1)) > 1:
+      captions = pick_texts(raw["text"], int(cfg.max_captions))
+      texts = np.full((int(cfg.max_captions), cfg.text_len), self.tokenizer.pad_id, np.int32)
+      for i, c in enumerate(captions):
+        texts[i] = self.tokenizer.encode(c, cfg.text_len)
+      out["text"], out["texts"] = texts[0].copy(), texts
+      out["num_captions"] = np.int32(len(captions))
+      if cfg.include_caption:
+        out["caption"] = np.asarray(captions[0])
+    elif "text" in raw:
       caption = pick_text(raw["text"])
       out["text"] = self.tokenizer.encode(caption, cfg.text_len)
       if cfg.include_caption:

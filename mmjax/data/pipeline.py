@@ -5,7 +5,9 @@ Sharding: the shuffled (and repeated) example stream is cut into global batches 
 b*G + p*L + k (k < L = G/P) for batch b. Processes get disjoint examples whose concatenation in
 process order is exactly the global batch, rows in stream order: the global array (and so every
 per-row random draw of the objectives: masks, ITM negatives) does not depend on the process
-count.
+count. The exception is sharded archives with data.shard_assign='shards' (training split):
+there each process reads only its own shards (mmjax.data.shards.assign), shuffles and batches
+its own stream, and the global batch is the concatenation of the local ones.
 
     ds = make_dataset(config.data, "train", global_batch_size=64, seed=0)
     it = iter(ds)                      # grain DatasetIterator
@@ -29,14 +31,22 @@ import grain
 import jax
 import numpy as np
 
-from mmjax.data import builtin, decode, sources
+from mmjax.data import builtin, decode, shards, sources
 from mmjax.data import config as config_lib
 
 SPLIT_ALIASES = {"train": "train", "test": "test", "eval": "test", "validation": "test"}
 
 
-def make_source(cfg, split: str) -> grain.MapDataset:
-  """MapDataset of preprocessed examples (not shuffled, not batched), each with 'index'."""
+def per_process_shards(cfg, split: str, process_count: int) -> bool:
+  """True when each process reads its own shards (data.shard_assign='shards', training)."""
+  return (cfg.source in ("wds", "array_record") and cfg.shard_assign == "shards"
+          and SPLIT_ALIASES.get(split) == "train" and process_count > 1)
+
+
+def make_source(cfg, split: str, process_index: int = 0,
+                process_count: int = 1) -> grain.MapDataset:
+  """MapDataset of preprocessed examples (not shuffled, not batched), each with 'index'.
+  Under `per_process_shards` only this process's shards (p, p + P, ...), else all examples."""
   if split not in SPLIT_ALIASES:
     raise ValueError(f"unknown split {split!r}; use 'train' or 'test' (alias 'eval')")
   split = SPLIT_ALIASES[split]
@@ -44,23 +54,38 @@ def make_source(cfg, split: str) -> grain.MapDataset:
     return grain.MapDataset.source(builtin.source_from_config(cfg, split))
   if cfg.source == "tfds":
     src = sources.TfdsSource(cfg, split)
-    if cfg.on_error == "skip":
-      src = _SafeSource(src)
+  elif cfg.source == "folder":
+    src = sources.FolderSource(sources.folder_path(cfg, split))
+  elif cfg.source in ("wds", "array_record"):
+    key = sources.shard_key(cfg, split)
+    paths = shards.shard_paths(sources.shard_spec(cfg, split), key)
+    if per_process_shards(cfg, split, process_count):
+      paths = shards.assign(paths, process_index, process_count, key)
+    src = (shards.WdsSource(paths, cfg.member_exts, cfg.on_error, name=key)
+           if cfg.source == "wds" else shards.ArrayRecordSource(paths, cfg.member_exts, key))
+    for err in getattr(src, "errors", ()):
+      logging.warning("data: %s; read the examples before the damage", err)
   else:
     path = cfg.jsonl_eval_path if split == "test" and cfg.jsonl_eval_path else cfg.jsonl_path
     src = sources.JsonlSource(path, cfg.on_error)
+  if cfg.source != "jsonl" and cfg.on_error == "skip":
+    src = _SafeSource(src)
   return grain.MapDataset.source(src).map_with_index(decode.Preprocessor(cfg))
 
 
 def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
-                 repeat: bool = True, num_workers: int | None = None) -> grain.IterDataset:
+                 repeat: bool = True, num_workers: int | None = None,
+                 sample_captions: bool | None = None) -> grain.IterDataset:
   """grain IterDataset of this process's batches: dicts of numpy arrays [G/P, ...].
 
   data_cfg: ConfigDict/dict overriding mmjax.data.config.get_config() (validated).
   repeat=False: one pass; the tail that does not fill a global batch is dropped.
   num_workers: grain multiprocess prefetch workers (None: data_cfg.num_workers; 0: in-process).
   `iter(ds)` gives a checkpointable iterator (get_state / set_state).
+  sample_captions (None: = shuffle), with data.max_captions > 1: each example's 'texts' /
+  'num_captions' become one 'text', caption j = PickCaption(seed)(stream position) (so every
+  epoch draws anew, a resumed run and every process draw the same); False keeps 'texts'.
   """
   cfg = config_lib.resolve(data_cfg)
   if global_batch_size <= 0 or global_batch_size % process_count:
@@ -69,16 +94,21 @@ def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
   local = global_batch_size // process_count
-  ds = make_source(cfg, split)
-  n = len(ds)
-  if n < global_batch_size:
-    raise ValueError(f"{split} split has {n} examples, fewer than one global batch "
-                     f"({global_batch_size}); lower batch_size or add data")
+  own = per_process_shards(cfg, split, process_count)  # this process's shards only
+  ds = make_source(cfg, split, process_index, process_count)
+  n, need = len(ds), (local if own else global_batch_size)
+  if n < need:
+    raise ValueError(f"{split} split has {n} examples{' in this process' if own else ''}, "
+                     f"fewer than one {'local' if own else 'global'} batch ({need}); lower "
+                     "batch_size or add data")
   if shuffle:
     ds = ds.shuffle(seed=int(seed) % 2**32)
-  ds = ds.repeat() if repeat else ds[: n - n % global_batch_size]
-  ds = grain.MapDataset.range(len(ds) // process_count).map(
-      _ProcessBlock(ds, process_index, local, global_batch_size))
+  ds = ds.repeat() if repeat else ds[: n - n % need]
+  if int(cfg.max_captions) > 1 and (shuffle if sample_captions is None else sample_captions):
+    ds = ds.map_with_index(PickCaption(seed))
+  if not own:  # the shared stream: this process's block of each global batch
+    ds = grain.MapDataset.range(len(ds) // process_count).map(
+        _ProcessBlock(ds, process_index, local, global_batch_size))
   threads, buf = int(cfg.read_threads), max(int(cfg.prefetch_batches), 1)
   if cfg.source != "builtin" and cfg.on_error == "skip":
     out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
@@ -106,6 +136,25 @@ class _ProcessBlock:
     return self.ds[(i // self.local) * self.glob + self.offset + i % self.local]
 
 
+class PickCaption:
+  """(stream position i, example) -> the example with text = texts[j], 'texts' and
+  'num_captions' dropped; j ~ uniform{0..num_captions-1} from Philox keyed by (seed, i).
+  Picklable; a SKIP sentinel passes through."""
+
+  def __init__(self, seed: int):
+    self.seed = int(seed) % 2**64
+
+  def __call__(self, i: int, ex: Dict[str, Any]) -> Dict[str, Any]:
+    if decode.SKIP in ex or "texts" not in ex:
+      return ex
+    n = int(ex["num_captions"])
+    rng = np.random.Generator(np.random.Philox(key=[self.seed, int(i)]))
+    j = int(rng.integers(n)) if n > 1 else 0
+    out = {k: v for k, v in ex.items() if k not in ("texts", "num_captions")}
+    out["text"] = np.asarray(ex["texts"][j])
+    return out
+
+
 SKIPPED, SKIP_WORKER = "_skipped", "_skip_worker"
 MIN_READ = 100  # examples read before data.max_skip_fraction is enforced
 
@@ -124,6 +173,8 @@ class _SafeSource:
       return self.src[index]
     except Exception as e:  # pylint: disable=broad-except
       name = getattr(self.src, "name", type(self.src).__name__)
+      if hasattr(self.src, "where"):  # shards: the key and shard; the error names them
+        return {"_where": self.src.where(index), "_error": str(e)}
       return {"_where": f"({name} #{index})",
               "_error": f"cannot read record {index} of {name} ({type(e).__name__}: {e})"}
 

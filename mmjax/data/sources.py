@@ -6,7 +6,11 @@
   JsonlSource  a manifest, one JSON object per line: {"image": "rel/a.png", "video": "rel/clip.npy"
                or "rel/frames_dir", "audio": "rel/a.wav" or "rel/a.npy", "caption": "...",
                "label": 3}; paths relative to the manifest's folder; all keys optional.
-Both return dicts keyed by output name plus '_where' (for error messages).
+  FolderSource an image folder with one sub-folder per class (ImageNet's layout:
+               root/<class>/<image>): 'image' (a path) and 'label' (the class folder's index
+               in sorted order); class names: the folder names.
+  WdsSource / ArrayRecordSource  sharded archives (mmjax.data.shards).
+All return dicts keyed by output name plus '_where' (for error messages).
 """
 from __future__ import annotations
 
@@ -33,7 +37,31 @@ def source_class_names(cfg, split: str = "test") -> Optional[Tuple[str, ...]]:
     return tuple(builtin.class_names(cfg.task))
   if cfg.source == "tfds":
     return TfdsSource(cfg, split).class_names
+  if cfg.source == "folder":
+    return FolderSource(folder_path(cfg, split)).class_names
+  if cfg.source in ("wds", "array_record"):  # written by mmjax.data.write --from=folder
+    from mmjax.data import shards  # pylint: disable=g-import-not-at-top
+    first = shards.shard_paths(shard_spec(cfg, split), shard_key(cfg, split))[0]
+    path = os.path.join(os.path.dirname(first), "classes.txt")
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        return tuple(line.strip() for line in f if line.strip())
   return None
+
+
+def shard_key(cfg, split: str) -> str:
+  """The config key naming the shards of `split` (data.wds_shards, data.wds_eval_shards, ...)."""
+  base = "wds_shards" if cfg.source == "wds" else "array_record_paths"
+  ev = "wds_eval_shards" if cfg.source == "wds" else "array_record_eval_paths"
+  return f"data.{ev}" if split != "train" and cfg[ev] else f"data.{base}"
+
+
+def shard_spec(cfg, split: str):
+  return cfg[shard_key(cfg, split)[len("data."):]]
+
+
+def folder_path(cfg, split: str) -> str:
+  return cfg.folder_eval_path if split != "train" and cfg.folder_eval_path else cfg.folder_path
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -170,3 +198,37 @@ class JsonlSource:
 
   def __getitem__(self, index: int) -> Dict[str, Any]:
     return self.rows[int(index)]
+
+
+# ----------------------------------------------------------------------------- image folder
+
+class FolderSource:
+  """len(src), src[i] -> {'image': path, 'label': class index} of root/<class>/<image>; the
+  classes are the sub-folders in sorted order, images sorted by name within each."""
+
+  def __init__(self, root: str):
+    from mmjax.data.decode import IMAGE_EXTS  # pylint: disable=g-import-not-at-top
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"image folder not found: {root}; fix data.folder_path")
+    self.root = root
+    self.class_names = tuple(sorted(d for d in os.listdir(root)
+                                    if os.path.isdir(os.path.join(root, d))))
+    if not self.class_names:
+      raise ValueError(f"image folder {root} has no class sub-folders; lay it out as "
+                       "root/<class>/<image>")
+    self.items: List[Tuple[str, int]] = []
+    for label, name in enumerate(self.class_names):
+      folder = os.path.join(root, name)
+      self.items.extend((os.path.join(folder, f), label) for f in sorted(os.listdir(folder))
+                        if f.lower().endswith(IMAGE_EXTS))
+    if not self.items:
+      raise ValueError(f"image folder {root} has class folders but no images "
+                       f"({', '.join(IMAGE_EXTS)})")
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def __getitem__(self, index: int) -> Dict[str, Any]:
+    path, label = self.items[int(index)]
+    return {"image": path, "label": label, "_where": f"({path})"}

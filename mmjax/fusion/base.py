@@ -9,6 +9,8 @@ and builds what it needs:
   multi_stream       its output keeps one stream per modality (pooled per modality and
                      combined by pool_combine), else one joint stream pooled once
   projects_towers    towers of their own width are mapped to model width before `interact`
+  independent_streams  `interact` hands each modality's tower output through untouched (no
+                     token sees another modality): text packing (objectives.pack_text) is exact
   cost, exponents    the survey's attention cost per layer, and the asymptotic log-log
                      exponents it implies (all tokens doubling; N_B alone)
   attention_cost(n)  that cost as a formula of the token counts, weighted by stage depths
@@ -165,6 +167,7 @@ class FusionDesign:
   joint_output: ClassVar[bool] = True
   multi_stream: ClassVar[bool] = False
   projects_towers: ClassVar[bool] = True
+  independent_streams: ClassVar[bool] = False
 
   def __init__(self, cfg: FusionConfig):
     self.cfg = cfg
@@ -267,13 +270,15 @@ class Fusion(nn.Module):
   def __call__(self, inputs: Mapping[str, Tokens]):
     return self.interact(self.encode(inputs))
 
-  def encode(self, inputs: Mapping[str, Tokens]) -> Dict[str, Tokens]:
+  def encode(self, inputs: Mapping[str, Tokens],
+             segment_ids: Optional[Mapping[str, Any]] = None) -> Dict[str, Tokens]:
     """Per-modality towers (identity where depth is 0) for the modalities present, then
-    tower_proj_<m> where the tower has its own width. No modality sees another."""
-    out = {}
+    tower_proj_<m> where the tower has its own width. No modality sees another.
+    segment_ids {m: [B, N] int} (packed rows): a token attends only within its segment."""
+    out, segment_ids = {}, segment_ids or {}
     for m in self.modalities:
       if m in inputs:
-        tokens = self.towers[m](*inputs[m])
+        tokens = self.towers[m](*inputs[m], segment_ids.get(m))
         out[m] = (self.tower_proj[m](tokens) if m in self.tower_proj else tokens, inputs[m][1])
     return out
 

@@ -18,6 +18,7 @@ class DualEncoder(FusionDesign):
   towers_are_design = True
   joint_output = False
   projects_towers = False  # towers meet only in the contrastive projections
+  independent_streams = True  # MLM tokens are the text tower's own: packing is exact
 
   def attention_cost(self, n):
     return sum(self.cfg.depth_of(m) * k ** 2 for m, k in n.items())
