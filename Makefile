@@ -15,17 +15,17 @@ JAX_PLATFORMS ?= cpu
 .PHONY: venv test train clean
 venv: $(VENV)/.stamp
 
-$(VENV)/.stamp: requirements.txt pyproject.toml
+$(VENV)/.stamp: requirements.txt pyproject.toml constraints.txt
 	@test -n "$(PY312)" || { echo "error: python3.12 not found; install Python 3.12 (jax 0.12 needs it)"; exit 1; }
 	$(PY312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q -e ".[text]"
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q -e ".[text]" -c constraints.txt
 	touch $@
 
 # Tests also need the extras: pytest and chex, libtpu (pod compile), matplotlib (bench plots), scikit-learn (digits example), av and soundfile (mp4 / flac shard members).
-$(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
-	$(PY) -m pip install -q -e ".[test,tpu,bench,text,media]"
+$(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml constraints.txt
+	$(PY) -m pip install -q -e ".[test,tpu,bench,text,media]" -c constraints.txt
 	touch $@
 
 $(REF)/.stamp: requirements-reference.txt
