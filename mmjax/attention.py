@@ -7,6 +7,10 @@ Masks are expressed structurally, so every backend can take them on its fast pat
   q_segment_ids    [B, Nq] int    optional; a query attends only to keys of the same segment
   kv_segment_ids   [B, Nk] int    (packed sequences, modality blocks)
   causal           bool           query i attends only to keys j <= i (autoregressive text)
+  q_positions      [B, Nq] int    optional, with kv_positions [B, Nk]: key j is visible to
+  kv_positions                    query i only if kv_pos[j] <= q_pos[i]. One rule for causal
+                                  text (positions 0..N-1), prefix-LM (every prefix token at 0,
+                                  suffix tokens 1, 2, ...) and decoding against a kv cache.
 
 Computed: out[b,q,h] = sum_k softmax_k(q.k / sqrt(D) + bias) v[b,k,h], bias = -inf where masked.
 A query with no valid key at all (an absent modality) gets a defined output of zeros, never NaN.
@@ -42,7 +46,8 @@ def causal_mask(nq: int, nk: int):
 
 
 def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int] = None,
-              causal: bool = False, nk: Optional[int] = None):
+              causal: bool = False, nk: Optional[int] = None, q_positions=None,
+              kv_positions=None):
   """Dense boolean mask [B, 1, Nq, Nk] from the structural description (None if no masking)."""
   mask = None
   if kv_mask is not None:
@@ -50,6 +55,9 @@ def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int
   if q_segment_ids is not None and kv_segment_ids is not None:
     seg = q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
     mask = seg if mask is None else mask & seg
+  if q_positions is not None and kv_positions is not None:
+    pos = kv_positions[:, None, None, :] <= q_positions[:, None, :, None]
+    mask = pos if mask is None else mask & pos
   if causal:
     nk = nk if nk is not None else mask.shape[-1]
     tri = causal_mask(nq, nk)
@@ -59,9 +67,19 @@ def make_mask(kv_mask, q_segment_ids=None, kv_segment_ids=None, nq: Optional[int
   return mask
 
 
-def _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal=False):
+def _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal=False,
+                     q_positions=None, kv_positions=None):
   """[B, Nq] bool: does this query have at least one valid key?"""
   b, nq = q.shape[:2]
+  if q_positions is not None and kv_positions is not None:
+    if q_segment_ids is None or kv_segment_ids is None:  # the smallest valid key position
+      valid = (jnp.ones(kv_positions.shape, bool) if kv_mask is None else kv_mask)
+      big = jnp.iinfo(jnp.int32).max
+      first = jnp.min(jnp.where(valid, kv_positions.astype(jnp.int32), big), axis=-1)
+      return first[:, None] <= q_positions.astype(jnp.int32)
+    m = make_mask(kv_mask, q_segment_ids, kv_segment_ids, q_positions=q_positions,
+                  kv_positions=kv_positions)[:, 0]
+    return jnp.any(m, axis=-1)
   if kv_mask is None and q_segment_ids is None:
     return None
   if q_segment_ids is None or kv_segment_ids is None:
@@ -78,10 +96,10 @@ def _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal=False):
 
 
 def xla_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                  return_weights=False, causal=False):
+                  return_weights=False, causal=False, q_positions=None, kv_positions=None):
   """Reference path. With return_weights, also returns softmax weights [B, H, Nq, Nk]."""
   mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids, nq=q.shape[1], causal=causal,
-                   nk=k.shape[1])
+                   nk=k.shape[1], q_positions=q_positions, kv_positions=kv_positions)
   if not return_weights:
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     return out, None
@@ -116,22 +134,18 @@ def _unchunk(x, like):
 
 def _chunk_scores(qb, kb, qsb, ksb, qpb, kpb, scale):
   """Scaled scores [B, H, qc, kc] (f32) and their validity mask (same segment, and key
-  position <= query position; positions are all 0 unless causal)."""
+  position <= query position; positions [B, c] are all 0 unless causal / positioned)."""
   s = jnp.einsum("bqhd,bkhd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
-  valid = (qsb[:, None, :, None] == ksb[:, None, None, :]) & (qpb[:, None] >= kpb[None, :])
+  valid = ((qsb[:, None, :, None] == ksb[:, None, None, :])
+           & (qpb[:, None, :, None] >= kpb[:, None, None, :]))
   return s, valid
 
 
-def _positions(n, c, causal):
-  """[N / c, c] int32 token positions (all 0 when not causal: every key visible)."""
-  return (jnp.arange(n, dtype=jnp.int32) if causal else jnp.zeros((n,), jnp.int32)).reshape(-1, c)
-
-
-def _chunked_forward(q, k, v, qs, ks, qc, kc, causal):
+def _chunked_forward(q, k, v, qs, ks, qp, kp, qc, kc):
   """Online softmax over kv chunks inside a scan over q chunks; returns out and lse chunks."""
   b, _, h, d = q.shape
   scale = 1.0 / math.sqrt(d)
-  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc), _positions(k.shape[1], kc, causal))
+  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc), _chunks(kp, kc))
 
   def q_step(_, xs):
     qb, qsb, qpb = xs
@@ -161,29 +175,28 @@ def _chunked_forward(q, k, v, qs, ks, qc, kc, causal):
                     jnp.inf)
     return None, (out.transpose(0, 2, 1, 3).astype(q.dtype), lse)
 
-  _, (out, lse) = jax.lax.scan(
-      q_step, None, (_chunks(q, qc), _chunks(qs, qc), _positions(q.shape[1], qc, causal)))
+  _, (out, lse) = jax.lax.scan(q_step, None, (_chunks(q, qc), _chunks(qs, qc), _chunks(qp, qc)))
   return _unchunk(out, q), lse  # lse: [Nq / qc, B, H, qc]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _chunked_flash(q, k, v, qs, ks, qc, kc, causal):
-  return _chunked_forward(q, k, v, qs, ks, qc, kc, causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _chunked_flash(q, k, v, qs, ks, qp, kp, qc, kc):
+  return _chunked_forward(q, k, v, qs, ks, qp, kp, qc, kc)[0]
 
 
-def _chunked_flash_fwd(q, k, v, qs, ks, qc, kc, causal):
-  out, lse = _chunked_forward(q, k, v, qs, ks, qc, kc, causal)
-  return out, (q, k, v, qs, ks, out, lse)
+def _chunked_flash_fwd(q, k, v, qs, ks, qp, kp, qc, kc):
+  out, lse = _chunked_forward(q, k, v, qs, ks, qp, kp, qc, kc)
+  return out, (q, k, v, qs, ks, qp, kp, out, lse)
 
 
-def _chunked_flash_bwd(qc, kc, causal, res, do):
+def _chunked_flash_bwd(qc, kc, res, do):
   """FlashAttention-2 backward: per (q chunk, kv chunk) recompute p = exp(s - lse) and
   accumulate dq (carried over kv chunks) and dk, dv (carried over q chunks)."""
-  q, k, v, qs, ks, out, lse = res
+  q, k, v, qs, ks, qp, kp, out, lse = res
   scale = 1.0 / math.sqrt(q.shape[-1])
   delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
   delta = delta.reshape(delta.shape[0], delta.shape[1], -1, qc).transpose(2, 0, 1, 3)
-  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc), _positions(k.shape[1], kc, causal))
+  kv = (_chunks(k, kc), _chunks(v, kc), _chunks(ks, kc), _chunks(kp, kc))
 
   def q_step(dkv, xs):
     qb, qsb, qpb, dob, lseb, deltab = xs
@@ -207,16 +220,17 @@ def _chunked_flash_bwd(qc, kc, causal, res, do):
 
   zeros = jnp.zeros(kv[0].shape, jnp.float32)
   (dk, dv), dq = jax.lax.scan(q_step, (zeros, zeros),
-                              (_chunks(q, qc), _chunks(qs, qc), _positions(q.shape[1], qc, causal),
+                              (_chunks(q, qc), _chunks(qs, qc), _chunks(qp, qc),
                                _chunks(do, qc), lse, delta))
-  return _unchunk(dq, q), _unchunk(dk, k), _unchunk(dv, v), None, None
+  return _unchunk(dq, q), _unchunk(dk, k), _unchunk(dv, v), None, None, None, None
 
 
 _chunked_flash.defvjp(_chunked_flash_fwd, _chunked_flash_bwd)
 
 
 def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                      q_chunk: int = 512, kv_chunk: int = 512, causal: bool = False):
+                      q_chunk: int = 512, kv_chunk: int = 512, causal: bool = False,
+                      q_positions=None, kv_positions=None):
   """Memory-efficient attention: online softmax over kv chunks inside a scan over q chunks.
 
   Peak memory is O(q_chunk * kv_chunk) per (batch, head) for the scores, O(N * D) overall.
@@ -234,24 +248,32 @@ def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=
   ks = kv_segment_ids.astype(jnp.int32) if use_seg else jnp.zeros((b, nk), jnp.int32)
   if kv_mask is not None:
     ks = jnp.where(kv_mask, ks, KV_PAD_ID)
+  if q_positions is not None and kv_positions is not None:
+    qpos, kpos = q_positions.astype(jnp.int32), kv_positions.astype(jnp.int32)
+  elif causal:
+    qpos = jnp.broadcast_to(jnp.arange(nq, dtype=jnp.int32), (b, nq))
+    kpos = jnp.broadcast_to(jnp.arange(nk, dtype=jnp.int32), (b, nk))
+  else:
+    qpos, kpos = jnp.zeros((b, nq), jnp.int32), jnp.zeros((b, nk), jnp.int32)
   qp, qsp = _pad_to(q, 1, qc), _pad_to(qs, 1, qc, Q_PAD_ID)
   kp, vp, ksp = _pad_to(k, 1, kc), _pad_to(v, 1, kc), _pad_to(ks, 1, kc, KV_PAD_ID)
-  return _chunked_flash(qp, kp, vp, qsp, ksp, qc, kc, causal)[:, :nq]
+  qpp, kpp = _pad_to(qpos, 1, qc), _pad_to(kpos, 1, kc)  # padded rows / keys: masked by ids
+  return _chunked_flash(qp, kp, vp, qsp, ksp, qpp, kpp, qc, kc)[:, :nq]
 
 
 def cudnn_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                    causal=False):
+                    causal=False, q_positions=None, kv_positions=None):
   """cuDNN flash attention through jax.nn.dot_product_attention (GPU only)."""
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f"attention.impl=cudnn needs bf16/fp16 inputs, got {q.dtype}; "
                      "set model.dtype=bfloat16 or attention.impl=auto")
   return _even_lengths_attention(
       functools.partial(jax.nn.dot_product_attention, implementation="cudnn"), q, k, v,
-      kv_mask, q_segment_ids, kv_segment_ids, causal)
+      kv_mask, q_segment_ids, kv_segment_ids, causal, q_positions, kv_positions)
 
 
 def _even_lengths_attention(attend, q, k, v, kv_mask, q_segment_ids, kv_segment_ids,
-                            causal=False):
+                            causal=False, q_positions=None, kv_positions=None):
   """cuDNN trains with a mask only on even sequence lengths: pad Nq and Nk by one where odd
   (the extra key masked out, the extra query dropped) and pass a full [B, 1, Nq, Nk] mask."""
   nq, nk = q.shape[1], k.shape[1]
@@ -262,8 +284,10 @@ def _even_lengths_attention(attend, q, k, v, kv_mask, q_segment_ids, kv_segment_
   if q_segment_ids is not None:
     q_segment_ids = _pad_to(q_segment_ids, 1, 2, -1)
     kv_segment_ids = _pad_to(kv_segment_ids, 1, 2, -2)
+  if q_positions is not None:  # the extra key is masked by kv_mask; the extra query dropped
+    q_positions, kv_positions = _pad_to(q_positions, 1, 2), _pad_to(kv_positions, 1, 2)
   mask = make_mask(kv_mask, q_segment_ids, kv_segment_ids, nq=q.shape[1], causal=causal,
-                   nk=k.shape[1])
+                   nk=k.shape[1], q_positions=q_positions, kv_positions=kv_positions)
   return attend(q, k, v, mask=mask)[:, :nq]
 
 
@@ -293,14 +317,16 @@ def _pallas_ok(choice: str, q, k) -> bool:
     return False
 
 
-def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = False) -> str:
+def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = False,
+                positioned: bool = False) -> str:
   """Resolve `auto` to a concrete backend (logged once per distinct choice).
 
   TPU: pallas_tpu (splash) when head_dim is 64 or a multiple of 128 and both lengths >= 256.
   GPU: cudnn when its constraints hold (bf16/fp16, head_dim % 8 == 0, <= 128, 256 on Hopper);
        else pallas_gpu (any dtype, head_dim <= 256) when both lengths >= 256.
   Otherwise (CPU, or short sequences): chunked when Nq * Nk >= 4096^2, else xla.
-  Causal attention never resolves to the Pallas kernels (their masks here are not causal).
+  Causal or positioned attention (q/kv positions: prefix-LM, decoding) never resolves to the
+  Pallas kernels: splash takes static masks only, and short decoder steps gain nothing there.
   """
   if impl not in IMPLS:
     raise ValueError(f"unknown attention.impl={impl!r}; choose one of {', '.join(IMPLS)}")
@@ -309,7 +335,7 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = 
   platform = platform or jax.default_backend()
   nq, nk = q.shape[1], k.shape[1]
   long_enough = min(nq, nk) >= _PALLAS_MIN_LEN
-  if causal and impl == "auto":
+  if causal or positioned:
     long_enough = False
   if platform == "tpu" and long_enough and _pallas_ok("pallas_tpu", q, k):
     choice = "pallas_tpu"
@@ -331,26 +357,38 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = 
 
 def attention_kernel(q, k, v, *, impl: str = "auto", kv_mask=None, q_segment_ids=None,
                      kv_segment_ids=None, return_weights: bool = False,
-                     chunk_size: int = 512, causal: bool = False):
+                     chunk_size: int = 512, causal: bool = False, q_positions=None,
+                     kv_positions=None):
   """The one dispatch point. Returns (out [B, Nq, H, D], weights [B, H, Nq, Nk] or None)."""
-  choice = "xla" if return_weights else choose_impl(impl, q, k, causal=causal)
+  if (q_positions is None) != (kv_positions is None):
+    raise ValueError("attention needs both q_positions and kv_positions, or neither")
+  positioned = q_positions is not None
+  if positioned and causal:
+    raise ValueError("attention takes causal=True or q/kv positions, not both (positions "
+                     "0..N-1 are the causal mask)")
+  choice = "xla" if return_weights else choose_impl(impl, q, k, causal=causal,
+                                                     positioned=positioned)
   kv_mask = None if kv_mask is None else kv_mask.astype(bool)
   masks = dict(kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+  pos = dict(q_positions=q_positions, kv_positions=kv_positions)
   weights = None
   if choice == "xla":
-    out, weights = xla_attention(q, k, v, return_weights=return_weights, causal=causal, **masks)
+    out, weights = xla_attention(q, k, v, return_weights=return_weights, causal=causal,
+                                 **masks, **pos)
   elif choice == "chunked":
     out = chunked_attention(q, k, v, q_chunk=chunk_size, kv_chunk=chunk_size, causal=causal,
-                            **masks)
+                            **masks, **pos)
   elif choice == "cudnn":
-    out = cudnn_attention(q, k, v, causal=causal, **masks)
+    out = cudnn_attention(q, k, v, causal=causal, **masks, **pos)
   else:
-    if causal:
-      raise ValueError(f"attention.impl={choice} has no causal mask yet (a causal text tower "
-                       "is configured); use attention.impl=auto, xla, chunked or cudnn")
+    if causal:  # the Pallas kernels see causality as positions 0..N-1
+      b, nq, nk = q.shape[0], q.shape[1], k.shape[1]
+      pos = dict(q_positions=jnp.broadcast_to(jnp.arange(nq, dtype=jnp.int32), (b, nq)),
+                 kv_positions=jnp.broadcast_to(jnp.arange(nk, dtype=jnp.int32), (b, nk)))
     from mmjax import kernels  # pylint: disable=import-outside-toplevel
-    out = kernels.pallas_attention(choice, q, k, v, **masks)
-  rows = _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal)
+    extra = {k_: v_ for k_, v_ in pos.items() if v_ is not None}
+    out = kernels.pallas_attention(choice, q, k, v, **masks, **extra)
+  rows = _rows_with_a_key(q, kv_mask, q_segment_ids, kv_segment_ids, causal, **pos)
   if rows is not None:  # a query with nothing to attend to outputs zeros, never NaN
     out = jnp.where(rows[:, :, None, None], out, jnp.zeros((), out.dtype))
   return out, weights
@@ -372,6 +410,11 @@ class MultiHeadAttention(nn.Module):
   'intermediates' collection as 'attention_weights' (for inspection; forces the xla path).
   Its analytic attention-core FLOPs are sown into 'attn_flops' (summed by
   mmjax.summary.sown_attention_flops).
+
+  Decoding: with `cache=(k [B, S, H, D], v [B, S, H, D], index)` the projections of the new
+  tokens x_kv (n of them, at positions index..index+n-1) are written into the cache at
+  `index`, the queries attend to every cached slot whose position is <= their own, and the
+  call returns (out, (k', v', index + n)). Equal to the uncached causal pass (tested).
   """
   num_heads: int
   head_dim: int
@@ -384,7 +427,7 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_q, x_kv=None, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-               causal: bool = False):
+               causal: bool = False, q_positions=None, kv_positions=None, cache=None):
     x_kv = x_q if x_kv is None else x_kv
     e, h, d = x_q.shape[-1], self.num_heads, self.head_dim
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
@@ -408,15 +451,27 @@ class MultiHeadAttention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+    new_cache = None
+    if cache is not None:
+      k_cache, v_cache, index = cache
+      n, slots = k.shape[1], k_cache.shape[1]
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+      new_cache = (k, v, index + n)
+      b_ = q.shape[0]
+      q_positions = jnp.broadcast_to(index + jnp.arange(n, dtype=jnp.int32), (b_, n))
+      kv_positions = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b_, slots))
+      causal = False
     out, weights = attention_kernel(
         q, k, v, impl=self.impl, kv_mask=kv_mask, q_segment_ids=q_segment_ids,
         kv_segment_ids=kv_segment_ids, return_weights=self.capture_weights,
-        chunk_size=self.chunk_size, causal=causal)
+        chunk_size=self.chunk_size, causal=causal, q_positions=q_positions,
+        kv_positions=kv_positions)
     if weights is not None:
       self.sow("intermediates", "attention_weights", weights)
     b, nq, _ = x_q.shape
     self.sow("attn_flops", "flops",
-             jnp.asarray(attention_core_flops(b, nq, x_kv.shape[1], self.num_heads, self.head_dim),
+             jnp.asarray(attention_core_flops(b, nq, k.shape[1], self.num_heads, self.head_dim),
                          jnp.float32))
     w_out = self.param("out_kernel", nn.with_logical_partitioning(
         nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
@@ -424,4 +479,5 @@ class MultiHeadAttention(nn.Module):
     b_out = self.param("out_bias", nn.with_logical_partitioning(
         nn.initializers.zeros, ("embed",)), (e,), self.param_dtype)
     out, w_out, b_out = nn.dtypes.promote_dtype(out, w_out, b_out, dtype=self.dtype)
-    return jnp.einsum("bnhd,hde->bne", out, w_out) + b_out
+    out = jnp.einsum("bnhd,hde->bne", out, w_out) + b_out
+    return out if cache is None else (out, new_cache)

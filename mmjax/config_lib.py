@@ -34,13 +34,17 @@ from mmjax.tokenizers import EMBEDDERS
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PATCH_KINDS = ("image", "video", "audio")
 # Modality-config keys that describe the data (not embedder options), and that size a tower.
-DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim")
+DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim", "region_classes")
 TOWER_KEYS = ("width", "heads", "mlp_dim", "causal", "activation", "norm_eps", "key_bias")
 # Modality keys of the model around the tower: its pooling, its contrastive projection.
 HEAD_KEYS = ("pool", "proj", "proj_bias")
 MODALITY_POOLS = ("cls", "mean", "last", "map")
-# Heads the model can carry, one per objective family (model.heads selects them).
+# Heads the model can carry, one per objective family (model.objective_heads selects them).
+# 'all' means the first five; the heads of the generative, ordering and region objectives
+# below are built when their loss weight is positive (or when objective_heads names them), so
+# models and checkpoints without those objectives keep exactly their parameters.
 HEADS = ("contrastive", "sigmoid", "itm", "mlm", "mim")
+EXTRA_HEADS = ("caption", "prefix_lm", "frame_order", "sentence_order", "mrc", "mrfr")
 DEPTH_KEYS = ("unimodal", "joint", "post", "cross")
 # Keys older configs carry that nothing reads any more.
 IGNORED_KEYS = ("eval_every_steps",)
@@ -64,6 +68,7 @@ class ModalityConfig:
   channels: int = 3
   feature_dim: int = 2048
   in_dim: int = 16
+  region_classes: int = 0  # regions: the detector's classes (masked region classification)
   tower: Optional[BlockConfig] = None  # set when width / heads / mlp_dim / ... are its own
   pool: str = ""          # cls | mean | last | map (attention-pool head); '' = model.pool
   proj: bool = True       # contrastive projection proj_<m>; False: the pooled tower itself
@@ -97,6 +102,18 @@ class ModelConfig:
   modalities: Tuple[ModalityConfig, ...]
   embed_dim: int = 128
   objective_heads: Tuple[str, ...] = HEADS  # heads built (an imported CLIP: contrastive only)
+  decoder_depth: int = 2      # captioning decoder layers (mmjax.decoder), with 'caption'
+  caption_from: str = ""      # the modality the decoder reads ('' = the first non-text one)
+  order_segments: int = 3     # sentence ordering: text bodies cut into this many segments
+
+  @property
+  def caption_text(self) -> str:
+    """The text modality that captions / prefix-LM / sentence ordering work on (the first)."""
+    return next((m.name for m in self.modalities if m.kind == "text"), "")
+
+  @property
+  def caption_source(self) -> str:
+    return self.caption_from or next((m.name for m in self.modalities if m.kind != "text"), "")
 
   @property
   def names(self) -> Tuple[str, ...]:
@@ -130,6 +147,14 @@ class ObjectivesConfig:
   # pack_rows rows per step (0 = batch_size, which always fits). Text-tower designs only.
   pack_text: bool = False
   pack_rows: int = 0
+  # Captioning (loss_weights.caption): the fraction of examples trained with CapPa's parallel
+  # prediction (every decoder input a [MASK]) instead of teacher forcing.
+  cappa_fraction: float = 0.0
+  # Prefix-LM (loss_weights.prefix_lm): True draws the text prefix length per example
+  # (SimVLM); False keeps only [CLS] in the prefix (the other modality is the prefix).
+  prefix_random: bool = True
+  frame_order_ratio: float = 0.5  # frame ordering: fraction of tubelet groups shuffled
+  mrm_ratio: float = 0.15         # masked region modelling: fraction of regions masked
 
   def weight(self, name: str) -> float:
     return dict(self.weights).get(name, 0.0)
@@ -175,8 +200,16 @@ class EvalConfig:
   probe_train_examples: int = 2000
   probe_l2: Tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
   probe_holdout: float = 0.2
+  # caption: greedy (beam 1) or beam search with GNMT length penalty alpha; max_len 0 =
+  # data.text_len
+  caption_beam: int = 1
+  caption_alpha: float = 0.0
+  caption_max_len: int = 0
 
   def __post_init__(self):
+    if self.caption_beam < 1 or self.caption_max_len < 0:
+      raise ConfigError(f"eval.caption_beam={self.caption_beam} must be >= 1 and "
+                        f"eval.caption_max_len={self.caption_max_len} >= 0 (0 = data.text_len)")
     if self.probe_train_examples < 2:
       raise ConfigError(f"eval.probe_train_examples={self.probe_train_examples} must be >= 2")
     if not self.probe_l2 or min(self.probe_l2) <= 0:
@@ -273,7 +306,8 @@ FUSION_KEYS = tuple(f.name for f in dataclasses.fields(fusion_lib.FusionConfig)
                                       "cross_depth"))
 _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
                "remat", "scan", "dropout", "depth", "modalities", "activation", "norm_eps",
-               "key_bias", "objective_heads") + FUSION_KEYS
+               "key_bias", "objective_heads", "decoder_depth", "caption_from",
+               "order_segments") + FUSION_KEYS
 
 
 def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
@@ -302,7 +336,8 @@ def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
       tower = dataclasses.replace(base, width=width, num_heads=heads, mlp_dim=mlp, **extra)
     except ValueError as e:
       raise ConfigError(f"model.modalities.{name}: {e}") from None
-  data = {k: o[k] for k in ("input_shape", "channels", "feature_dim", "in_dim") if k in o}
+  data = {k: o[k] for k in ("input_shape", "channels", "feature_dim", "in_dim", "region_classes")
+          if k in o}
   if "input_shape" in data:
     data["input_shape"] = tuple(int(s) for s in data["input_shape"])
   head = {k: o[k] for k in HEAD_KEYS if k in o}
@@ -342,18 +377,27 @@ def _model(mc, att) -> ModelConfig:
                       f"pool_combine={fcfg.pool_combine!r}; use pool_combine='concat'")
   heads = mc.get("objective_heads", "all")
   heads = HEADS if heads == "all" else tuple(_plain(heads))
-  bad = [h for h in heads if h not in HEADS]
+  bad = [h for h in heads if h not in HEADS + EXTRA_HEADS]
   if bad:
-    raise ConfigError(f"unknown model.objective_heads {bad}; choose from {', '.join(HEADS)} "
-                      "or 'all'")
+    raise ConfigError(f"unknown model.objective_heads {bad}; choose from "
+                      f"{', '.join(HEADS + EXTRA_HEADS)} or 'all'")
   embed_dim = int(mc.get("embed_dim", 128))
   for m in mods:
     width = (m.tower or block).width
     if not m.proj and width != embed_dim:
       raise ConfigError(f"model.modalities.{m.name}.proj=False needs the tower width {width} "
                         f"to equal model.embed_dim={embed_dim}; set one to the other")
+  names = [m.name for m in mods]
+  caption_from = str(mc.get("caption_from", ""))
+  if caption_from and caption_from not in names:
+    raise ConfigError(f"model.caption_from={caption_from!r} is not a modality; use one of "
+                      f"{', '.join(names)}")
+  for k in ("decoder_depth", "order_segments"):
+    if int(mc.get(k, 1)) < 1:
+      raise ConfigError(f"model.{k}={mc.get(k)} must be >= 1")
   return ModelConfig(fusion=fcfg, block=block, modalities=mods, embed_dim=embed_dim,
-                     objective_heads=heads)
+                     objective_heads=heads, decoder_depth=int(mc.get("decoder_depth", 2)),
+                     caption_from=caption_from, order_segments=int(mc.get("order_segments", 3)))
 
 
 def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
@@ -369,7 +413,62 @@ def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
     raise ConfigError(f"loss_weights.{headless[0]} > 0 but the model has no {headless[0]} head "
                       f"(model.objective_heads={list(model.objective_heads)}); add it there")
   o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
-  return ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
+  out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
+  check_extra_objectives(out, model)
+  return out
+
+
+def check_extra_objectives(o: ObjectivesConfig, model: ModelConfig) -> None:
+  """One-line errors for the generative, ordering and region objectives: the stream each one
+  needs, and its settings."""
+  kinds = {m.name: m.kind for m in model.modalities}
+  have = lambda kind: [n for n, k in kinds.items() if k == kind]
+  name = model.fusion.name
+  if o.weight("caption") > 0 or o.weight("prefix_lm") > 0:
+    which = "caption" if o.weight("caption") > 0 else "prefix_lm"
+    if not have("text") or not [n for n, k in kinds.items() if k != "text"]:
+      raise ConfigError(f"loss_weights.{which} needs a text modality and another one to "
+                        f"describe; the model has {kinds}; set loss_weights.{which}=0")
+    if model.caption_source in have("text"):
+      raise ConfigError(f"model.caption_from={model.caption_source!r} is text; name the "
+                        "modality to caption (image, video, audio)")
+    if model.modality(model.caption_text).option("add_cls"):
+      raise ConfigError(f"loss_weights.{which} needs model.modalities.{model.caption_text}."
+                        "add_cls=False (the tokenizer's [CLS] starts the caption)")
+  if o.weight("prefix_lm") > 0 and not model.design.prefix_lm:
+    raise ConfigError(f"objective 'prefix_lm' is not available with fusion {name!r}: it needs "
+                      "one joint stream over [other modality; text] (early_concat or "
+                      "hier_multi_to_one); set loss_weights.prefix_lm=0 or use "
+                      "loss_weights.caption (a decoder that works with any fusion)")
+  if o.weight("frame_order") > 0:
+    videos = have("video")
+    if not videos:
+      raise ConfigError(f"loss_weights.frame_order needs a video modality; the model has "
+                        f"{kinds}; set loss_weights.frame_order=0")
+    for v in videos:
+      m = model.modality(v)
+      t = tuple(m.option("tubelet"))[0]
+      if not m.input_shape or m.input_shape[0] // t < 2:
+        raise ConfigError(f"loss_weights.frame_order needs model.modalities.{v}.input_shape "
+                          f"(T, H, W, C) with at least 2 tubelet groups of {t} frames")
+  if o.weight("sentence_order") > 0 and not have("text"):
+    raise ConfigError(f"loss_weights.sentence_order needs a text modality; the model has "
+                      f"{kinds}; set loss_weights.sentence_order=0")
+  for k in ("mrc", "mrfr"):
+    if o.weight(k) > 0:
+      regions = have("regions")
+      if not regions:
+        raise ConfigError(f"loss_weights.{k} (masked region modelling) needs a regions "
+                          f"modality; the model has {kinds}; set loss_weights.{k}=0")
+      if k == "mrc" and any(model.modality(r).region_classes < 2 for r in regions):
+        raise ConfigError(f"loss_weights.mrc needs model.modalities.{regions[0]}."
+                          "region_classes (the detector's number of classes, e.g. 1601)")
+  if not 0.0 <= o.cappa_fraction <= 1.0:
+    raise ConfigError(f"objectives.cappa_fraction={o.cappa_fraction} must be in [0, 1]")
+  for k in ("frame_order_ratio", "mrm_ratio"):
+    v = getattr(o, k)
+    if not (math.isfinite(v) and 0.0 < v <= 1.0):
+      raise ConfigError(f"objectives.{k}={v} must be in (0, 1]")
 
 
 def freeze_entries(freeze) -> Tuple[str, ...]:
@@ -485,8 +584,13 @@ def parse_model(config) -> ModelConfig:
   if isinstance(config, ModelConfig):
     return config
   model = _model(config.model, config.get("attention"))
+  weights = config.get("loss_weights") or {}
+  extra = tuple(h for h in EXTRA_HEADS if float(weights.get(h, 0.0)) > 0
+                and h not in model.objective_heads)
+  if extra:  # the heads of the objectives that train (config_lib.EXTRA_HEADS)
+    model = dataclasses.replace(model, objective_heads=model.objective_heads + extra)
   if "data" in config:  # data and model meet: the text ids come from the tokenizer
-    mlm = float((config.get("loss_weights") or {}).get("mlm", 0.0)) > 0
+    mlm = float(weights.get("mlm", 0.0)) > 0
     model = text_ids(model, config.data, mlm)
   if type(model.design).validate_lengths is not fusion_lib.FusionDesign.validate_lengths:
     try:

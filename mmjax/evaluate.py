@@ -16,10 +16,11 @@ import numpy as np
 from mmjax import checkpoint as ckpt_lib
 from mmjax import cli, config_lib, models, sharding, train_lib
 from mmjax.data import builtin, pipeline, prompts, sources, text as text_lib
-from mmjax.evaluators import itm, linear_probe, masked, retrieval, zero_shot
+from mmjax.evaluators import captioning, itm, linear_probe, masked, ordering, retrieval, zero_shot
 from mmjax.evaluators.common import Evaluated
 
-EVALUATORS = ("zero_shot", "retrieval", "itm", "mlm", "mim", "linear_probe")
+EVALUATORS = ("zero_shot", "retrieval", "itm", "mlm", "mim", "linear_probe", "caption",
+              "frame_order")
 
 
 def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, overrides=None,
@@ -229,7 +230,25 @@ def run(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
     results.update(itm.evaluate(ev, batches))
   if "mlm" in names or "mim" in names:
     results.update(masked.evaluate(ev, batches))
+  if "caption" in names:
+    results.update(_captioning(config, model, params, mesh, ev, batches))
+  if "frame_order" in names:
+    results.update(ordering.evaluate(ev, batches, config.objectives.frame_order_ratio,
+                                     config.seed))
   return results
+
+
+def _captioning(config, model, params, mesh, ev, batches) -> Dict[str, Any]:
+  heads = config.model.objective_heads
+  if "caption" not in heads and "prefix_lm" not in heads:
+    return {"caption/skipped": "the model has no captioning decoder or prefix-LM head "
+                               "(loss_weights.caption / prefix_lm)"}
+  from mmjax import generate  # pylint: disable=import-outside-toplevel
+  gen = generate.for_config(config, model, params, mesh)
+  e = config.eval
+  return captioning.evaluate(ev, batches, gen, text_lib.from_config(config.data),
+                             max_len=e.caption_max_len or config.data.text_len,
+                             beam=e.caption_beam, alpha=e.caption_alpha, seed=config.seed)
 
 
 def _linear_probe(config, ev, test_batches, labelled: bool, n_dev: int) -> Dict[str, Any]:
@@ -252,6 +271,8 @@ def format_table(results: Dict[str, Any]) -> str:
   for k, v in results.items():
     if isinstance(v, float):
       v = f"{v:.4f}"
+    if isinstance(v, (list, tuple)):  # caption samples: one per line
+      v = "\n".join([""] + [f"    {x}" for x in v])
     rows.append((k, str(v)))
   w = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

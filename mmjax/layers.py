@@ -109,15 +109,21 @@ class Mlp(nn.Module):
 
 class EncoderBlock(nn.Module):
   """Pre-LN self-attention block (causal when cfg.causal). x [B, N, E], mask [B, N] ->
-  [B, N, E]."""
+  [B, N, E]. positions [B, N] int (optional; prefix-LM): token i sees token j only if
+  positions[j] <= positions[i] (mmjax.attention)."""
   cfg: BlockConfig
 
   @nn.compact
-  def __call__(self, x, mask, segment_ids=None):
+  def __call__(self, x, mask, segment_ids=None, positions=None):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     h = _layer_norm(self.cfg, "ln_attn")(x)
+    causal = self.cfg.causal
+    if positions is not None and causal:  # a causal tower inside a prefix-LM pass stays causal
+      positions = positions * x.shape[1] + jnp.arange(x.shape[1], dtype=positions.dtype)
+      causal = False
     h = _mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
-                               kv_segment_ids=segment_ids, causal=self.cfg.causal)
+                               kv_segment_ids=segment_ids, causal=causal,
+                               q_positions=positions, kv_positions=positions)
     x = x + dropout(self, self.cfg.dropout, h)
     h = Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_mlp")(x))
     return x + dropout(self, self.cfg.dropout, h)
@@ -169,8 +175,8 @@ class _ScanBlock(nn.Module):
   cfg: BlockConfig
 
   @nn.compact
-  def __call__(self, x, mask, segment_ids):
-    return EncoderBlock(self.cfg, name="block")(x, mask, segment_ids), None
+  def __call__(self, x, mask, segment_ids, positions):
+    return EncoderBlock(self.cfg, name="block")(x, mask, segment_ids, positions), None
 
 
 class Encoder(nn.Module):
@@ -178,13 +184,14 @@ class Encoder(nn.Module):
   and rematerialized with a named policy, closed by a final LayerNorm.
 
   x [B, N, E], mask [B, N] -> [B, N, E]. depth 0 is the identity (no final norm).
+  segment_ids / positions [B, N] (optional) restrict attention (EncoderBlock).
   """
   cfg: BlockConfig
   depth: int
   final_norm: bool = True
 
   @nn.compact
-  def __call__(self, x, mask, segment_ids=None):
+  def __call__(self, x, mask, segment_ids=None, positions=None):
     if self.depth == 0:
       return x
     cfg = self.cfg
@@ -198,15 +205,16 @@ class Encoder(nn.Module):
       stack = nn.scan(
           block, length=self.depth, variable_axes={"params": 0, "intermediates": 0,
                                                    "attn_flops": 0},
-          split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, name="layers")(x, mask, segment_ids)
+      x, _ = stack(cfg, name="layers")(x, mask, segment_ids, positions)
     else:
       block = EncoderBlock
       if cfg.remat != "none":
         block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat])
       for i in range(self.depth):
-        x = block(cfg, name=f"layer_{i}")(x, mask, segment_ids)
+        x = block(cfg, name=f"layer_{i}")(x, mask, segment_ids, positions)
     if self.final_norm:
       x = _layer_norm(cfg, "ln_final")(x)
     return x

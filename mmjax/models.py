@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import decoder as decoder_lib
 from mmjax import fusion as fusion_lib
-from mmjax import masking, packing
+from mmjax import masking, ordering, packing
 from mmjax.layers import MAPHead, l2_normalize
 from mmjax.config_lib import PATCH_KINDS, ModelConfig, ObjectivesConfig, parse_model
 from mmjax.tokenizers import build_embedder, patchify_image, patchify_spectrogram, patchify_video
@@ -88,7 +89,29 @@ class MultimodalModel(nn.Module):
     self.mlm_norms = {m: nn.LayerNorm(dtype=blk.dtype, param_dtype=blk.param_dtype,
                                       name=f"mlm_ln_{m}") for m in self.mlm_heads}
     self.mim_heads = {m.name: dense(m.patch_dim, f"mim_head_{m.name}")
-                      for m in cfg.modalities if m.kind != "text" and "mim" in heads}
+                      for m in cfg.modalities if m.kind != "text" and m.kind != "regions"
+                      and "mim" in heads}
+    # Generative, ordering and region heads (built only with their objective, config_lib).
+    self.caption_decoder = None
+    if "caption" in heads:
+      t = cfg.modality(cfg.caption_text)
+      self.caption_decoder = decoder_lib.CaptionDecoder(
+          t.tower or blk, cfg.decoder_depth, t.option("vocab_size"), name="caption_decoder")
+    texts = [m for m in cfg.modalities if m.kind == "text"]
+    self.lm_heads = {m.name: dense(m.option("vocab_size"), f"lm_head_{m.name}",
+                                   ("embed", "vocab")) for m in texts[:1] if "prefix_lm" in heads}
+    self.lm_norms = {m: nn.LayerNorm(dtype=blk.dtype, param_dtype=blk.param_dtype,
+                                     name=f"lm_ln_{m}") for m in self.lm_heads}
+    self.frame_order_heads = {
+        m.name: dense(self.frame_groups(m.name), f"frame_order_head_{m.name}")
+        for m in cfg.modalities if m.kind == "video" and "frame_order" in heads}
+    self.sentence_order_heads = {m.name: dense(cfg.order_segments, f"sentence_order_head_{m.name}")
+                                 for m in texts[:1] if "sentence_order" in heads}
+    regions = [m for m in cfg.modalities if m.kind == "regions"]
+    self.mrc_heads = {m.name: dense(m.region_classes, f"mrc_head_{m.name}")
+                      for m in regions if "mrc" in heads}
+    self.mrfr_heads = {m.name: dense(m.feature_dim, f"mrfr_head_{m.name}")
+                       for m in regions if "mrfr" in heads}
     # CLIP temperature (log scale), SigLIP temperature and bias.
     if "contrastive" in heads:
       self.logit_scale = self.param("logit_scale",
@@ -168,7 +191,53 @@ class MultimodalModel(nn.Module):
       self.mlm_logits(m, out["tokens"][m])
     for m in self.mim_heads:
       self.mim_prediction(m, out["tokens"][m])
+    if self.caption_decoder is not None:
+      t = self.cfg.caption_text
+      self.caption_logits(batch[t][:, :-1], *encoded[self.cfg.caption_source])
+    for m in self.lm_heads:
+      self.lm_logits(m, out["tokens"][m])
+    for m in self.frame_order_heads:
+      self.frame_order_logits(m, out["tokens"][m])
+    for m, head in self.sentence_order_heads.items():
+      head(out["tokens"][m])
+    for heads in (self.mrc_heads, self.mrfr_heads):
+      for m, head in heads.items():
+        head(out["tokens"][m])
     return out
+
+  # -- generative and ordering heads ----------------------------------------------------------
+
+  def frame_groups(self, modality: str) -> int:
+    """Tubelet groups G = T / t of a video modality's configured input (frame ordering)."""
+    m = self.cfg.modality(modality)
+    return m.input_shape[0] // tuple(m.option("tubelet"))[0] if m.input_shape else 1
+
+  def caption_logits(self, ids, memory, memory_mask, cache=None, positions=None):
+    """The captioning decoder on caption ids [B, n] (at `positions` [B, n], default 0..n-1)
+    reading memory [B, Nm, Dm] -> (logits [B, n, V] float32, cache' or None)."""
+    emb = self.embedders[self.cfg.caption_text]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+    tokens, _ = emb(ids, positions=positions)
+    return self.caption_decoder(tokens, memory, memory_mask, cache)
+
+  def caption_memory(self, batch):
+    """(tokens [B, Nm, D], mask [B, Nm]) the decoder reads: the caption source's tower output."""
+    src = self.cfg.caption_source
+    keep = {k: v for k, v in batch.items() if k in (src, f"{src}_valid")}
+    return self.encode(self.embed(keep))[src]
+
+  def lm_logits(self, modality: str, tokens):
+    return self.lm_heads[modality](self.lm_norms[modality](tokens)).astype(jnp.float32)
+
+  def frame_order_logits(self, modality: str, tokens):
+    """Video stream tokens [B, (1 +) G*S, D] -> [B, G, G]: each tubelet group's tokens
+    mean-pooled, then classified into its original group index."""
+    start = 1 if self.embedders[modality].add_cls else 0
+    g = self.frame_groups(modality)
+    x = tokens[:, start:]
+    x = x.reshape(x.shape[0], g, x.shape[1] // g, x.shape[2]).mean(axis=2)
+    return self.frame_order_heads[modality](x).astype(jnp.float32)
 
   # -- pretraining ----------------------------------------------------------------------------
 
@@ -196,14 +265,24 @@ class MultimodalModel(nn.Module):
       mlm         {m: (logits [B, L, V], targets [B, L], weights [B, L])}  BERT-masked text;
                   [R, L, ...] packed rows when the batch has `<m>_pack_index` (packed_mlm)
       mim         {m: (pred [B, N, P], target [B, N, P], weights [B, N])}  masked patches
+      caption     (logits [B, L-1, V], targets [B, L-1], weights [B, L-1])  the decoder on
+                  the caption source's tower output (teacher forcing; CapPa rows all [MASK])
+      prefix_lm   (logits [B, L-1, V], targets, weights)  the joint stream under the prefix-LM
+                  mask; weights only on suffix targets
+      frame_order {m: (logits [B, G, G], targets [B, G], weights [B, G])}  shuffled groups
+      sentence_order  {m: (logits [B, L, K], targets [B, L], weights [B, L])}
+      mrc, mrfr   {m: (logits [B, N, C], detector dist [B, N, C], weights)},
+                  {m: (pred [B, N, F], features [B, N, F], weights [B, N])}  masked regions
     Text masking uses the text embedder's special ids; rng draws every mask and negative.
     """
     active = set(objectives.active)
     mods = self.modalities
     rng_itm, rng_mlm, rng_mim = jax.random.split(rng, 3)
     out: Dict[str, Any] = {}
-    if (set(ALIGNMENT) | {"itm"}) & active:
+    encoded = None
+    if (set(ALIGNMENT) | {"itm", "caption"}) & active:
       encoded = self.encode(self.embed(batch))
+    if (set(ALIGNMENT) | {"itm"}) & active:
       emb = {m: z.astype(jnp.float32) for m, z in self.contrastive_embedding(encoded).items()}
       out.update(embeddings=emb, pairs=list(itertools.combinations(mods, 2)))
       if "contrastive" in self.cfg.objective_heads:
@@ -212,13 +291,23 @@ class MultimodalModel(nn.Module):
         out.update(sigmoid_t=self.sigmoid_t, sigmoid_b=self.sigmoid_b)
       if "itm" in active:
         out["itm"] = self._itm(encoded, emb, rng_itm)
+    if "caption" in active:
+      out["caption"] = self._caption(batch, encoded, jax.random.fold_in(rng, 11),
+                                     objectives.cappa_fraction)
+    if "prefix_lm" in active:
+      out["prefix_lm"] = self._prefix_lm(batch, jax.random.fold_in(rng, 12),
+                                         objectives.prefix_random)
+    if {"frame_order", "sentence_order"} & active:
+      out.update(self._ordering(batch, jax.random.fold_in(rng, 13), objectives))
     text = [m for m in mods if self.cfg.modality(m).kind == "text" and "mlm" in active]
     patches = [m for m in mods if self.cfg.modality(m).kind in PATCH_KINDS and "mim" in active]
+    regions = [m for m in mods if self.cfg.modality(m).kind == "regions"
+               and {"mrc", "mrfr"} & active]
     packed = [m for m in text if f"{m}_pack_index" in batch]
     if packed and not self.cfg.design.independent_streams:
       raise ValueError(f"packed text needs a fusion whose text tower is encoded on its own "
                        f"(dual_encoder); {self.cfg.fusion.name} mixes text with other tokens")
-    if text or patches:
+    if text or patches or regions:
       masked, mlm, mim, mim_masks = dict(batch), {}, {}, {}
       for m in text:
         emb_m = self.embedders[m]
@@ -234,6 +323,12 @@ class MultimodalModel(nn.Module):
             jax.random.fold_in(rng_mim, mods.index(m)), target.shape[0], target.shape[1],
             objectives.mim_ratio)
         mim[m] = target
+      for m in regions:
+        x = batch[m]
+        valid = x.get("mask", jnp.ones(x["features"].shape[:2], bool))
+        mim_masks[m] = masking.random_patch_mask(
+            jax.random.fold_in(rng_mim, 100 + mods.index(m)), valid.shape[0], valid.shape[1],
+            objectives.mrm_ratio) & valid
       out["mlm"] = {m: self.packed_mlm(m, masked[m], batch[f"{m}_pack_index"], *mlm[m],
                                        batch.get(f"{m}_valid")) for m in packed}
       if packed:  # independent streams: the other towers' tokens are what interact returns
@@ -251,6 +346,112 @@ class MultimodalModel(nn.Module):
         n = mim[m].shape[1]
         pred = self.mim_prediction(m, fused["tokens"][m][:, start:start + n])
         out["mim"][m] = (pred, mim[m], mim_masks[m].astype(jnp.float32))
+      for m in regions:
+        start = 1 if self.embedders[m].add_cls else 0
+        x, w = batch[m], mim_masks[m].astype(jnp.float32)
+        tokens = fused["tokens"][m][:, start:start + x["features"].shape[1]]
+        if m in self.mrc_heads:
+          if "label_dist" not in x:
+            raise ValueError(f"loss_weights.mrc needs the detector's class distribution "
+                             f"batch['{m}']['label_dist'] [B, N, C]; give it or set mrc=0")
+          out.setdefault("mrc", {})[m] = (self.mrc_heads[m](tokens).astype(jnp.float32),
+                                          x["label_dist"], w)
+        if m in self.mrfr_heads:
+          out.setdefault("mrfr", {})[m] = (self.mrfr_heads[m](tokens).astype(jnp.float32),
+                                           x["features"], w)
+    return out
+
+  def _caption(self, batch, encoded, rng, cappa_fraction: float):
+    """Teacher-forced captioning of the caption source (decoder.teacher_forcing). A fraction
+    of rows (CapPa) sees only [MASK] inputs: with inputs that carry no content, causal and
+    full attention see the same information (memory and positions), so the same decoder
+    does parallel prediction and its one forward pass decodes them."""
+    t = self.cfg.caption_text
+    emb, ids = self.embedders[t], batch[t]
+    mask = emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+    valid = batch.get(f"{t}_valid")
+    if valid is not None:
+      mask = mask & valid[:, None]
+    inputs, targets, weights = decoder_lib.teacher_forcing(ids, mask)
+    if cappa_fraction > 0:
+      parallel = jax.random.bernoulli(rng, cappa_fraction, (ids.shape[0],))
+      fill = emb.mask_id if emb.mask_id >= 0 else emb.pad_id
+      inputs = jnp.where(parallel[:, None], jnp.asarray(fill, inputs.dtype), inputs)
+    logits, _ = self.caption_logits(inputs, *encoded[self.cfg.caption_source])
+    return logits, targets, weights
+
+  def _prefix_lm(self, batch, rng, random_prefix: bool):
+    """Prefix-LM (SimVLM): the joint stream over [other modalities; text] with the mask of
+    decoder.prefix_positions; the text prefix is [CLS] plus, with random_prefix, a uniform
+    1..n-2 more tokens of the n real ones; the loss is on next-token targets in the suffix."""
+    t = self.cfg.caption_text
+    emb, ids = self.embedders[t], batch[t]
+    length = ids.shape[1]
+    mask = emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+    n = jnp.sum(mask, axis=1).astype(jnp.int32)
+    if random_prefix:  # prefix in [1, n - 1]: at least one target left in the suffix
+      prefix = 1 + jnp.floor(jax.random.uniform(rng, n.shape) * jnp.maximum(n - 1, 1)).astype(
+          jnp.int32)
+    else:
+      prefix = jnp.ones_like(n)
+    pos = {t: decoder_lib.prefix_positions(prefix, length)}
+    encoded = self.fusion.encode(self.embed(batch), None, pos)
+    fused = self.fusion.interact(encoded, pos)
+    logits = self.lm_logits(t, fused["tokens"][t][:, :length - 1])
+    after = jnp.arange(1, length, dtype=jnp.int32)[None, :] >= prefix[:, None]
+    weights = (mask[:, 1:] & after).astype(jnp.float32)
+    valid = batch.get(f"{t}_valid")
+    if valid is not None:
+      weights = weights * valid[:, None].astype(jnp.float32)
+    return logits, ids[:, 1:], weights
+
+  def frame_order_predictions(self, batch, rng, ratio: float, modality: str):
+    """Evaluation: (logits [B, G, G], perm [B, G], shuffled [B, G]) on a batch whose video
+    tubelet groups are shuffled (mmjax.ordering.frame_permutation with `rng`)."""
+    g = self.frame_groups(modality)
+    perm, moved = ordering.frame_permutation(rng, batch[modality].shape[0], g, ratio)
+    t = tuple(self.embedders[modality].tubelet)[0]
+    shuffled = dict(batch, **{modality: ordering.permute_frames(batch[modality], perm, t)})
+    return self.frame_order_logits(modality, self(shuffled)["tokens"][modality]), perm, moved
+
+  def prefix_lm_logits(self, batch, ids, prefix):
+    """Next-token logits [B, L, V] of text ids [B, L] whose first `prefix` [B] tokens are the
+    prefix, read by the joint stream over [other modalities; text] (generation)."""
+    t = self.cfg.caption_text
+    pos = {t: decoder_lib.prefix_positions(prefix, ids.shape[1])}
+    fused = self.fusion.interact(self.fusion.encode(self.embed(dict(batch, **{t: ids})),
+                                                    None, pos), pos)
+    return self.lm_logits(t, fused["tokens"][t][:, :ids.shape[1]])
+
+  def _ordering(self, batch, rng, objectives: ObjectivesConfig):
+    """Frame ordering (HERO's FOM) and sentence ordering in one pass over a batch whose video
+    tubelet groups and text segments are shuffled (mmjax.ordering); the heads predict each
+    group's / token's original index."""
+    active, shuffled, out = set(objectives.active), dict(batch), {}
+    targets = {}
+    for i, m in enumerate(self.frame_order_heads if "frame_order" in active else ()):
+      g = self.frame_groups(m)
+      perm, moved = ordering.frame_permutation(jax.random.fold_in(rng, i), batch[m].shape[0],
+                                               g, objectives.frame_order_ratio)
+      t = tuple(self.embedders[m].tubelet)[0]
+      shuffled[m] = ordering.permute_frames(batch[m], perm, t)
+      targets[m] = (perm, moved.astype(jnp.float32))
+    texts = {}
+    for i, m in enumerate(self.sentence_order_heads if "sentence_order" in active else ()):
+      emb, ids = self.embedders[m], batch[m]
+      mask = emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+      gather, tgt, w = ordering.segment_permutation(
+          jax.random.fold_in(rng, 50 + i), mask, self.cfg.order_segments)
+      shuffled[m] = jnp.take_along_axis(ids, gather, axis=1)
+      texts[m] = (tgt, w)
+    fused = self(shuffled)
+    if targets:
+      out["frame_order"] = {m: (self.frame_order_logits(m, fused["tokens"][m]), *targets[m])
+                            for m in targets}
+    if texts:
+      out["sentence_order"] = {
+          m: (self.sentence_order_heads[m](fused["tokens"][m][:, :batch[m].shape[1]]).astype(
+              jnp.float32), *texts[m]) for m in texts}
     return out
 
   def packed_mlm(self, modality: str, masked_ids, index, targets, weights, valid=None):

@@ -32,7 +32,8 @@ AxisName = Union[str, Tuple[str, ...], None]
 Metrics = Dict[str, jax.Array]
 LossAndMetrics = Tuple[jax.Array, Metrics]
 
-OBJECTIVES = ("contrastive", "sigmoid", "mlm", "mim", "itm")
+OBJECTIVES = ("contrastive", "sigmoid", "mlm", "mim", "itm", "caption", "prefix_lm",
+              "frame_order", "sentence_order", "mrc", "mrfr")
 ALIGNMENT = ("contrastive", "sigmoid")
 
 
@@ -285,6 +286,56 @@ def mim_loss(pred, target, weights, *, norm_pix: bool = True, eps: float = 1e-6
   return loss, {"loss": loss}
 
 
+# ------------------------------------------------------------------------------ describing
+
+def caption_loss(logits, targets, weights) -> LossAndMetrics:
+  """Captioning / prefix-LM: next-token cross entropy of the decoder over real targets.
+
+  logits [B, L', V]; targets int [B, L'] (the caption shifted by one); weights [B, L'] (1 on
+  real target tokens, the end token included; prefix-LM: suffix targets only).
+  L = sum_t w_t (logsumexp(logits_t) - logits_t[target_t]) / sum_t w_t.
+  Metrics: loss, accuracy (next-token argmax), perplexity = exp(loss)."""
+  loss, metrics = mlm_loss(logits, targets, weights)
+  return loss, dict(metrics, perplexity=jnp.exp(jax.lax.stop_gradient(loss)))
+
+
+# ------------------------------------------------------------------------------ ordering
+
+def order_loss(logits, targets, weights) -> LossAndMetrics:
+  """Frame / sentence ordering: classify each shuffled item's original index.
+
+  logits [B, N, K] (K = tubelet groups, or text segments); targets int [B, N] (the original
+  index, mmjax.ordering); weights [B, N] (1 on the shuffled groups / body tokens).
+  L = sum w CE(logits, target) / sum w. Metrics: loss, accuracy."""
+  return mlm_loss(logits, targets, weights)
+
+
+# ------------------------------------------------------------------------------ regions
+
+def mrc_loss(logits, target_dist, weights) -> LossAndMetrics:
+  """Masked region classification against the detector (UNITER's MRC-kl).
+
+  logits [B, N, C]; target_dist [B, N, C] the detector's class distribution of each region;
+  weights [B, N] (1 on masked regions).
+  L = sum_n w_n KL(p_n || softmax(logits_n)) / sum w,  KL(p||q) = sum_c p_c (log p_c - log q_c).
+  Metrics: loss, accuracy (argmax agrees with the detector's top class)."""
+  logits = logits.astype(jnp.float32)
+  p = jax.lax.stop_gradient(target_dist.astype(jnp.float32))
+  logq = jax.nn.log_softmax(logits, axis=-1)
+  kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - logq), 0.0), axis=-1)
+  w = weights.astype(jnp.float32)
+  loss = _weighted_mean(kl, w)
+  hits = (jnp.argmax(logits, -1) == jnp.argmax(p, -1)).astype(jnp.float32)
+  return loss, {"loss": loss, "accuracy": _weighted_mean(hits, w)}
+
+
+def mrfr_loss(pred, features, weights) -> LossAndMetrics:
+  """Masked region feature regression (UNITER's MRFR): mean squared error to the masked
+  regions' detector features. pred, features [B, N, F]; weights [B, N].
+  L = sum_n w_n mean_f (pred - feature)^2 / sum w. Metrics: loss."""
+  return mim_loss(pred, features, weights, norm_pix=False)
+
+
 # ------------------------------------------------------------------------------ matching
 
 def itm_loss(logits, labels) -> LossAndMetrics:
@@ -439,6 +490,14 @@ def losses_from_outputs(outputs: Mapping, objectives, mesh=None) -> Tuple[jax.Ar
             _global_loss(loss_fn, mesh, *arrays, scalars=tuple(outputs[s] for s in scalars)))
   if "itm" in outputs:
     add("itm", "itm", itm_loss(*outputs["itm"]))
+  for objective, fn in (("caption", caption_loss), ("prefix_lm", caption_loss)):
+    if objective in outputs:
+      add(objective, objective, fn(*outputs[objective]))
+  for objective, fn in (("frame_order", order_loss), ("sentence_order", order_loss),
+                        ("mrc", mrc_loss), ("mrfr", mrfr_loss)):
+    per = outputs.get(objective, {})
+    for m, args in per.items():
+      add(objective, objective if len(per) == 1 else f"{objective}_{m}", fn(*args))
   for objective, fn in (("mlm", mlm_loss),
                         ("mim", functools.partial(mim_loss, norm_pix=objectives.norm_pix))):
     per = outputs.get(objective, {})

@@ -209,8 +209,8 @@ class TextEmbedder(_Embedder):
 
   @nn.compact
   def __call__(self, ids, *, valid=None, mim_mask=None, positions=None):
-    """positions [B, L] int (packed text, mmjax.packing): token j gets position
-    positions[b, j] of the same table the unpacked text uses (restarting per segment)."""
+    """positions [B, L] int (packed text, mmjax.packing; decoding one token at a time): token
+    j gets position positions[b, j] of the same table the unpacked text uses."""
     if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
       raise ValueError(f"text input must be int ids [batch, length], got {ids.dtype}{ids.shape}")
     table = self._param("token_embedding", (self.vocab_size, self.width), ("vocab", "embed"))
@@ -218,10 +218,11 @@ class TextEmbedder(_Embedder):
     n = ids.shape[1]
     if positions is not None:
       if self.add_cls:
-        raise ValueError("packed text needs the text modality's add_cls=False (its [CLS] comes "
+        raise ValueError("packed text and captioning need the text modality's add_cls=False "
+                         "(its [CLS] comes "
                          "from the tokenizer, one per example)")
-      if self.pos == "learned" and n <= self.max_len:
-        pos = self._param("pos_embedding", (self.max_len, self.width), (None, "embed"))[:n]
+      if self.pos == "learned" and n <= self.max_len:  # positions < max_len: the whole table
+        pos = self._param("pos_embedding", (self.max_len, self.width), (None, "embed"))
       else:
         pos = self._positions((self.max_len,), (n,))
       tokens = tokens + jnp.take(pos, positions, axis=0).astype(tokens.dtype)

@@ -178,8 +178,23 @@ def test_causal_attention_matches_numpy_with_gradients(impl):
     np.testing.assert_allclose(g, a, atol=5e-5)
 
 
-def test_causal_is_never_resolved_to_pallas_and_explicit_pallas_refuses():
+def test_causal_is_never_resolved_to_pallas_and_pallas_gpu_takes_it_as_positions(monkeypatch):
   q = jnp.zeros((1, 512, 2, 64), jnp.bfloat16)
   assert attention.choose_impl("auto", q, q, platform="tpu", causal=True) != "pallas_tpu"
-  with pytest.raises(ValueError, match="no causal mask"):
+  assert attention.choose_impl("auto", q, q, platform="gpu", causal=True,
+                               positioned=False) != "pallas_gpu"
+  pos = jnp.zeros((1, 512), jnp.int32)
+  assert attention.choose_impl("auto", q, q, platform="tpu", positioned=True) != "pallas_tpu"
+  with pytest.raises(ValueError, match="pallas_tpu takes static masks only"):
     attention.attention_kernel(q, q, q, impl="pallas_tpu", causal=True)
+  with pytest.raises(ValueError, match="causal=True or q/kv positions, not both"):
+    attention.attention_kernel(q, q, q, causal=True, q_positions=pos, kv_positions=pos)
+  with pytest.raises(ValueError, match="both q_positions and kv_positions"):
+    attention.attention_kernel(q, q, q, q_positions=pos)
+  # pallas_gpu (interpret mode here) runs causal attention as positions 0..N-1.
+  monkeypatch.setenv("MMJAX_PALLAS_INTERPRET", "1")
+  rng = np.random.default_rng(4)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 21, 2, 16)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray(np.arange(21)[None] < np.array([15, 21])[:, None])
+  out, _ = attention.attention_kernel(q, k, v, impl="pallas_gpu", kv_mask=mask, causal=True)
+  np.testing.assert_allclose(out, _causal_reference(q, k, v, mask), atol=2e-5)

@@ -3,6 +3,7 @@
   python -m mmjax.bench.fusion_quality [--out=docs/fusion_quality] [--workdir=runs/fusion_quality]
       [--reference=hier_multi_to_one] [--reference_steps=300] [--budget_pflops=...]
       [--points=3] [--fusions=early_concat,...] [--seed=0] [--quick]
+      [--objectives=caption=1,prefix_lm=1]   # add describing objectives to every design
 
 Every registered fusion design (mmjax.fusion.names(), or --fusions) trains on the built-in
 image-text set with its mmjax/configs/fusion/<name>.py (early_sum too, with
@@ -38,7 +39,7 @@ from absl import app, flags, logging
 
 from mmjax.configs import default as default_config
 from mmjax import checkpoint as ckpt_lib
-from mmjax import evaluate, models, sharding, summary, train_lib, trainer
+from mmjax import config_lib, evaluate, models, sharding, summary, train_lib, trainer
 from mmjax.bench.fusion_sweep import shipped_config, valid_loss_weights
 from mmjax.bench.step import synthetic_batch
 from mmjax.data import builtin
@@ -51,13 +52,18 @@ METRICS = {  # column -> results.json key
     "t2i_R@1": "retrieval/b2a_R@1", "t2i_R@10": "retrieval/b2a_R@10",
     "itm_pairwise": "itm/pairwise_accuracy", "itm_group": "itm/group_accuracy",
     "mlm": "mlm/accuracy",
+    "caption_cider": "caption/cider", "caption_em": "caption/exact_match",
 }
+# --objectives: the describing / ordering objectives a comparison may add to every design.
+EXTRA_OBJECTIVES = ("caption", "prefix_lm", "sentence_order")
 
 
-def quality_config(name: str, quick: bool = False, seed: int = 0):
+def quality_config(name: str, quick: bool = False, seed: int = 0, extra=None):
   """mmjax/configs/fusion/<name>.py on the default image-text task (tokens of unequal length
   padded where a design sums them); a design without a shipped config gets the default
-  config, with the loss weights it cannot serve set to 0."""
+  config, with the loss weights it cannot serve set to 0. `extra` {objective: weight} adds
+  describing / ordering objectives (prefix_lm only where the design has a prefix-LM mask; the
+  caption evaluator joins the evaluators when one of caption / prefix_lm trains)."""
   base = default_config.get_config()
   c = shipped_config(name)
   shipped = c is not None
@@ -70,6 +76,12 @@ def quality_config(name: str, quick: bool = False, seed: int = 0):
   if not shipped:
     valid_loss_weights(c)
   c.model.early_sum_align = "pad"  # read only by designs that sum the modalities
+  for k, w in (extra or {}).items():
+    if k == "prefix_lm" and not config_lib.parse_model(c).design.prefix_lm:
+      w = 0.0
+    c.loss_weights[k] = float(w)
+  if any(float(c.loss_weights.get(k, 0.0)) > 0 for k in ("caption", "prefix_lm")):
+    c.eval.evaluators = tuple(c.eval.evaluators) + ("caption",)
   c.seed = seed
   c.log_every_steps = 10 ** 9  # first and last steps only
   if quick:
@@ -199,11 +211,12 @@ def plot(rows, chance, path):
 
 def run(out_dir: str, workdir: str, fusions=None, reference: str = "hier_multi_to_one",
         reference_steps: int = 300, budget_pflops: float = 0.0, points: int = 3,
-        quick: bool = False, seed: int = 0, log=None) -> Dict[str, Any]:
+        quick: bool = False, seed: int = 0, log=None, extra=None) -> Dict[str, Any]:
   log = log or (lambda *a, **k: print(*a, flush=True, **k))
   fusions = tuple(fusions) if fusions else names()
   t_start = time.perf_counter()
-  configs = {f: quality_config(f, quick, seed) for f in dict.fromkeys([*fusions, reference])}
+  configs = {f: quality_config(f, quick, seed, extra)
+             for f in dict.fromkeys([*fusions, reference])}
   flops = {f: train_step_flops(c) for f, c in configs.items()}
   budget = budget_pflops * 1e15 if budget_pflops else flops[reference] * reference_steps
   schedule = plan(fusions, budget, flops, points)
@@ -257,6 +270,8 @@ def _define_flags():
   flags.DEFINE_integer("points", 3, "Evaluated checkpoints per run, evenly spaced.")
   flags.DEFINE_integer("seed", 0, "Seed of every run.")
   flags.DEFINE_boolean("quick", False, "Width 32, one layer per stage, batch 8, 40 eval examples.")
+  flags.DEFINE_list("objectives", None, "Extra objectives on every design, e.g. caption=1,"
+                    f"prefix_lm=1 (from {', '.join(EXTRA_OBJECTIVES)}).")
 
 
 def main(argv):
@@ -266,8 +281,15 @@ def main(argv):
   unknown = [x for x in [*(f.fusions or ()), f.reference] if x not in names()]
   if unknown:
     raise app.UsageError(f"unknown fusion(s) {unknown}; choose from {', '.join(names())}")
+  extra = {}
+  for item in f.objectives or ():
+    k, _, w = item.partition("=")
+    if k not in EXTRA_OBJECTIVES or not w:
+      raise app.UsageError(f"--objectives={item}: write NAME=WEIGHT with NAME one of "
+                           f"{', '.join(EXTRA_OBJECTIVES)}")
+    extra[k] = float(w)
   res = run(f.out, f.workdir, f.fusions, f.reference, f.reference_steps, f.budget_pflops,
-            f.points, f.quick, f.seed)
+            f.points, f.quick, f.seed, extra=extra)
   print(res["table"])
 
 

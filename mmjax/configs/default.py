@@ -37,6 +37,9 @@ def get_config():
   c.model.early_sum_weights = "fixed"
   c.model.early_sum_align = "none"
   c.model.num_bottlenecks = 4
+  c.model.decoder_depth = 2    # captioning decoder layers (loss_weights.caption)
+  c.model.caption_from = ""    # the modality it describes ('' = the first non-text one)
+  c.model.order_segments = 3   # sentence ordering: segments per text
   c.model.depth = ml_collections.ConfigDict(
       {"unimodal": 2, "joint": 2, "post": 0, "cross": 0})
   c.model.modalities = ml_collections.ConfigDict({
@@ -47,11 +50,20 @@ def get_config():
   c.attention = ml_collections.ConfigDict(
       {"impl": "auto", "chunk_size": 512, "capture_weights": False})
 
+  # Survey Table 3: alignment (contrastive, sigmoid), masking (mlm, mim, mrc, mrfr),
+  # matching (itm), describing (caption: a decoder, any fusion; prefix_lm: the joint stream)
+  # and ordering (frame_order: video; sentence_order: text).
   c.loss_weights = ml_collections.ConfigDict(
-      {"contrastive": 1.0, "sigmoid": 0.0, "mlm": 0.5, "mim": 0.5, "itm": 1.0})
+      {"contrastive": 1.0, "sigmoid": 0.0, "mlm": 0.5, "mim": 0.5, "itm": 1.0,
+       "caption": 0.0, "prefix_lm": 0.0, "frame_order": 0.0, "sentence_order": 0.0,
+       "mrc": 0.0, "mrfr": 0.0})
   c.objectives = ml_collections.ConfigDict(
       {"mlm_prob": 0.15, "mim_ratio": 0.5, "norm_pix": True,
-       "pack_text": False, "pack_rows": 0})  # MLM text packing (dual_encoder), mmjax.packing
+       "pack_text": False, "pack_rows": 0,  # MLM text packing (dual_encoder), mmjax.packing
+       "cappa_fraction": 0.0,     # captioning rows trained by CapPa's parallel prediction
+       "prefix_random": True,     # prefix-LM: random text prefix (SimVLM), else [CLS] only
+       "frame_order_ratio": 0.5,  # frame ordering: fraction of tubelet groups shuffled
+       "mrm_ratio": 0.15})        # masked region modelling: fraction of regions masked
 
   c.optimizer = ml_collections.ConfigDict({
       "learning_rate": 1e-3, "warmup_steps": 50, "weight_decay": 0.05, "b1": 0.9,
@@ -65,5 +77,6 @@ def get_config():
                  "tokenizer": "bytes"})
   c.eval = ml_collections.ConfigDict({
       "evaluators": ("zero_shot", "retrieval", "itm", "mlm", "mim"), "batch_size": 100,
-      "num_examples": 1000})
+      "num_examples": 1000,
+      "caption_beam": 1, "caption_alpha": 0.0, "caption_max_len": 0})  # eval caption
   return c

@@ -11,6 +11,8 @@ and builds what it needs:
   projects_towers    towers of their own width are mapped to model width before `interact`
   independent_streams  `interact` hands each modality's tower output through untouched (no
                      token sees another modality): text packing (objectives.pack_text) is exact
+  prefix_lm          `interact` takes positions {m: [B, N_m] int} and masks the joint stream
+                     with them (key j visible to query i iff pos_j <= pos_i): prefix-LM
   cost, exponents    the survey's attention cost per layer, and the asymptotic log-log
                      exponents it implies (all tokens doubling; N_B alone)
   attention_cost(n)  that cost as a formula of the token counts, weighted by stage depths
@@ -168,6 +170,7 @@ class FusionDesign:
   multi_stream: ClassVar[bool] = False
   projects_towers: ClassVar[bool] = True
   independent_streams: ClassVar[bool] = False
+  prefix_lm: ClassVar[bool] = False
 
   def __init__(self, cfg: FusionConfig):
     self.cfg = cfg
@@ -271,20 +274,28 @@ class Fusion(nn.Module):
     return self.interact(self.encode(inputs))
 
   def encode(self, inputs: Mapping[str, Tokens],
-             segment_ids: Optional[Mapping[str, Any]] = None) -> Dict[str, Tokens]:
+             segment_ids: Optional[Mapping[str, Any]] = None,
+             positions: Optional[Mapping[str, Any]] = None) -> Dict[str, Tokens]:
     """Per-modality towers (identity where depth is 0) for the modalities present, then
     tower_proj_<m> where the tower has its own width. No modality sees another.
-    segment_ids {m: [B, N] int} (packed rows): a token attends only within its segment."""
-    out, segment_ids = {}, segment_ids or {}
+    segment_ids {m: [B, N] int} (packed rows): a token attends only within its segment.
+    positions {m: [B, N] int} (prefix-LM): token i sees token j only if pos_j <= pos_i."""
+    out, segment_ids, positions = {}, segment_ids or {}, positions or {}
     for m in self.modalities:
       if m in inputs:
-        tokens = self.towers[m](*inputs[m], segment_ids.get(m))
+        tokens = self.towers[m](*inputs[m], segment_ids.get(m), positions.get(m))
         out[m] = (self.tower_proj[m](tokens) if m in self.tower_proj else tokens, inputs[m][1])
     return out
 
-  def interact(self, streams: Mapping[str, Tokens]):
+  def interact(self, streams: Mapping[str, Tokens],
+               positions: Optional[Mapping[str, Any]] = None):
     missing = [m for m in self.modalities if m not in streams]
     if missing:
       raise ValueError(f"fusion inputs lack modalities {missing}; got {sorted(streams)} (mark "
                        "an absent modality with <modality>_valid=False instead of dropping it)")
-    return self.design.interact(self, self.parts, streams)
+    if positions is None:
+      return self.design.interact(self, self.parts, streams)
+    if not self.design.prefix_lm:
+      raise ValueError(f"fusion {self.cfg.name} has no prefix-LM mask; use early_concat or "
+                       "hier_multi_to_one for loss_weights.prefix_lm")
+    return self.design.interact(self, self.parts, streams, positions)

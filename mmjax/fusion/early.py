@@ -82,9 +82,18 @@ class EarlyConcat(FusionDesign):
   def stage_flops(self, n, d, m):
     return self.cfg.joint_depth * block_flops(sum(n.values()), d, m)
 
+  prefix_lm = True
+
   def build(self, module):
     return {"joint": joint_encoder(module)}
 
-  def interact(self, module, parts, streams):
+  def interact(self, module, parts, streams, positions=None):
+    """positions {m: [B, N_m]} (prefix-LM), concatenated like the tokens; absent ones are 0."""
     toks, mask = concat(streams, module.modalities)
-    return self.single_stream_output(parts["joint"](toks, mask), mask, streams, module.modalities)
+    pos = None
+    if positions is not None:
+      pos = jnp.concatenate([positions[m] if m in positions else
+                             jnp.zeros(streams[m][1].shape, jnp.int32)
+                             for m in module.modalities], axis=1)
+    return self.single_stream_output(parts["joint"](toks, mask, None, pos), mask, streams,
+                                     module.modalities)

@@ -24,6 +24,7 @@ import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
@@ -72,10 +73,26 @@ def kernel_fn(choice: str, interpret: Optional[bool] = None):
 
 
 def pallas_attention(choice: str, q, k, v, *, kv_mask=None, q_segment_ids=None,
-                     kv_segment_ids=None, interpret: Optional[bool] = None, mesh=None):
-  """Attention through a Pallas kernel; shard_map'ed over batch/heads when a mesh is active."""
+                     kv_segment_ids=None, q_positions=None, kv_positions=None,
+                     interpret: Optional[bool] = None, mesh=None):
+  """Attention through a Pallas kernel; shard_map'ed over batch/heads when a mesh is active.
+
+  q_positions [B, Nq] / kv_positions [B, Nk] (pallas_gpu only): key j visible to query i only
+  where kv_positions[b, j] <= q_positions[b, i] (causal / prefix-LM / decoding)."""
+  has_pos = q_positions is not None or kv_positions is not None
+  if has_pos and choice == "pallas_tpu":
+    raise ValueError("attention.impl=pallas_tpu takes static masks only (splash); per-token "
+                     "positions (causal / prefix-LM / decoding) need attention.impl=auto, xla "
+                     "or chunked")
   fn = kernel_fn(choice, interpret)
   masks = dict(kv_mask=kv_mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+  if has_pos:  # only when given, so the no-position call is exactly the old one
+    if q_positions is None or kv_positions is None:
+      raise ValueError("pallas attention: q_positions and kv_positions go together "
+                       "(give both or neither)")
+    b = q.shape[0]
+    masks.update(q_positions=jnp.broadcast_to(q_positions, (b, q.shape[1])),
+                 kv_positions=jnp.broadcast_to(kv_positions, (b, k.shape[1])))
   mesh = mesh if mesh is not None else _context_mesh()
   if mesh is None:
     return fn(q, k, v, **masks)

@@ -18,6 +18,14 @@ dims to a power of two >= 16 (zero columns change neither q.k nor the output); t
 are sliced back. A query row whose keys are all masked gets the mean of v (finite, never NaN);
 `mmjax.attention.attention_kernel` then zeroes such rows.
 
+Positions (optional): with `q_positions` [B, Nq] and `kv_positions` [B, Nk] (int), key j is
+visible to query i only where kv_positions[b, j] <= q_positions[b, i], on top of the segment /
+padding mask. Causal attention is positions = arange(N) for both; prefix-LM gives every prefix
+token position 0 and the suffix 1, 2, ...; decoding gives the query its position p and each
+cache slot its own. Padded query rows get position Q_PAD_POS (int32 min) and padded keys
+KV_PAD_POS (int32 max), so padding never unmasks anything. Without positions the kernels take
+no extra inputs and compile exactly as before.
+
 Layout: q [B, Nq, H, D], k/v [B, Nk, H, D] (same as mmjax.attention). Runs on CPU with
 `interpret=True` (tests), on GPU through Triton: checked against xla (fwd, dq, dk, dv; f32, bf16;
 head_dim 64/128/256) and timed on an H200 with jax 0.11.2 (docs/attention.md). Works with jax 0.11.2 and 0.12 (it only uses
@@ -43,6 +51,10 @@ except ImportError:  # pragma: no cover
 from mmjax.kernels.common import KV_PAD_ID, MASK_VALUE, Q_PAD_ID
 
 _LOG2E = math.log2(math.e)
+# Positions of padded query rows / keys: kv_pos <= q_pos never holds for either (user positions
+# must lie strictly between the two).
+Q_PAD_POS = int(jnp.iinfo(jnp.int32).min)
+KV_PAD_POS = int(jnp.iinfo(jnp.int32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +117,18 @@ def _mask(s, qs, ks):
   return jnp.where(qs[:, None] == ks[None, :], s, MASK_VALUE)
 
 
+def _pos_mask(s, qp, kp):
+  """Key j visible to query i only where kv_pos[j] <= q_pos[i]."""
+  return jnp.where(kp[None, :] <= qp[:, None], s, MASK_VALUE)
+
+
 # ----------------------------------------------------------------------------- forward
-def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, sm_scale, block_k):
+def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, kp_ref, o_ref, lse_ref, *,
+                sm_scale, block_k):
   kv_len = k_ref.shape[0]
   q = q_ref[...]
   qs = None if qs_ref is None else qs_ref[...]
+  qp = None if qp_ref is None else qp_ref[...]
   bq, dp = q.shape
   c = sm_scale * _LOG2E  # exp(x) = exp2(x log2 e)
 
@@ -120,6 +139,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, sm_scale
     s = _dot(q, k.T) * c
     if qs is not None:
       s = _mask(s, qs, ks_ref[sl])
+    if qp is not None:
+      s = _pos_mask(s, qp, kp_ref[sl])
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     corr = jnp.exp2(m - m_new)
     p = jnp.exp2(s - m_new[:, None])
@@ -135,17 +156,20 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, sm_scale
   lse_ref[...] = m + jnp.log2(l)  # base-2 log-sum-exp of the scaled logits
 
 
-def _forward(q, k, v, qs, ks, cfg: "_Cfg"):
+def _forward(q, k, v, qs, ks, qp, kp, cfg: "_Cfg"):
   b, lq, h, dp = q.shape
   lk = k.shape[1]
   bq, bk = cfg.blocks.block_q, cfg.blocks.block_k
   masked = qs is not None
+  pos = qp is not None
   in_specs = [
       pl.BlockSpec((None, bq, None, dp), lambda i, j, n: (j, i, n, 0)),
       pl.BlockSpec((None, lk, None, dp), lambda i, j, n: (j, 0, n, 0)),
       pl.BlockSpec((None, lk, None, dp), lambda i, j, n: (j, 0, n, 0)),
       pl.BlockSpec((None, bq), lambda i, j, n: (j, i)) if masked else None,
       pl.BlockSpec((None, lk), lambda i, j, n: (j, 0)) if masked else None,
+      pl.BlockSpec((None, bq), lambda i, j, n: (j, i)) if pos else None,
+      pl.BlockSpec((None, lk), lambda i, j, n: (j, 0)) if pos else None,
   ]
   out_specs = [
       pl.BlockSpec((None, bq, None, dp), lambda i, j, n: (j, i, n, 0)),
@@ -158,17 +182,18 @@ def _forward(q, k, v, qs, ks, cfg: "_Cfg"):
       grid=(lq // bq, b, h), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
       compiler_params=_params(cfg.num_warps, cfg.blocks.num_stages),
       interpret=cfg.interpret, name="mmjax_flash_fwd",
-  )(q, k, v, qs, ks)
+  )(q, k, v, qs, ks, qp, kp)
   return out, lse
 
 
 # ----------------------------------------------------------------------------- backward
-def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
-                *, sm_scale, block_q):
+def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, kp_ref, do_ref, lse_ref, delta_ref,
+                dk_ref, dv_ref, *, sm_scale, block_q):
   q_len = q_ref.shape[0]
   k = k_ref[...]
   v = v_ref[...]
   ks = None if ks_ref is None else ks_ref[...]
+  kp = None if kp_ref is None else kp_ref[...]
   c = sm_scale * _LOG2E
 
   def body(j, carry):
@@ -178,6 +203,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
     s = _dot(q, k.T) * c
     if ks is not None:
       s = _mask(s, qs_ref[sl], ks)
+    if kp is not None:
+      s = _pos_mask(s, qp_ref[sl], kp)
     p = jnp.exp2(s - lse_ref[sl][:, None])          # [bq, bk] softmax probabilities
     do = do_ref[sl, :]
     dv = dv + _dot(p.astype(do.dtype).T, do)
@@ -192,14 +219,15 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, dq_ref,
-               *, sm_scale, block_k):
+def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, kp_ref, do_ref, lse_ref, delta_ref,
+               dq_ref, *, sm_scale, block_k):
   kv_len = k_ref.shape[0]
   q = q_ref[...]
   do = do_ref[...]
   lse = lse_ref[...]
   delta = delta_ref[...]
   qs = None if qs_ref is None else qs_ref[...]
+  qp = None if qp_ref is None else qp_ref[...]
   c = sm_scale * _LOG2E
 
   def body(i, dq):
@@ -209,6 +237,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, 
     s = _dot(q, k.T) * c
     if qs is not None:
       s = _mask(s, qs, ks_ref[sl])
+    if qp is not None:
+      s = _pos_mask(s, qp, kp_ref[sl])
     p = jnp.exp2(s - lse[:, None])
     dp = _dot(do, v.T) - delta[:, None]
     ds = p * dp * sm_scale
@@ -218,11 +248,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, 
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _backward(q, k, v, qs, ks, out, lse, do, cfg: "_Cfg"):
+def _backward(q, k, v, qs, ks, qp, kp, out, lse, do, cfg: "_Cfg"):
   b, lq, h, dp = q.shape
   lk = k.shape[1]
   bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
   masked = qs is not None
+  pos = qp is not None
   # delta_i = sum_d o_id * do_id  (the softmax-gradient correction), [B, H, Lq] f32.
   delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
   params = _params(cfg.num_warps, cfg.blocks.num_stages)
@@ -236,11 +267,13 @@ def _backward(q, k, v, qs, ks, out, lse, do, cfg: "_Cfg"):
       in_specs=[full_q, blk_k, blk_k,
                 pl.BlockSpec((None, lq), lambda i, j, n: (i, 0)) if masked else None,
                 pl.BlockSpec((None, bk), lambda i, j, n: (i, n)) if masked else None,
+                pl.BlockSpec((None, lq), lambda i, j, n: (i, 0)) if pos else None,
+                pl.BlockSpec((None, bk), lambda i, j, n: (i, n)) if pos else None,
                 full_q, full_row, full_row],
       out_specs=[blk_k, blk_k],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=params, interpret=cfg.interpret, name="mmjax_flash_bwd_dkv",
-  )(q, k, v, qs, ks, do, lse, delta)
+  )(q, k, v, qs, ks, qp, kp, do, lse, delta)
 
   blk_q = pl.BlockSpec((None, bq, None, dp), lambda i, j, n: (i, n, j, 0))
   full_k = pl.BlockSpec((None, lk, None, dp), lambda i, j, n: (i, 0, j, 0))
@@ -251,11 +284,13 @@ def _backward(q, k, v, qs, ks, out, lse, do, cfg: "_Cfg"):
       in_specs=[blk_q, full_k, full_k,
                 pl.BlockSpec((None, bq), lambda i, j, n: (i, n)) if masked else None,
                 pl.BlockSpec((None, lk), lambda i, j, n: (i, 0)) if masked else None,
+                pl.BlockSpec((None, bq), lambda i, j, n: (i, n)) if pos else None,
+                pl.BlockSpec((None, lk), lambda i, j, n: (i, 0)) if pos else None,
                 blk_q, blk_row, blk_row],
       out_specs=blk_q,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       compiler_params=params, interpret=cfg.interpret, name="mmjax_flash_bwd_dq",
-  )(q, k, v, qs, ks, do, lse, delta)
+  )(q, k, v, qs, ks, qp, kp, do, lse, delta)
   return dq, dk, dv
 
 
@@ -268,20 +303,20 @@ class _Cfg:
   interpret: bool
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, qs, ks, cfg):
-  return _forward(q, k, v, qs, ks, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _flash(q, k, v, qs, ks, qp, kp, cfg):
+  return _forward(q, k, v, qs, ks, qp, kp, cfg)[0]
 
 
-def _flash_fwd(q, k, v, qs, ks, cfg):
-  out, lse = _forward(q, k, v, qs, ks, cfg)
-  return out, (q, k, v, qs, ks, out, lse)
+def _flash_fwd(q, k, v, qs, ks, qp, kp, cfg):
+  out, lse = _forward(q, k, v, qs, ks, qp, kp, cfg)
+  return out, (q, k, v, qs, ks, qp, kp, out, lse)
 
 
 def _flash_bwd(cfg, res, do):
-  q, k, v, qs, ks, out, lse = res
-  dq, dk, dv = _backward(q, k, v, qs, ks, out, lse, do, cfg)
-  return dq, dk, dv, None, None
+  q, k, v, qs, ks, qp, kp, out, lse = res
+  dq, dk, dv = _backward(q, k, v, qs, ks, qp, kp, out, lse, do, cfg)
+  return dq, dk, dv, None, None, None, None  # segment ids and positions: integer, no cotangent
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -297,18 +332,24 @@ def _pad(x, axis, length, value=0):
 
 
 def flash_attention(q, k, v, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                    q_positions=None, kv_positions=None,
                     block_sizes: Optional[BlockSizes] = None, interpret: bool = False,
                     sm_scale: Optional[float] = None):
   """softmax(q k^T / sqrt(D) masked) v with the Pallas GPU kernels; differentiable in q, k, v.
 
   q [B, Nq, H, D], k/v [B, Nk, H, D]; kv_mask [B, Nk] bool; segment ids [B, Nq] / [B, Nk] int
-  (used when both are given). Returns [B, Nq, H, D] in q's dtype.
+  (used when both are given); positions q_positions [B, Nq] / kv_positions [B, Nk] int (both or
+  neither): key j is visible to query i only where kv_positions[b, j] <= q_positions[b, i]
+  (causal, prefix-LM, decoding against a cache). Returns [B, Nq, H, D] in q's dtype.
   """
   b, nq, h, d = q.shape
   nk = k.shape[1]
   if k.shape != (b, nk, h, d) or v.shape != k.shape:
     raise ValueError(f"pallas_gpu attention: q {q.shape}, k {k.shape}, v {v.shape} must be "
                      "[B, N, H, D] with equal B, H, D")
+  if (q_positions is None) != (kv_positions is None):
+    raise ValueError("pallas_gpu attention: q_positions and kv_positions go together "
+                     "(give both or neither)")
   dp = max(16, _next_pow2(d))
   if dp > 256:
     raise ValueError(f"pallas_gpu attention supports head_dim <= 256, got {d}")
@@ -330,13 +371,19 @@ def flash_attention(q, k, v, *, kv_mask=None, q_segment_ids=None, kv_segment_ids
       ks = jnp.where(kv_mask.astype(bool), ks, KV_PAD_ID)
     qs = _pad(qs, 1, lq, Q_PAD_ID)
     ks = _pad(ks, 1, lk, KV_PAD_ID)
+  qpos = kpos = None
+  if q_positions is not None:
+    qpos = jnp.broadcast_to(jnp.asarray(q_positions).astype(jnp.int32), (b, nq))
+    kpos = jnp.broadcast_to(jnp.asarray(kv_positions).astype(jnp.int32), (b, nk))
+    qpos = _pad(qpos, 1, lq, Q_PAD_POS)
+    kpos = _pad(kpos, 1, lk, KV_PAD_POS)
   qp = _pad(_pad(q, 3, dp), 1, lq)
   kp = _pad(_pad(k, 3, dp), 1, lk)
   vp = _pad(_pad(v, 3, dp), 1, lk)
   num_warps = blocks.num_warps or (4 if dp <= 128 else 8)
   cfg = _Cfg(sm_scale=float(sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)),
              blocks=blocks, num_warps=num_warps, interpret=bool(interpret))
-  out = _flash(qp, kp, vp, qs, ks, cfg)
+  out = _flash(qp, kp, vp, qs, ks, qpos, kpos, cfg)
   return out[:, :nq, :, :d]
 
 

@@ -136,12 +136,15 @@ def _axes_in(mesh, axes, dim: int) -> Tuple[str, ...]:
 
 
 def shard_kernel(fn, q, k, v, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                 q_positions=None, kv_positions=None,
                  mesh, batch_axes: Sequence[str] = ("data", "fsdp"),
                  head_axis: Optional[str] = "tensor"):
   """Run fn(q, k, v, kv_mask=, q_segment_ids=, kv_segment_ids=) per shard under shard_map.
 
   Batch is split over `batch_axes` (those present in the mesh), heads over `head_axis` (if
   present and > 1); sequence and head_dim stay whole on every shard (attention needs all keys).
+  Per-token [B, N] arrays (masks, segment ids, q_positions / kv_positions) split like the batch;
+  positions reach fn only when given.
   """
   b, _, h, _ = q.shape
   bax = _axes_in(mesh, batch_axes, b)
@@ -150,11 +153,12 @@ def shard_kernel(fn, q, k, v, *, kv_mask=None, q_segment_ids=None, kv_segment_id
   hspec = hax[0] if hax else None
   x_spec = P(bspec, None, hspec, None)
   row = P(bspec, None)
-  args = (q, k, v, kv_mask, q_segment_ids, kv_segment_ids)
+  args = (q, k, v, kv_mask, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
   specs = (x_spec, x_spec, x_spec) + tuple(None if a is None else row for a in args[3:])
 
-  def local(q, k, v, m, qs, ks):
-    return fn(q, k, v, kv_mask=m, q_segment_ids=qs, kv_segment_ids=ks)
+  def local(q, k, v, m, qs, ks, qp, kp):
+    pos = {} if qp is None and kp is None else dict(q_positions=qp, kv_positions=kp)
+    return fn(q, k, v, kv_mask=m, q_segment_ids=qs, kv_segment_ids=ks, **pos)
 
   present = [i for i, a in enumerate(args) if a is not None]
 

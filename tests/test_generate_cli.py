@@ -1,0 +1,87 @@
+"""Captioning through what a person runs: train.py with loss_weights.caption, eval.py's caption
+evaluator, and `python -m mmjax.generate` on the test split and on a folder of images, each
+as a subprocess; mistakes end in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCA = ("--config=tests/tiny_config.py", "--config.mesh.data=-1",
+        "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
+        "--config.loss_weights.mlm=0", "--config.loss_weights.mim=0",
+        "--config.loss_weights.caption=1", "--config.total_steps=3",
+        "--config.checkpoint.every_steps=3")
+
+
+def _run(args, devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(r, *fragments):
+  assert r.returncode != 0
+  assert "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
+  errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+  assert len(errors) == 1, r.stderr[-2000:]
+  for f in fragments:
+    assert f in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  w = tmp_path_factory.mktemp("coca")
+  r = _run(["train.py", *COCA, f"--workdir={w}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "caption=1.0" in r.stdout + r.stderr
+  return w
+
+
+def test_eval_reports_caption_scores_and_the_shuffled_baseline(workdir):
+  r = _run(["eval.py", f"--workdir={workdir}", "--evaluators=caption",
+            "--config.eval.caption_beam=2", "--config.eval.num_examples=16"], devices=2)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((workdir / "eval" / "results.json").read_text())
+  for k in ("cider", "bleu4", "exact_match", "shuffled_cider", "shuffled_exact_match"):
+    assert 0.0 <= res[f"caption/{k}"] <= (10.0 if "cider" in k else 1.0), k
+  assert res["caption/examples"] == 16 and len(res["caption/samples"]) == 5
+  assert "caption/cider" in r.stdout
+
+
+def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
+  out = tmp_path / "caps.jsonl"
+  r = _run(["-m", "mmjax.generate", f"--workdir={workdir}", "--num_examples=4", "--beam=2",
+            f"--out={out}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+  assert len(rows) == 4 and all({"index", "reference", "caption"} <= set(x) for x in rows)
+  assert [json.loads(ln) for ln in out.read_text().splitlines()] == rows
+  assert all(x["reference"].startswith("a ") for x in rows)  # built-in captions, decoded
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  rng = np.random.RandomState(0)
+  for i in range(3):  # 3 images on 2 devices: padded to the device count, then dropped
+    Image.fromarray(rng.randint(0, 255, (24, 20, 3), np.uint8)).save(folder / f"{i}.png")
+  r = _run(["-m", "mmjax.generate", f"--workdir={workdir}", f"--images={folder}"], devices=2)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+  assert [x["file"] for x in rows] == ["0.png", "1.png", "2.png"]
+  assert all(isinstance(x["caption"], str) for x in rows)
+
+
+def test_generate_mistakes_are_one_line(workdir, tmp_path):
+  _one_line_error(_run(["-m", "mmjax.generate", f"--workdir={workdir}",
+                        f"--images={tmp_path / 'nope'}"]), "is not a folder")
+  _one_line_error(_run(["-m", "mmjax.generate", f"--workdir={tmp_path / 'missing'}"]))
+  _one_line_error(_run(["-m", "mmjax.generate", f"--workdir={workdir}", "--beam=0"]),
+                  "--beam=0 must be >= 1")
+  _one_line_error(_run(["train.py", "--config=tests/tiny_config.py",
+                        "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
+                        "--config.loss_weights.prefix_lm=1", f"--workdir={tmp_path / 'w'}"]),
+                  "prefix_lm", "dual_encoder")
