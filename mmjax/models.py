@@ -10,7 +10,9 @@ pretraining objective needs from one forward of them.
   pretraining_outputs(batch, rng, objectives)   everything the objectives consume (below)
 
 Heads: `contrastive_embedding` (unimodal pooled -> projection), `mlm_logits`,
-`mim_prediction`, `itm_logits`. The batch maps each modality name to its input (text: int
+`mim_prediction`, `itm_logits`; with their objectives (config_lib.EXTRA_HEADS) the captioning
+decoder `caption_logits` (mmjax.decoder, reading `caption_memory`), `lm_logits` (prefix-LM),
+`frame_order_logits`, the sentence-order and masked-region heads. The batch maps each modality name to its input (text: int
 ids; image/video/audio: float arrays; regions/features: dicts), with an optional
 `<modality>_valid` [B] bool for absent modalities.
 
