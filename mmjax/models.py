@@ -363,6 +363,27 @@ class MultimodalModel(nn.Module):
                                            x["features"], w)
     return out
 
+  def _real_tokens(self, modality: str, ids):
+    """[B, L] bool: the text tokens that are real (key_mask 'none' attends to padding, so its
+    padding is told apart by the pad id here)."""
+    emb = self.embedders[modality]
+    return emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+
+  def _shuffle_frames(self, modality: str, video, rng, ratio: float):
+    """(video with `ratio` of its tubelet groups shuffled, perm [B, G], shuffled [B, G])."""
+    perm, moved = ordering.frame_permutation(rng, video.shape[0], self.frame_groups(modality),
+                                             ratio)
+    t = tuple(self.embedders[modality].tubelet)[0]
+    return ordering.permute_frames(video, perm, t), perm, moved
+
+  def _prefix_stream(self, batch, prefix):
+    """The text tokens [B, L, D] of the joint stream under the prefix-LM mask, the text's
+    first `prefix` [B] tokens being the prefix."""
+    t = self.cfg.caption_text
+    pos = {t: decoder_lib.prefix_positions(prefix, batch[t].shape[1])}
+    fused = self.fusion.interact(self.fusion.encode(self.embed(batch), None, pos), pos)
+    return fused["tokens"][t][:, :batch[t].shape[1]]
+
   def _caption(self, batch, encoded, rng, cappa_fraction: float):
     """Teacher-forced captioning of the caption source (decoder.teacher_forcing). A fraction
     of rows (CapPa) sees only [MASK] inputs: with inputs that carry no content, causal and
@@ -370,7 +391,7 @@ class MultimodalModel(nn.Module):
     does parallel prediction and its one forward pass decodes them."""
     t = self.cfg.caption_text
     emb, ids = self.embedders[t], batch[t]
-    mask = emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+    mask = self._real_tokens(t, ids)
     valid = batch.get(f"{t}_valid")
     if valid is not None:
       mask = mask & valid[:, None]
@@ -387,19 +408,16 @@ class MultimodalModel(nn.Module):
     decoder.prefix_positions; the text prefix is [CLS] plus, with random_prefix, a uniform
     1..n-2 more tokens of the n real ones; the loss is on next-token targets in the suffix."""
     t = self.cfg.caption_text
-    emb, ids = self.embedders[t], batch[t]
+    ids = batch[t]
     length = ids.shape[1]
-    mask = emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+    mask = self._real_tokens(t, ids)
     n = jnp.sum(mask, axis=1).astype(jnp.int32)
     if random_prefix:  # prefix in [1, n - 1]: at least one target left in the suffix
       prefix = 1 + jnp.floor(jax.random.uniform(rng, n.shape) * jnp.maximum(n - 1, 1)).astype(
           jnp.int32)
     else:
       prefix = jnp.ones_like(n)
-    pos = {t: decoder_lib.prefix_positions(prefix, length)}
-    encoded = self.fusion.encode(self.embed(batch), None, pos)
-    fused = self.fusion.interact(encoded, pos)
-    logits = self.lm_logits(t, fused["tokens"][t][:, :length - 1])
+    logits = self.lm_logits(t, self._prefix_stream(batch, prefix)[:, :length - 1])
     after = jnp.arange(1, length, dtype=jnp.int32)[None, :] >= prefix[:, None]
     weights = (mask[:, 1:] & after).astype(jnp.float32)
     valid = batch.get(f"{t}_valid")
@@ -410,20 +428,15 @@ class MultimodalModel(nn.Module):
   def frame_order_predictions(self, batch, rng, ratio: float, modality: str):
     """Evaluation: (logits [B, G, G], perm [B, G], shuffled [B, G]) on a batch whose video
     tubelet groups are shuffled (mmjax.ordering.frame_permutation with `rng`)."""
-    g = self.frame_groups(modality)
-    perm, moved = ordering.frame_permutation(rng, batch[modality].shape[0], g, ratio)
-    t = tuple(self.embedders[modality].tubelet)[0]
-    shuffled = dict(batch, **{modality: ordering.permute_frames(batch[modality], perm, t)})
+    video, perm, moved = self._shuffle_frames(modality, batch[modality], rng, ratio)
+    shuffled = dict(batch, **{modality: video})
     return self.frame_order_logits(modality, self(shuffled)["tokens"][modality]), perm, moved
 
   def prefix_lm_logits(self, batch, ids, prefix):
     """Next-token logits [B, L, V] of text ids [B, L] whose first `prefix` [B] tokens are the
     prefix, read by the joint stream over [other modalities; text] (generation)."""
     t = self.cfg.caption_text
-    pos = {t: decoder_lib.prefix_positions(prefix, ids.shape[1])}
-    fused = self.fusion.interact(self.fusion.encode(self.embed(dict(batch, **{t: ids})),
-                                                    None, pos), pos)
-    return self.lm_logits(t, fused["tokens"][t][:, :ids.shape[1]])
+    return self.lm_logits(t, self._prefix_stream(dict(batch, **{t: ids}), prefix))
 
   def _ordering(self, batch, rng, objectives: ObjectivesConfig):
     """Frame ordering (HERO's FOM) and sentence ordering in one pass over a batch whose video
@@ -432,18 +445,14 @@ class MultimodalModel(nn.Module):
     active, shuffled, out = set(objectives.active), dict(batch), {}
     targets = {}
     for i, m in enumerate(self.frame_order_heads if "frame_order" in active else ()):
-      g = self.frame_groups(m)
-      perm, moved = ordering.frame_permutation(jax.random.fold_in(rng, i), batch[m].shape[0],
-                                               g, objectives.frame_order_ratio)
-      t = tuple(self.embedders[m].tubelet)[0]
-      shuffled[m] = ordering.permute_frames(batch[m], perm, t)
+      shuffled[m], perm, moved = self._shuffle_frames(m, batch[m], jax.random.fold_in(rng, i),
+                                                      objectives.frame_order_ratio)
       targets[m] = (perm, moved.astype(jnp.float32))
     texts = {}
     for i, m in enumerate(self.sentence_order_heads if "sentence_order" in active else ()):
-      emb, ids = self.embedders[m], batch[m]
-      mask = emb.token_mask(ids) if emb.key_mask != "none" else ids != emb.pad_id
+      ids = batch[m]
       gather, tgt, w = ordering.segment_permutation(
-          jax.random.fold_in(rng, 50 + i), mask, self.cfg.order_segments)
+          jax.random.fold_in(rng, 50 + i), self._real_tokens(m, ids), self.cfg.order_segments)
       shuffled[m] = jnp.take_along_axis(ids, gather, axis=1)
       texts[m] = (tgt, w)
     fused = self(shuffled)

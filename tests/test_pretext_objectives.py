@@ -165,3 +165,23 @@ def test_region_objectives_need_regions():
                                     for x in m.cfg.modalities)))
   with pytest.raises(config_lib.ConfigError, match="masked region modelling.*needs a regions"):
     config_lib.parse(tiny_config("hier_multi_to_one", **{"loss_weights.mrfr": 1.0}))
+
+
+def test_frame_order_evaluator_counts_the_shuffled_groups_it_gets_right():
+  from mmjax import sharding  # pylint: disable=import-outside-toplevel
+  from mmjax.evaluators import ordering as ordering_eval  # pylint: disable=import-outside-toplevel
+  from mmjax.evaluators.common import Evaluated  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.parse(_video_config(**{"objectives.frame_order_ratio": 1.0}))
+  model = models.build_model(cfg)
+  batches = [_batch(0), _batch(1)]
+  params = model.init(jax.random.key(0), batches[0], method=model.init_all)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  ev = Evaluated(cfg, model, params, mesh, sharding.batch_sharding(mesh))
+  res = ordering_eval.evaluate(ev, batches, 1.0, seed=0)
+  assert res["frame_order/shuffled_groups"] == 32 and res["frame_order/chance"] == 0.25
+  hits = 0
+  for i, b in enumerate(batches):  # the evaluator's keys: key(seed * 100_003 + i)
+    logits, perm, moved = model.apply(params, b, jax.random.key(i), 1.0, "video",
+                                      method=model.frame_order_predictions)
+    hits += int(((np.argmax(logits, -1) == np.asarray(perm)) & np.asarray(moved)).sum())
+  assert res["frame_order/accuracy"] == hits / 32
