@@ -59,6 +59,13 @@ def _has_decoder(model) -> bool:
   return "caption" in model.cfg.objective_heads
 
 
+def _append_argmax(ids, done, logp, t, pad_id: int, eos_id: int):
+  """Greedy step: ids[:, t+1] = argmax logp (padding once a row has ended); -> (ids, done)."""
+  nxt = jnp.where(done, pad_id, jnp.argmax(logp, axis=-1).astype(jnp.int32))
+  ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], t + 1, axis=1)
+  return ids, done | (nxt == eos_id)
+
+
 def _greedy_prefix_lm(model, params, batch, *, max_len: int, bos_id: int, eos_id: int,
                       pad_id: int):
   b = next(iter(batch.values())).shape[0]
@@ -69,9 +76,7 @@ def _greedy_prefix_lm(model, params, batch, *, max_len: int, bos_id: int, eos_id
     ids, done = carry
     logits = model.apply(params, batch, ids, prefix, method=model.prefix_lm_logits)
     logp = jnp.take(logits, t, axis=1)
-    nxt = jnp.where(done, pad_id, jnp.argmax(logp, axis=-1).astype(jnp.int32))
-    ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], t + 1, axis=1)
-    return ids, done | (nxt == eos_id)
+    return _append_argmax(ids, done, logp, t, pad_id, eos_id)
   return jax.lax.fori_loop(0, max_len - 1, body, (ids, jnp.zeros((b,), bool)))[0]
 
 
@@ -106,9 +111,8 @@ def _greedy(model, params, batch, *, max_len: int, bos_id: int, eos_id: int, pad
     def body(t, carry):
       ids, cache, done = carry
       logp, cache = step(jax.lax.dynamic_slice_in_dim(ids, t, 1, axis=1), cache, t)
-      nxt = jnp.where(done, pad_id, jnp.argmax(logp, axis=-1).astype(jnp.int32))
-      ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], t + 1, axis=1)
-      return ids, cache, done | (nxt == eos_id)
+      ids, done = _append_argmax(ids, done, logp, t, pad_id, eos_id)
+      return ids, cache, done
     carry = (ids, decoder_lib.init_cache(blk, depth, b, max_len), done)
   else:
     full = _full_fn(model, params, memory, mask)
@@ -116,9 +120,7 @@ def _greedy(model, params, batch, *, max_len: int, bos_id: int, eos_id: int, pad
     def body(t, carry):
       ids, done = carry
       logp = full(ids, t)
-      nxt = jnp.where(done, pad_id, jnp.argmax(logp, axis=-1).astype(jnp.int32))
-      ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], t + 1, axis=1)
-      return ids, done | (nxt == eos_id)
+      return _append_argmax(ids, done, logp, t, pad_id, eos_id)
     carry = (ids, done)
   return jax.lax.fori_loop(0, max_len - 1, body, carry)[0]
 
