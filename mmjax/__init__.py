@@ -16,6 +16,10 @@ from typing import Any, Dict
 
 __version__ = "0.1.0"
 
+from mmjax import platforms as _platforms  # noqa: E402  (stdlib only: no jax import)
+
+_platforms.set_default_xla_flags()  # XLA:CPU's faster float32 dot path (mmjax/platforms.py)
+
 # Lazy (PEP 562): `import mmjax.data.text` stays cheap; `mmjax.build_model` imports on use.
 _LAZY = {"Config": ("mmjax.config_lib", "Config"),
          "ConfigError": ("mmjax.config_lib", "ConfigError"),

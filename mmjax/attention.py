@@ -25,6 +25,8 @@ A query with no valid key at all (an absent modality) gets a defined output of z
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -38,6 +40,26 @@ from mmjax.kernels.common import KV_PAD_ID, MASK_VALUE, Q_PAD_ID
 
 IMPLS = ("auto", "xla", "chunked", "cudnn", "pallas_gpu", "pallas_tpu")
 _logged_choices: set = set()
+# The platform `auto` resolves for: the devices the step is compiled for (a TPU pod slice
+# compiled from a CPU host is "tpu"), set by target_platform(); unset = jax.default_backend().
+_TARGET_PLATFORM: contextvars.ContextVar = contextvars.ContextVar("mmjax_attention_platform",
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: Optional[str]):
+  """Within the block, impl='auto' picks backends for `platform` ('cpu', 'gpu', 'tpu'), not for
+  the host's default backend. train_lib enters it with the mesh's device platform."""
+  token = _TARGET_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.reset(token)
+
+
+def auto_choices():
+  """The (platform, backend, dtype, head_dim) choices `auto` has made in this process."""
+  return sorted(_logged_choices)
 
 
 def causal_mask(nq: int, nk: int):
@@ -332,7 +354,7 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = 
     raise ValueError(f"unknown attention.impl={impl!r}; choose one of {', '.join(IMPLS)}")
   if impl != "auto":
     return impl
-  platform = platform or jax.default_backend()
+  platform = platform or _TARGET_PLATFORM.get() or jax.default_backend()
   nq, nk = q.shape[1], k.shape[1]
   long_enough = min(nq, nk) >= _PALLAS_MIN_LEN
   if causal or positioned:

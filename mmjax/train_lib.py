@@ -13,6 +13,8 @@ averages their gradients; contrastive negatives are then those of each micro-bat
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 from typing import Any, Callable, Tuple
 
@@ -24,8 +26,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mmjax import models, objectives, sharding
+from mmjax import attention, models, objectives, sharding
 from mmjax.config_lib import Config, ConfigError, parse
+from mmjax.perf import step_flops
 
 NO_DECAY = re.compile(r"(bias|scale|embedding|cls|cls_pos|probe|mask_token|bottleneck_tokens|"
                       r"logit_scale|sigmoid_[tb]|sum_weights)$")
@@ -254,13 +257,67 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -
                    donate_argnums=(0,))
 
   def run(state, batch):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with _step_context(mesh):
       return jitted(state, batch)
   run.jitted = jitted
   run.lower = lambda state, batch: _lower(jitted, mesh, state, batch)
   return run
 
 
-def _lower(jitted, mesh, state, batch):
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    return jitted.lower(state, batch)
+def lower_forward_loss(config: Config, model, mesh, state_sharding, state, batch):
+  """The lowered forward of the step's loss (no gradient, no optimizer): the program whose
+  FLOPs, times 3, are the step's model FLOPs (perf.model_flops). Remat changes only the
+  backward, so this count is the same with and without it."""
+  config = parse(config)
+
+  def forward(params, batch, step):
+    rng = jax.random.fold_in(jax.random.key(config.seed), step)
+    return compute_losses(model, params, batch, rng, config, mesh)[0]
+
+  jitted = jax.jit(forward, in_shardings=(state_sharding.params,
+                                          NamedSharding(mesh, P(sharding.BATCH_AXES)),
+                                          state_sharding.step))
+  return _lower(jitted, mesh, state.params, batch, state.step)
+
+
+def _unscanned(config: Config) -> Config:
+  """The config with every layer stack unrolled (model.scan off, towers included)."""
+  m = config.model
+  mods = tuple(dataclasses.replace(x, tower=dataclasses.replace(x.tower, scan=False))
+               if x.tower is not None else x for x in m.modalities)
+  model = dataclasses.replace(m, block=dataclasses.replace(m.block, scan=False), modalities=mods)
+  return dataclasses.replace(config, model=model)
+
+
+def flop_counts(config: Config, mesh, batch, lowered_step=None) -> Tuple[float, float]:
+  """(model FLOPs, hardware FLOPs) of one global train step, from XLA's count of lowered
+  programs (perf.step_flops). Model FLOPs: 3 x the forward loss (backward = 2 x forward, no
+  recomputation, no optimizer) -> MFU. Hardware FLOPs: the whole step as it runs (remat
+  recomputation and the optimizer included) -> HFU. A scanned stack is counted unrolled (XLA
+  counts a loop body once); `lowered_step` (the step already lowered) is reused when unscanned.
+  `batch`: arrays or ShapeDtypeStructs."""
+  config = parse(config)
+  scanned = config.model.block.scan or any(t.scan for _, t in config.model.tower_blocks)
+  if scanned:
+    config, lowered_step = _unscanned(config), None
+  model = models.build_model(config.model)
+  tx, schedule = make_optimizer(config)
+  state, shard = abstract_state(model, tx, mesh)
+  if lowered_step is None:
+    lowered_step = make_train_step(config, model, tx, schedule, mesh, shard).lower(state, batch)
+  forward = lower_forward_loss(config, model, mesh, shard, state, batch)
+  return 3.0 * step_flops(forward), step_flops(lowered_step)
+
+
+@contextlib.contextmanager
+def _step_context(mesh):
+  """Trace under the mesh, the logical sharding rules, and attention `auto` resolving for the
+  mesh's platform (a TPU slice compiled from a CPU host lowers the TPU kernels)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES), \
+      attention.target_platform(mesh.devices.flat[0].platform):
+    yield
+
+
+def _lower(jitted, mesh, *args):
+  with _step_context(mesh):
+    return jitted.lower(*args)

@@ -7,7 +7,8 @@ train(config, workdir):
   * a fresh run with config.init_from starts from that checkpoint's parameters (fresh
     optimizer, step 0); config.freeze leaves the parameters it names untouched;
   * every log_every_steps: loss of each objective, learning rate, gradient norm, step time,
-    TFLOP/s, MFU to metrics.jsonl, TensorBoard and the progress bar (metrics stay on the
+    model TFLOP/s, MFU (model FLOPs: 3 x forward) and HFU (the compiled step's FLOPs, remat
+    included) to metrics.jsonl, TensorBoard and the progress bar (metrics stay on the
     device in between, so dispatch runs ahead);
   * saves asynchronously every checkpoint.every_steps, and on SIGTERM (preemption) saves and
     exits cleanly; a non-finite loss stops the run naming the step and the last good
@@ -29,7 +30,7 @@ import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config_lib, models, packing, sharding, train_lib
-from mmjax.perf import chip_peak, step_flops
+from mmjax.perf import chip_peak
 from mmjax.data import pipeline
 
 
@@ -100,8 +101,9 @@ def _summary(config: config_lib.Config, state, flops, mesh, peak) -> str:
   lines = [
       f"mmjax: {config.model.fusion.name} over {list(config.model.names)}",
       f"  params      {n_params / 1e6:.2f}M ({sharded / max(n_params, 1):.0%} sharded)",
-      f"  FLOPs       {flops * mesh.size / config.batch_size / 1e9:.3f} GFLOP per "
-      f"example per train step (XLA)",
+      f"  FLOPs       {flops[0] * mesh.size / config.batch_size / 1e9:.3f} GFLOP model (3 x "
+      f"forward), {flops[1] * mesh.size / config.batch_size / 1e9:.3f} GFLOP hardware "
+      f"(remat, optimizer) per example per train step (XLA)",
       f"  mesh        {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform} "
       f"device(s), {jax.process_count()} process(es)",
       f"  data        {config.data.source}:{config.data.task}, global batch "
@@ -257,11 +259,11 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
     batch = next_batch()
     lowered = step_fn.lower(state, batch)
     compiled = lowered.compile()  # the loop runs this executable: compiled once, up front
-    flops = step_flops(lowered) / mesh.size
+    flops, hw_flops = (f / mesh.size for f in train_lib.flop_counts(cfg, mesh, batch, lowered))
     peak = chip_peak()
     primary = jax.process_index() == 0
     if primary and log_to_stdout:
-      print(_summary(cfg, state, flops, mesh, peak), flush=True)
+      print(_summary(cfg, state, (flops, hw_flops), mesh, peak), flush=True)
       if start:
         print(f"  resumed     from checkpoint step {start}", flush=True)
       for note in notes:
@@ -317,7 +319,9 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
         step_time, t_last, since_log = (now - t_last) / since_log, now, 0
         m.update(step_time_s=step_time, skipped_total=float(skipped),
                  tflops_per_device=flops / step_time / 1e12,
+                 hw_tflops_per_device=hw_flops / step_time / 1e12,
                  mfu=flops / step_time / 1e12 / peak[0],
+                 hfu=hw_flops / step_time / 1e12 / peak[0],
                  examples_per_s=cfg.batch_size / step_time)
         if skips.active:
           m["data/skipped"] = float(skips.total())
@@ -325,7 +329,7 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
         writer.write(step, m)
         if bar is not None:
           bar.set_postfix(loss=f"{m['loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}",
-                          mfu=f"{m['mfu']:.1%}", refresh=False)
+                          mfu=f"{m['mfu']:.1%}", hfu=f"{m['hfu']:.1%}", refresh=False)
       if bar is not None:
         bar.update(1)
       if preempted:

@@ -105,6 +105,16 @@ def test_auto_and_errors():
       "cudnn",)
   with pytest.raises(ValueError, match="unknown attention.impl='flash'"):
     attention.choose_impl("flash", q, k)
+  # `auto` resolves for the platform the step is compiled for, not the host's backend.
+  tpu_len = jnp.zeros((1, 512, 2, 64))
+  assert attention.choose_impl("auto", tpu_len, tpu_len) == "xla"
+  with attention.target_platform("tpu"):
+    assert attention.choose_impl("auto", tpu_len, tpu_len) == "pallas_tpu"
+    with attention.target_platform("gpu"):
+      assert attention.choose_impl("auto", tpu_len.astype(jnp.bfloat16), tpu_len) == "cudnn"
+    assert attention.choose_impl("auto", tpu_len, tpu_len, platform="cpu") == "xla"
+  assert attention.choose_impl("auto", tpu_len, tpu_len) == "xla"
+  assert ("tpu", "pallas_tpu", "float32", 64) in attention.auto_choices()
   with pytest.raises(ValueError, match="bf16/fp16"):
     attention.cudnn_attention(q, k, k)
 

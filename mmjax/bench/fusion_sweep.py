@@ -133,7 +133,7 @@ def measure(config, steps: int, train: bool = True) -> Dict[str, Any]:
     row["compile_s"] = time.perf_counter() - t0
     row["train_mem_bytes"] = memory_bytes(compiled)
     with jax.set_mesh(mesh):
-      _, _, row["step_s"] = time_steps(compiled, state, batch, steps, warmup=1)
+      _, _, row["step_s"] = time_steps(compiled, state, batch, steps, warmup=1, repeats=1)
     row["batch_size"] = cfg.batch_size
   return row
 

@@ -5,10 +5,15 @@
 
 Nothing is materialized: the state is train_lib.abstract_state's jax.ShapeDtypeStructs
 (with their NamedShardings over the topology's chips) and the batch is abstract too. The step is
-train_lib.make_train_step's, lowered and compiled by libtpu for the topology. Reports per-chip
-memory (perf.memory_bytes: argument + output + temp - aliased) against the chip's
-HBM, FLOPs per step (perf.step_flops of the lowered, global program), and a roofline step time
-(FLOPs per chip / dense bf16 peak) at 100% and at an assumed MFU (--mfu, default 0.5).
+train_lib.make_train_step's, lowered and compiled by libtpu for the topology; attention
+impl `auto` resolves for the mesh's platform (tpu: splash / pallas_tpu for >= 256 tokens with
+head_dim 64 or a multiple of 128), and the backends it chose are printed (one stderr line) and
+reported (`attention`). Reports per-chip memory (perf.memory_bytes: argument + output + temp -
+aliased) against the chip's HBM; model and hardware FLOPs per step (train_lib.flop_counts of the
+step lowered unscanned on one CPU device); roofline step times (FLOPs per chip / dense bf16
+peak) at 100% and at an assumed MFU (--mfu, default 0.5); and an *estimated* step time from
+the TPU executable's cost analysis (max(compute, HBM traffic / bandwidth), see cost_estimate)
+with the MFU / HFU it implies. None of these is a measurement.
 Prints one JSON line. A config that does not fit exits 1 with a one-line message.
 
 Environment: the module sets TPU_SKIP_MDS_QUERY=1 and JAX_PLATFORMS=cpu if unset and drops a
@@ -37,13 +42,14 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mmjax import models, sharding, train_lib  # noqa: E402
+from mmjax import attention, config_lib, models, sharding, train_lib  # noqa: E402
 from mmjax.perf import memory_bytes, step_flops  # noqa: E402
 
 GIB = 2 ** 30
-# Per-chip HBM (GiB) and dense bf16 peak (TFLOP/s), by the topology name's prefix.
-CHIPS = {"v5p": (95, 459.0), "v5e": (16, 197.0), "v5litepod": (16, 197.0), "v4": (32, 275.0),
-         "v6e": (32, 918.0)}
+# Per-chip HBM (GiB), dense bf16 peak (TFLOP/s) and HBM bandwidth (GB/s, data sheets), by the
+# topology name's prefix.
+CHIPS = {"v5p": (95, 459.0, 2765.0), "v5e": (16, 197.0, 819.0), "v5litepod": (16, 197.0, 819.0),
+         "v4": (32, 275.0, 1228.0), "v6e": (32, 918.0, 1640.0)}
 
 
 def chip_spec(topology: str):
@@ -62,26 +68,79 @@ def abstract_batch(config, batch_size: int, mesh):
                                                      sharding=sh), one)
 
 
-def global_step_flops(config, batch_size: int) -> float:
-  """FLOPs of one global train step: perf.step_flops of the same step lowered (not compiled) on
-  one CPU device with layers unrolled. Both the compile-only TPU client (no lowered cost
-  analysis) and a scanned step (XLA counts a while-loop body once, not once per layer) would
-  under-count; remat recomputation is kept."""
+def step_flop_counts(config, batch_size: int):
+  """(model FLOPs, hardware FLOPs, loop scale) of one global train step, on one CPU device.
+
+  FLOPs: train_lib.flop_counts of the same step lowered (not compiled) on CPU (it unrolls
+  scanned stacks itself). The compile-only TPU client has no cost analysis of a lowered module,
+  and the TPU executable's own count sees a scanned stack's loop body once and a Pallas kernel
+  (splash) not at all. Attention `auto` resolves for CPU there (xla), so the count includes the
+  attention matmuls. Loop scale: unrolled / scanned hardware FLOPs of the CPU lowering (1.0 when
+  nothing is scanned), the factor by which a loop-body-once count under-counts."""
   c = config.copy_and_resolve_references()
-  c.model.scan = False
   c.batch_size = batch_size
   c.mesh = {"data": 1, "fsdp": 1, "tensor": 1}
   mesh = sharding.make_mesh(c.mesh, jax.devices("cpu")[:1])
-  model = models.build_model(c)
-  tx, schedule = train_lib.make_optimizer(c)
-  state, shard = train_lib.abstract_state(model, tx, mesh)
-  step = train_lib.make_train_step(c, model, tx, schedule, mesh, shard)
-  return step_flops(step.lower(state, abstract_batch(c, batch_size, mesh)))
+  batch = abstract_batch(c, batch_size, mesh)
+  model_flops, hw_flops = train_lib.flop_counts(c, mesh, batch)
+  loop_scale = 1.0
+  pm = config_lib.parse(c).model
+  if pm.block.scan or any(t.scan for _, t in pm.tower_blocks):
+    model = models.build_model(c)
+    tx, schedule = train_lib.make_optimizer(c)
+    state, shard = train_lib.abstract_state(model, tx, mesh)
+    step = train_lib.make_train_step(c, model, tx, schedule, mesh, shard)
+    scanned = step_flops(step.lower(state, batch))
+    loop_scale = float(hw_flops) / scanned if scanned > 0 else 1.0
+  return float(model_flops), float(hw_flops), loop_scale
+
+
+_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}
+
+
+def tpu_attention_choices():
+  """The backends `auto` picked for the TPU step, as 'pallas_tpu bf16 head_dim=64' strings."""
+  return [f"{backend} {_DTYPES.get(dtype, dtype)} head_dim={d}"
+          for platform, backend, dtype, d in attention.auto_choices() if platform == "tpu"]
+
+
+def cost_estimate(cost: dict, hw_flops_chip: float, model_flops_chip: float, peak_tflops: float,
+                  hbm_gbs: float, loop_scale: float = 1.0):
+  """An estimated step time from the TPU executable's cost analysis: max(compute, memory) with
+  compute = FLOPs / bf16 peak and memory = bytes accessed / HBM bandwidth, per chip.
+
+  Compute uses the hardware FLOPs of the unrolled CPU lowering (the executable's own count
+  misses loop iterations and Pallas kernels). The executable counts a scanned layer stack's
+  loop body once, so its bytes are scaled by loop_scale = unrolled / scanned hardware FLOPs of
+  the CPU lowering, i.e. the loop bodies are assumed to carry the same share of the bytes as of
+  the FLOPs. Out-of-loop bytes (the optimizer's f32 update) are scaled too, so the memory time
+  leans high; est_memory_s_loop_bodies_once is the unscaled lower end. Splash's own HBM
+  traffic is whatever libtpu's analysis assigns its custom call. Ignores: collectives (FSDP all-gathers / reduce-scatters) and whether
+  they overlap compute, per-op efficiency (MXU shape, fusion, kernel launch), and the host."""
+  bytes_c = float(cost.get("bytes accessed", 0.0))
+  scale = loop_scale
+  compute_s = hw_flops_chip / (peak_tflops * 1e12)
+  memory_s = bytes_c * scale / (hbm_gbs * 1e9)
+  est = max(compute_s, memory_s)
+  out = {"est_loop_scale": scale, "est_bytes_accessed_per_chip": bytes_c * scale,
+         "est_compute_s": compute_s, "est_memory_s": memory_s,
+         "est_memory_s_loop_bodies_once": bytes_c / (hbm_gbs * 1e9),
+         "est_step_s": est, "est_bound": "compute" if compute_s >= memory_s else "memory",
+         "est_mfu": model_flops_chip / est / (peak_tflops * 1e12) if est > 0 else 0.0,
+         "est_hfu": hw_flops_chip / est / (peak_tflops * 1e12) if est > 0 else 0.0,
+         "est_method": "estimate: max(hw FLOPs / bf16 peak, TPU bytes accessed x loop_scale / "
+                       "HBM bandwidth) per chip; ignores collectives and their overlap, "
+                       "per-op efficiency, host"}
+  if "optimal_seconds" in cost:  # libtpu's own estimate (loop bodies once), when it has one
+    out["tpu_cost_optimal_seconds"] = float(cost["optimal_seconds"])
+  if float(cost.get("optimal_seconds", 0.0)) > 0:
+    out["est_step_s_tpu_optimal_seconds_scaled"] = float(cost["optimal_seconds"]) * scale
+  return out
 
 
 def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float = 0.5):
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-  gen, (hbm_gib, peak) = chip_spec(topology)
+  gen, (hbm_gib, peak, hbm_gbs) = chip_spec(topology)
   t0 = time.perf_counter()
   topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
   devices = list(topo.devices)
@@ -100,8 +159,16 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
   batch = abstract_batch(config, batch_size, mesh)
   lowered = step.lower(state, batch)
   t1 = time.perf_counter()
+  impl = (config.get("attention") or {}).get("impl", "auto")
+  attn = tpu_attention_choices()  # before the CPU FLOP lowering adds its own (cpu) choices
+  n_kernels = lowered.as_text().count("tpu_custom_call")
+  print(f"pod_compile: compiled step attention backends (impl={impl}, "
+        f"auto resolved for tpu): {', '.join(attn) or 'none via auto'}; "
+        f"{n_kernels} tpu_custom_call ops in the lowered step", file=sys.stderr, flush=True)
   info = {"config_fusion": config.model.fusion, "topology": topology, "chips": n,
-          "mesh": dict(mesh.shape), "batch_size": batch_size, "hbm_gib": hbm_gib}
+          "mesh": dict(mesh.shape), "batch_size": batch_size, "hbm_gib": hbm_gib,
+          "attention": attn, "attention_impl": impl,
+          "lowered_tpu_custom_calls": n_kernels}
   try:
     compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except
@@ -127,14 +194,20 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
   per_chip = memory_bytes(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = dict(cost or {})
+  if os.environ.get("MMJAX_POD_COMPILE_COST_KEYS"):
+    print(f"pod_compile: TPU cost_analysis keys: {sorted(cost)}", file=sys.stderr, flush=True)
   compiled_flops_chip = float(cost.get("flops", 0.0))
-  flops, flops_source = global_step_flops(config, batch_size), "lowered unscanned step on CPU"
-  flops_chip = flops / n
+  t2 = time.perf_counter()
+  model_flops, hw_flops, loop_scale = step_flop_counts(config, batch_size)
+  flops_s = time.perf_counter() - t2
+  flops_chip, model_flops_chip = hw_flops / n, model_flops / n
   roofline_s = flops_chip / (peak * 1e12)
-  return {
-      "config_fusion": config.model.fusion, "topology": topology, "chips": n,
-      "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
-      "batch_size": batch_size, "batch_per_chip": batch_size / n, "params": n_params,
+  model_roofline_s = model_flops_chip / (peak * 1e12)
+  r = dict(info)
+  r.update({
+      "device_kind": devices[0].device_kind,
+      "batch_per_chip": batch_size / n, "params": n_params,
       "dtype": config.model.dtype, "remat": config.model.get("remat", "none"),
       "scan": bool(config.model.get("scan", False)),
       "mem_per_chip_bytes": per_chip, "mem_per_chip_gib": per_chip / GIB,
@@ -142,14 +215,24 @@ def compile_for_topology(config, topology: str, batch_per_chip=None, mfu: float 
       "mem_output_bytes": int(mem.output_size_in_bytes),
       "mem_temp_bytes": int(mem.temp_size_in_bytes),
       "mem_alias_bytes": int(mem.alias_size_in_bytes),
-      "hbm_gib": hbm_gib, "fits": per_chip <= hbm_gib * GIB,
-      "flops_per_step": flops, "flops_source": flops_source,
-      "tpu_compiled_flops_per_chip_loop_bodies_once": compiled_flops_chip, "flops_per_chip": flops_chip, "peak_tflops_bf16": peak,
-      "roofline_step_s_at_100pct": roofline_s, "assumed_mfu": mfu,
-      "est_step_s_at_mfu": roofline_s / mfu,
-      "est_examples_per_s_at_mfu": batch_size / (roofline_s / mfu),
-      "lower_s": t1 - t0, "compile_s": compile_s,
-  }
+      "fits": per_chip <= hbm_gib * GIB,
+      "model_flops_per_step": model_flops, "hw_flops_per_step": hw_flops,
+      "flops_per_step": hw_flops,
+      "flops_source": "train_lib.flop_counts: lowered unscanned step / 3 x forward on CPU",
+      "tpu_compiled_flops_per_chip_loop_bodies_once": compiled_flops_chip,
+      "tpu_compiled_bytes_accessed_per_chip_loop_bodies_once":
+          float(cost.get("bytes accessed", 0.0)),
+      "flops_per_chip": flops_chip, "model_flops_per_chip": model_flops_chip,
+      "peak_tflops_bf16": peak, "hbm_gbs": hbm_gbs,
+      "roofline_step_s_at_100pct": roofline_s,
+      "model_roofline_step_s_at_100pct": model_roofline_s,
+      "assumed_mfu": mfu,
+      "est_step_s_at_mfu": model_roofline_s / mfu,
+      "est_examples_per_s_at_mfu": batch_size / (model_roofline_s / mfu),
+  })
+  r.update(cost_estimate(cost, flops_chip, model_flops_chip, peak, hbm_gbs, loop_scale))
+  r.update(lower_s=t1 - t0, compile_s=compile_s, flops_s=flops_s)
+  return r
 
 
 def not_fit_message(r) -> str:

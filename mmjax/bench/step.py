@@ -1,20 +1,25 @@
 """Train-step benchmark: steps/s, examples/s, TFLOP/s per device and MFU against a named peak.
 
-  python -m mmjax.bench.step --config=configs/default.py [--steps=10] [--warmup=2]
+  python -m mmjax.bench.step --config=configs/default.py [--steps=10] [--warmup=2] [--repeats=3]
       [--config.batch_size=...] [--config.model.dtype=bfloat16]
 
-FLOPs per step are XLA's cost analysis of the lowered step (forward, backward and optimizer;
-remat recomputation included), divided over the devices; the lowered HLO is used because a GPU
-executable's own count misses the matmuls handed to cuBLAS.
+Two FLOP counts per step, both XLA's cost analysis of lowered programs (train_lib.flop_counts;
+the lowered HLO is used because a GPU executable's own count misses the matmuls handed to
+cuBLAS), divided over the devices:
+  model FLOPs    3 x the forward loss (backward = 2 x forward; no recomputation, no optimizer)
+                 -> `mfu`, `tflops_per_device`
+  hardware FLOPs the step as compiled (remat recomputation and the optimizer included)
+                 -> `hfu`, `hw_tflops_per_device`
 Peak: on CPU a float32 2048^3 matmul measured in the same run; on GPU and TPU the chip's dense
 bf16 peak from its data sheet (a measured bf16 matmul peak is printed beside it on GPU).
 The last stdout line is one JSON object (step_s, examples_per_s, tflops_per_device,
-peak_tflops, mfu, ...).
+peak_tflops, mfu, hfu, ...).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 import jax
@@ -24,12 +29,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmjax import config_lib, models, sharding, train_lib
-from mmjax.perf import chip_peak, step_flops, time_steps
+from mmjax.perf import chip_peak, time_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=False)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps; the fastest "
+                                "counts (metrics stay on the device within a window).")
 
 
 def synthetic_batch(config, seed: int = 0):
@@ -54,7 +61,7 @@ def synthetic_batch(config, seed: int = 0):
   return batch
 
 
-def benchmark(config, steps: int, warmup: int):
+def benchmark(config, steps: int, warmup: int, repeats: int = 3):
   cfg = config_lib.parse(config)
   model = models.build_model(cfg)
   tx, schedule = train_lib.make_optimizer(cfg)
@@ -66,30 +73,35 @@ def benchmark(config, steps: int, warmup: int):
   lowered = step.lower(state, batch)
   step = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops_device = step_flops(lowered) / mesh.size  # global program, split over the devices
-  state, metrics, step_s = time_steps(step, state, batch, steps, warmup)
+  model_flops, hw_flops = train_lib.flop_counts(cfg, mesh, batch, lowered)
+  model_flops, hw_flops = model_flops / mesh.size, hw_flops / mesh.size  # per device
+  state, metrics, step_s = time_steps(step, state, batch, steps, warmup, repeats)
   peak, peak_name = chip_peak()
-  tflops = flops_device / step_s / 1e12
+  tflops, hw_tflops = model_flops / step_s / 1e12, hw_flops / step_s / 1e12
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return {
       "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+      "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "fusion": cfg.model.fusion.name, "dtype": jnp.dtype(cfg.model.block.dtype).name,
       "batch_size": cfg.batch_size, "params": n_params, "compile_s": compile_s,
       "step_s": step_s, "steps_per_s": 1 / step_s, "examples_per_s": cfg.batch_size / step_s,
-      "flops_per_step_per_device": flops_device, "tflops_per_device": tflops,
-      "peak_tflops": peak, "peak": peak_name, "mfu": tflops / peak,
+      "remat": cfg.model.block.remat, "attention": cfg.model.block.attention_impl,
+      "model_flops_per_step_per_device": model_flops,
+      "hw_flops_per_step_per_device": hw_flops, "tflops_per_device": tflops,
+      "hw_tflops_per_device": hw_tflops, "peak_tflops": peak, "peak": peak_name,
+      "mfu": tflops / peak, "hfu": hw_tflops / peak,
       "loss": float(metrics["loss"]),
   }
 
 
 def main(argv):
   del argv
-  res = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  res = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _REPEATS.value)
   print(f"{res['fusion']} on {res['num_devices']} x {res['device']}: "
         f"{res['params'] / 1e6:.1f}M params, batch {res['batch_size']}, {res['dtype']}")
   print(f"  step {res['step_s'] * 1e3:.1f} ms  |  {res['examples_per_s']:.1f} examples/s  |  "
-        f"{res['tflops_per_device'] * 1e3:.1f} GFLOP/s per device  |  MFU {res['mfu']:.1%} "
-        f"of {res['peak_tflops'] * 1e3:.1f} GFLOP/s ({res['peak']})")
+        f"{res['tflops_per_device'] * 1e3:.1f} model GFLOP/s per device  |  MFU {res['mfu']:.1%}"
+        f"  HFU {res['hfu']:.1%} of {res['peak_tflops'] * 1e3:.1f} GFLOP/s ({res['peak']})")
   print(json.dumps(res))
 
 
