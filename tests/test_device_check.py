@@ -22,8 +22,10 @@ def test_device_check_dry_run(tmp_path):
   assert "tuned XLA_FLAGS: --xla_cpu_enable_fast_min_max=false" in envtxt
   rows = {r["check"]: r["result"] for r in map(json.loads, open(tmp_path / "summary.jsonl"))}
   assert {"clip_b8_default_flags", "clip_b8_tuned_flags"} <= set(rows), sorted(rows)
-  assert rows["clip_b8_default_flags"]["xla_flags"] == ""
-  assert rows["clip_b8_tuned_flags"]["xla_flags"] == "--xla_cpu_enable_fast_min_max=false"
+  # (import mmjax adds its own CPU default to either: mmjax/platforms.py)
+  assert "fast_min_max" not in rows["clip_b8_default_flags"]["xla_flags"]
+  assert rows["clip_b8_tuned_flags"]["xla_flags"].startswith(
+      "--xla_cpu_enable_fast_min_max=false")
   for r in rows.values():
     assert r["mfu"] > 0 and r["hfu"] > 0 and r["examples_per_s"] > 0
   assert "faster at batch 8:" in envtxt
