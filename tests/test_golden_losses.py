@@ -3,9 +3,8 @@
 script records, to 1e-6. It was first recorded before the fusion-design / typed-config refactor,
 and re-recorded when mmjax made XLA:CPU's plain dot path its CPU default (mmjax/platforms.py):
 that path rounds differently, which moved the float32 configs' losses by up to 7e-6 and the two
-bfloat16 pod configs' by up to 4e-3. Before
-re-recording, the same code with MMJAX_CPU_XLA_DEFAULTS=0 reproduced the earlier fixture
-exactly (largest difference 0)."""
+bfloat16 pod configs' by up to 4e-3. Before re-recording, the same code with
+MMJAX_CPU_XLA_DEFAULTS=0 reproduced the earlier fixture exactly (largest difference 0)."""
 import json
 
 import pytest
