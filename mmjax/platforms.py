@@ -1,5 +1,5 @@
 """Which JAX platforms the command-line entry points initialize when JAX_PLATFORMS is unset,
-and the XLA:CPU flags mmjax sets by default (set_default_xla_flags, run on `import mmjax`).
+and the XLA:CPU flag mmjax sets by default (set_default_xla_flags, run on `import mmjax`).
 
 With libtpu installed (the `tpu` extra, for compiling pod steps on a CPU host), JAX would
 initialize the TPU backend on every machine, and on one without TPUs libtpu prints errors about
@@ -42,13 +42,11 @@ def set_default_platforms() -> None:
 
 # XLA:CPU in jaxlib 0.12 hands every float32 dot to YNNPACK (ynn_fusion_type=individual_dot);
 # its plain dot path is 1.3-1.5x faster for the matmuls of a transformer step on the AVX2
-# machines measured, with the same float32 results (a 2048^3 matmul: relative error 4e-7 vs
-# float64, 1e-6 with YNNPACK). Its default concurrency-optimized schedule runs independent ops
-# side by side, and on a few cores they fight over them (half the step's CPU time went to the
-# kernel); the memory-optimized schedule made the CLIP ViT-B/16 step a further 1.3-1.5x faster,
-# bit-identical. Both: docs/benchmarks.md, "mmjax vs open_clip".
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
-                 "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
+# machines measured (docs/benchmarks.md, "mmjax vs open_clip"), with the same float32 results
+# (a 2048^3 matmul: relative error 4e-7 vs float64, 1e-6 with YNNPACK).
+# Not set: --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED made the CLIP step up to
+# 1.4x faster on 2 cores, but XLA aborted in one of the test suite's training runs with it.
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_dot",)
 
 
 def _jaxlib_has_ynn() -> bool:
