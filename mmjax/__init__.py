@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 from mmjax import platforms as _platforms  # noqa: E402  (stdlib only: no jax import)
 
 _platforms.set_default_xla_flags()  # XLA:CPU's faster float32 dot path (mmjax/platforms.py)
+_platforms.set_default_malloc()  # CPU-only: no page faults on every step (mmjax/platforms.py)
 
 # Lazy (PEP 562): `import mmjax.data.text` stays cheap; `mmjax.build_model` imports on use.
 _LAZY = {"Config": ("mmjax.config_lib", "Config"),

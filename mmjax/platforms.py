@@ -1,5 +1,6 @@
 """Which JAX platforms the command-line entry points initialize when JAX_PLATFORMS is unset,
-and the XLA:CPU flag mmjax sets by default (set_default_xla_flags, run on `import mmjax`).
+and the CPU defaults mmjax sets on `import mmjax`: one XLA:CPU flag (set_default_xla_flags) and
+glibc malloc settings that stop every step from faulting in fresh pages (set_default_malloc).
 
 With libtpu installed (the `tpu` extra, for compiling pod steps on a CPU host), JAX would
 initialize the TPU backend on every machine, and on one without TPUs libtpu prints errors about
@@ -44,8 +45,10 @@ def set_default_platforms() -> None:
 # its plain dot path is 1.3-1.5x faster for the matmuls of a transformer step on the AVX2
 # machines measured (docs/benchmarks.md, "mmjax vs open_clip"), with the same float32 results
 # (a 2048^3 matmul: relative error 4e-7 vs float64, 1e-6 with YNNPACK).
-# Not set: --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED made the CLIP step up to
-# 1.4x faster on 2 cores, but XLA aborted in one of the test suite's training runs with it.
+# Not set: --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED. It deadlocks programs
+# with collectives over several CPU devices (configs/pod_fusion_1b.py on 8 simulated devices:
+# an all-gather and an all-reduce wait on each other until XLA's 40 s rendezvous timeout aborts
+# the process), and with the malloc settings below it no longer speeds up the CLIP step.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_dot",)
 
 
@@ -67,3 +70,52 @@ def set_default_xla_flags() -> None:
   extra = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
   if extra:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+
+
+# glibc malloc on a CPU-only JAX process. XLA:CPU allocates each execution's buffers (gigabytes
+# for a ViT-B/16 train step) on its worker threads, and glibc serves those from per-thread arenas
+# with mmap, munmap'ing them on free: every step faulted in ~830k fresh zeroed pages, and the
+# kernel's share was a third of the step's CPU time on 2 cores. One arena (the main one, which
+# grows by brk), no mmap, and no trimming keep the pages mapped: the same step made no page
+# faults and ran ~1.4x faster (docs/benchmarks.md). The cost: the process keeps its peak heap
+# until it exits, and threads share one arena lock.
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8   # <malloc.h>
+MALLOC_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
+MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
+              "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+# The same settings as environment variables (read by glibc at process start), for another
+# process: the benchmark gives them to the open_clip side for an equal-footing comparison.
+MALLOC_SETTINGS_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                       "MALLOC_TRIM_THRESHOLD_": str(2**62)}
+malloc_defaults_applied = False
+
+
+def _cpu_only() -> bool:
+  chosen = os.environ.get("JAX_PLATFORMS")
+  chosen = default_platforms() if chosen is None else chosen
+  return chosen.strip().lower() == "cpu"
+
+
+def set_default_malloc() -> bool:
+  """Applies MALLOC_SETTINGS with mallopt(3) and returns whether it did: only under glibc, in a
+  process whose JAX platform is the CPU alone, unless MMJAX_CPU_MALLOC_DEFAULTS=0 or the user
+  set glibc's malloc environment (MALLOC_ARENA_MAX, ..., GLIBC_TUNABLES=glibc.malloc.*).
+  It must run before XLA's threads first allocate (import mmjax before the first computation)."""
+  global malloc_defaults_applied  # pylint: disable=global-statement
+  if malloc_defaults_applied:
+    return True
+  if (os.environ.get("MMJAX_CPU_MALLOC_DEFAULTS", "1") == "0" or not _cpu_only()
+      or any(k in os.environ for k in MALLOC_ENV)
+      or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")):
+    return False
+  import ctypes  # pylint: disable=import-outside-toplevel
+  import platform  # pylint: disable=import-outside-toplevel
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  malloc_defaults_applied = all(mallopt(p, v) == 1 for p, v in MALLOC_SETTINGS)
+  return malloc_defaults_applied

@@ -28,6 +28,19 @@ def test_both_matmul_peaks_in_one_run():
       res["mmjax_matmul_gflops"] / res["torch_matmul_gflops"])
   # The default CPU flag of mmjax/platforms.py is in effect and reported.
   assert "--xla_cpu_experimental_ynn_fusion_type=-individual_dot" in res["xla_flags"]
+  assert res["mmjax_malloc_defaults"] is True and res["torch_malloc"] is False
+  assert "MALLOC_ARENA_MAX" not in res["torch"]["malloc_env"]
+
+
+@pytest.mark.skipif(not os.path.exists(REF), reason="no reference venv (.venv-ref)")
+def test_torch_malloc_gives_open_clip_the_same_settings():
+  p = _versus("--only=matmul", "--torch_malloc")
+  assert p.returncode == 0, p.stderr[-2000:]
+  res = json.loads(p.stdout.strip().splitlines()[-1])
+  assert res["torch_malloc"] is True
+  assert res["torch"]["malloc_env"]["MALLOC_ARENA_MAX"] == "1"
+  assert res["torch"]["malloc_env"]["MALLOC_MMAP_MAX_"] == "0"
+  assert "open_clip on" in p.stdout
 
 
 def test_missing_reference_is_one_line():

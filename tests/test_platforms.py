@@ -58,3 +58,64 @@ def test_default_cpu_xla_flag(monkeypatch):
   monkeypatch.setenv("MMJAX_CPU_XLA_DEFAULTS", "0")
   platforms.set_default_xla_flags()
   assert os.environ["XLA_FLAGS"] == ""
+
+
+# A program whose 128 MiB intermediate (the transposed copy) XLA:CPU allocates on every call.
+_FAULTS = """
+import resource, sys
+import mmjax
+import jax, jax.numpy as jnp
+from mmjax import platforms
+f = jax.jit(lambda x: jnp.tanh(x).T @ jnp.ones((x.shape[0],), x.dtype))
+x = jnp.ones((4096, 8192), jnp.float32)
+for _ in range(15):
+  f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+  f(x).block_until_ready()
+print(platforms.malloc_defaults_applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(**env):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **env)
+  for k in platforms.MALLOC_ENV + ("MMJAX_CPU_MALLOC_DEFAULTS",):
+    if k not in env or env[k] is None:
+      env.pop(k, None)
+  p = subprocess.run([sys.executable, "-c", _FAULTS], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  applied, faults = p.stdout.split()
+  return applied == "True", int(faults)
+
+
+def test_cpu_malloc_default_stops_per_call_page_faults():
+  """With mmjax's malloc settings, a program's large per-call buffers reuse mapped pages; with
+  them off (glibc's default: mmap per buffer, munmap on free), each call faults them in anew."""
+  on, faults_on = _faults()
+  off, faults_off = _faults(MMJAX_CPU_MALLOC_DEFAULTS="0")
+  assert on and not off
+  assert faults_off > 10 * 128 * 2**20 // 4096 // 2, faults_off  # >= half of the 128 MiB per call
+  assert faults_on < faults_off / 4, (faults_on, faults_off)
+
+
+def test_cpu_malloc_default_conditions(monkeypatch):
+  """Not applied when opted out, when the user set glibc's malloc environment, or when JAX may
+  use an accelerator; the user's own MALLOC_* settings then stay in charge."""
+  monkeypatch.setattr(platforms, "malloc_defaults_applied", False)
+  for k in platforms.MALLOC_ENV + ("GLIBC_TUNABLES", "MMJAX_CPU_MALLOC_DEFAULTS"):
+    monkeypatch.delenv(k, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert not platforms.set_default_malloc()
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("MMJAX_CPU_MALLOC_DEFAULTS", "0")
+  assert not platforms.set_default_malloc()
+  monkeypatch.delenv("MMJAX_CPU_MALLOC_DEFAULTS")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+  assert not platforms.set_default_malloc()
+  monkeypatch.delenv("GLIBC_TUNABLES")
+  monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+  assert not platforms.set_default_malloc()
+  applied, _ = _faults(MALLOC_ARENA_MAX="4")
+  assert not applied
+  assert not platforms.malloc_defaults_applied

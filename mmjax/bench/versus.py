@@ -2,7 +2,7 @@
 
   .venv/bin/python -m mmjax.bench.versus --model=vit_b16 --batch=8 [--steps=3] [--warmup=1]
       [--xla_flags='--xla_cpu_use_xnnpack=true ...'] [--set=model.remat=dots ...]
-      [--only=mmjax|torch|matmul]
+      [--only=mmjax|torch|matmul] [--torch_malloc]
 
 1. mmjax: configs/clip_vit_b16.py made to match open_clip's ViT-B-16 (text 77 tokens, vocab
    49,408, causal text tower, exact GELU, LayerNorm eps 1e-5), contrastive loss only, AdamW
@@ -12,6 +12,10 @@
 3. Each framework's float32 2048^3 matmul peak (best of 5), measured in the same run, so the
    ratio of peaks stands next to the ratio of step times.
 
+mmjax's CPU defaults (mmjax/platforms.py: an XLA flag, and glibc malloc settings applied in its
+own process) are in effect unless turned off (MMJAX_CPU_XLA_DEFAULTS=0,
+MMJAX_CPU_MALLOC_DEFAULTS=0); --torch_malloc gives the open_clip process the same malloc settings
+(as MALLOC_* environment variables), for an equal-footing comparison.
 --xla_flags is added to XLA_FLAGS before jax is imported. Step time: the median of the timed
 steps after warmup. The last stdout line is one JSON object: mmjax_step_s, torch_step_s,
 ratio (torch_step_s / mmjax_step_s; > 1 means mmjax is faster), mmjax_matmul_gflops,
@@ -23,6 +27,7 @@ import argparse
 import ast
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -52,6 +57,8 @@ def parse_args(argv=None):
   p.add_argument("--torch_python", default="",
                  help="python of the reference side (default .venv-ref/bin/python, else this "
                       "one when it imports open_clip)")
+  p.add_argument("--torch_malloc", action="store_true",
+                 help="run open_clip with the glibc malloc settings mmjax sets for itself")
   p.add_argument("--timeout", type=float, default=3600.0, help="torch subprocess timeout (s)")
   return p.parse_args(argv)
 
@@ -83,6 +90,9 @@ def run_torch(args, name: str, matmul_only: bool = False) -> dict:
   if matmul_only:
     cmd.append("--matmul_only")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+  if args.torch_malloc:
+    from mmjax import platforms  # pylint: disable=import-outside-toplevel
+    env.update(platforms.MALLOC_SETTINGS_ENV)
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
   except subprocess.TimeoutExpired:
@@ -142,6 +152,7 @@ def run_mmjax(args, module: str) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from mmjax import config_lib, models, sharding, train_lib  # pylint: disable=import-outside-toplevel
+  from mmjax.bench import versus_torch  # pylint: disable=import-outside-toplevel
   from mmjax.bench.step import synthetic_batch  # pylint: disable=import-outside-toplevel
 
   cfg = config_lib.parse(mmjax_config(module, args.batch, args.set))
@@ -155,19 +166,24 @@ def run_mmjax(args, module: str) -> dict:
   step = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   print(f"mmjax: compiled in {compile_s:.1f}s", file=sys.stderr, flush=True)
-  losses, times = [], []
+  losses, times, sys_s, faults = [], [], [], []
   for i in range(args.warmup + args.steps):
-    t = time.perf_counter()
+    t, ru = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
     if i >= args.warmup:
       times.append(time.perf_counter() - t)
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      sys_s.append(after.ru_stime - ru.ru_stime)
+      faults.append(after.ru_minflt - ru.ru_minflt)
     losses.append(float(metrics["loss"]))
     print(f"mmjax: step {i + 1} {time.perf_counter() - t:.3f}s loss {losses[-1]:.6f}",
           file=sys.stderr, flush=True)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   text = cfg.model.modality("text")
   return {"step_s": float(np.median(times)), "step_times": times, "compile_s": compile_s,
+          "step_sys_s": float(np.median(sys_s)), "step_minflt": int(np.median(faults)),
+          "peak_rss_mib": versus_torch.peak_rss_mib(),
           "loss_first": losses[0], "losses": losses, "params": n_params,
           "text_len": batch["text"].shape[1], "vocab": text.option("vocab_size"),
           "attention": cfg.model.block.attention_impl, "remat": cfg.model.block.remat}
@@ -189,10 +205,19 @@ def _fmt(x, spec):
 def report(res: dict) -> None:
   print(f"{res['model']} train step, float32, batch {res['batch']}, "
         f"{res['cpu_count']} CPUs; XLA_FLAGS={res['xla_flags'] or '(none)'}")
+  print(f"  glibc malloc settings (mmjax/platforms.py): mmjax "
+        f"{'on' if res['mmjax_malloc_defaults'] else 'off'}, open_clip "
+        f"{'on' if res['torch_malloc'] else 'off'}")
   rows = [("step s (median)", res["mmjax_step_s"], res["torch_step_s"], ".3f"),
           ("matmul GFLOP/s f32 2048^3", res["mmjax_matmul_gflops"],
            res["torch_matmul_gflops"], ".1f"),
-          ("loss at step 1", res["mmjax_loss_first"], res["torch_loss_first"], ".5f")]
+          ("loss at step 1", res["mmjax_loss_first"], res["torch_loss_first"], ".5f"),
+          ("kernel (sys) s per step", res["mmjax"].get("step_sys_s"),
+           res["torch"].get("step_sys_s"), ".2f"),
+          ("page faults per step", res["mmjax"].get("step_minflt"),
+           res["torch"].get("step_minflt"), "d"),
+          ("peak RSS MiB", res["mmjax"].get("peak_rss_mib"), res["torch"].get("peak_rss_mib"),
+           ".0f")]
   print(f"  {'':28s}{'mmjax (XLA)':>14s}{'open_clip (torch)':>20s}")
   for name, a, b, spec in rows:
     print(f"  {name:28s}{_fmt(a, spec):>14s}{_fmt(b, spec):>20s}")
@@ -205,6 +230,7 @@ def report(res: dict) -> None:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags) if f)
@@ -226,6 +252,8 @@ def main(argv=None) -> int:
   res = {"model": args.model, "open_clip_model": name, "batch": args.batch,
          "steps": args.steps, "warmup": args.warmup, "cpu_count": os.cpu_count(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "overrides": args.set,
+         "mmjax_malloc_defaults": platforms.malloc_defaults_applied,
+         "torch_malloc": args.torch_malloc,
          "mmjax_step_s": mm.get("step_s"), "torch_step_s": tr.get("step_s"),
          "mmjax_matmul_gflops": mm_peak, "torch_matmul_gflops": tr.get("matmul_gflops"),
          "mmjax_loss_first": mm.get("loss_first"), "torch_loss_first": tr.get("loss_first")}

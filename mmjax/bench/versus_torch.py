@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -43,6 +44,16 @@ def matmul_gflops(torch, n: int = 2048, reps: int = 5) -> float:
   return 2 * n ** 3 / best / 1e9
 
 
+def peak_rss_mib():
+  """This process's peak resident memory (VmHWM; ru_maxrss would carry a parent's peak over
+  fork + exec), in MiB; None where /proc is absent."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:"))
+  except (OSError, StopIteration):
+    return None
+
+
 def main() -> int:
   p = argparse.ArgumentParser()
   p.add_argument("--model", default="ViT-B-16")
@@ -59,9 +70,11 @@ def main() -> int:
   torch.set_num_threads(threads)
   torch.manual_seed(args.seed)
   peak = matmul_gflops(torch)
+  malloc_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
   if args.matmul_only:
     print(json.dumps({"matmul_gflops": peak, "threads": threads, "torch": torch.__version__,
-                      "mkldnn": bool(torch.backends.mkldnn.is_available())}))
+                      "mkldnn": bool(torch.backends.mkldnn.is_available()),
+                      "malloc_env": malloc_env}))
     return 0
 
   model = open_clip.create_model(args.model, pretrained=None)
@@ -95,21 +108,26 @@ def main() -> int:
     opt.step()
     return float(loss.detach())
 
-  losses, times = [], []
+  losses, times, sys_s, faults = [], [], [], []
   for _ in range(args.warmup):
     losses.append(step())
   for _ in range(args.steps):
-    t = time.perf_counter()
+    t, ru = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     losses.append(step())
     times.append(time.perf_counter() - t)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    sys_s.append(after.ru_stime - ru.ru_stime)
+    faults.append(after.ru_minflt - ru.ru_minflt)
   n_params = sum(q.numel() for q in model.parameters())
   print(json.dumps({
       "model": args.model, "batch": args.batch, "image_size": size, "text_len": ctx,
       "vocab": vocab, "params": n_params, "threads": threads, "torch": torch.__version__,
       "open_clip": open_clip.__version__, "fused_qkv": fused_qkv,
       "matmul_gflops": peak, "step_s": statistics.median(times), "step_times": times,
+      "step_sys_s": statistics.median(sys_s), "step_minflt": int(statistics.median(faults)),
+      "peak_rss_mib": peak_rss_mib(),
       "loss_first": losses[0], "losses": losses,
-      "mkldnn": bool(torch.backends.mkldnn.is_available()),
+      "mkldnn": bool(torch.backends.mkldnn.is_available()), "malloc_env": malloc_env,
   }))
   return 0
 
