@@ -1,7 +1,9 @@
 """Runs on a machine without TPUs print no libtpu / TPU errors, with libtpu installed (the
 test environment has it, for the pod-compile tooling): the entry points leave the TPU backend
-out unless the host exposes TPU chips."""
+out unless the host exposes TPU chips. And mmjax's CPU defaults (an XLA flag, glibc malloc
+settings): when they apply, and what the malloc settings change (page faults per call)."""
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -119,3 +121,16 @@ def test_cpu_malloc_default_conditions(monkeypatch):
   applied, _ = _faults(MALLOC_ARENA_MAX="4")
   assert not applied
   assert not platforms.malloc_defaults_applied
+
+
+def test_malloc_bench_runs_both_sides():
+  """python -m mmjax.bench.malloc: the toy step with the settings on, then off, in one run."""
+  p = subprocess.run([sys.executable, "-m", "mmjax.bench.malloc", "--steps=4", "--rows=256",
+                      "--width=32"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  res = json.loads(p.stdout.strip().splitlines()[-1])
+  assert res["on"]["applied"] is True and res["off"]["applied"] is False
+  for side in ("on", "off"):
+    assert res[side]["step_s"] > 0 and res[side]["peak_rss_mib"] > 0
+  assert "malloc settings on  (applied: True)" in p.stdout
