@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from mmjax import platforms  # stdlib only: no jax import before --xla_flags is applied
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(os.path.dirname(_HERE))
 # --model -> (mmjax config module, open_clip model name)
@@ -91,7 +93,6 @@ def run_torch(args, name: str, matmul_only: bool = False) -> dict:
     cmd.append("--matmul_only")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
   if args.torch_malloc:
-    from mmjax import platforms  # pylint: disable=import-outside-toplevel
     env.update(platforms.MALLOC_SETTINGS_ENV)
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -230,7 +231,6 @@ def report(res: dict) -> None:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from mmjax import platforms  # pylint: disable=import-outside-toplevel
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags) if f)
