@@ -77,8 +77,8 @@ def set_default_xla_flags() -> None:
 # with mmap, munmap'ing them on free: every step faulted in ~830k fresh zeroed pages, and the
 # kernel's share was a third of the step's CPU time on 2 cores. One arena (the main one, which
 # grows by brk), no mmap, and no trimming keep the pages mapped: the same step made no page
-# faults and took 9.3 s instead of 16.6 s (docs/benchmarks.md). The cost: the process keeps its peak heap
-# until it exits, and threads share one arena lock.
+# faults and took 9.3 s instead of 16.6 s (docs/benchmarks.md). The cost: the process keeps
+# its peak heap until it exits, and threads share one arena lock.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8   # <malloc.h>
 MALLOC_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
 MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
