@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # `make train JAX_PLATFORMS=cuda` trains on a GPU; tests always run on the CPU.
 JAX_PLATFORMS ?= cpu
 
-.PHONY: venv test train clean
+.PHONY: venv test durations train clean
 venv: $(VENV)/.stamp
 
 $(VENV)/.stamp: requirements.txt pyproject.toml constraints.txt
@@ -34,8 +34,17 @@ $(REF)/.stamp: requirements-reference.txt
 	$(REF)/bin/python -m pip install -q -r requirements-reference.txt
 	touch $@
 
+# Two workers, whole files each, longest files first (tests/durations.json); the 25 slowest
+# tests are printed after the run. `make durations` rewrites the durations report.
+DURATIONS := .pytest_cache/mmjax-durations
 test: $(VENV)/.test-stamp $(REF)/.stamp
-	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist loadfile --timeout=900 $(PYTEST_ARGS)
+	rm -rf $(DURATIONS)
+	JAX_PLATFORMS=cpu MMJAX_DURATIONS_DIR=$(DURATIONS) $(PY) -m pytest -n 2 --dist loadfile \
+	  --no-loadscope-reorder --timeout=900 $(PYTEST_ARGS); rc=$$?; \
+	  MMJAX_DURATIONS_DIR=$(DURATIONS) $(PY) -m tests.durations; exit $$rc
+
+durations: test
+	MMJAX_DURATIONS_DIR=$(DURATIONS) $(PY) -m tests.durations --write
 
 train: venv
 	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) train.py --config=configs/default.py --workdir=$(WORKDIR)

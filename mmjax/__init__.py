@@ -46,10 +46,13 @@ __all__ = ["Config", "ConfigError", "FusionDesign", "MultimodalModel", "build_mo
 
 
 def init_params(model, rng) -> Dict[str, Any]:
-  """Every parameter of `model` ({'params': ...}, unboxed), initialized from `rng`."""
+  """Every parameter of `model` ({'params': ...}, unboxed), initialized from `rng` in one
+  compiled program (an eager init would compile each of its hundreds of ops alone)."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   from mmjax.models import dummy_batch  # pylint: disable=import-outside-toplevel
-  variables = model.init(rng, dummy_batch(model.cfg, 2), method=model.init_all)
+  batch = dummy_batch(model.cfg, 2)
+  variables = jax.jit(lambda r: model.init(r, batch, method=model.init_all))(rng)
   return {"params": nn.meta.unbox(variables["params"])}
 
 
@@ -66,10 +69,19 @@ def example_batch(config, split: str = "train") -> Dict[str, Any]:
 
 
 def pretraining_loss(model, params, batch, rng, config, mesh=None):
-  """(weighted loss, metrics) of every objective the config weights > 0, on `batch`."""
+  """(weighted loss, metrics) of every objective the config weights > 0, on `batch`, as one
+  compiled program."""
+  import jax  # pylint: disable=import-outside-toplevel
   from mmjax import objectives  # pylint: disable=import-outside-toplevel
   from mmjax.config_lib import parse  # pylint: disable=import-outside-toplevel
-  return objectives.pretraining_loss(model, params, batch, rng, parse(config).objectives, mesh)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  weights = parse(config).objectives
+  # Numeric arrays are traced; anything else (strings, paths) stays a Python constant.
+  traced = {k: v for k, v in batch.items()
+            if np.dtype(getattr(v, "dtype", None) or np.asarray(v).dtype).kind in "biuf"}
+  rest = {k: v for k, v in batch.items() if k not in traced}
+  return jax.jit(lambda p, b, r: objectives.pretraining_loss(model, p, {**b, **rest}, r,
+                                                             weights, mesh))(params, traced, rng)
 
 
 def train(config, workdir: str, **kwargs):

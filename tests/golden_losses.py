@@ -3,9 +3,13 @@
   python -m tests.golden_losses --write     # record tests/fixtures/golden_losses.json
   python -m tests.golden_losses             # recompute and print the largest difference
 
-Each config runs through `trainer.train` (the function train.py calls) on 8 simulated CPU
-devices with its own mesh, a global batch of 8, 3 steps, no warm-up (so steps 2 and 3 follow
-real updates) and the metrics of every step logged. Configs deeper than 2 layers per stage
+Each config runs through `trainer.train` (the function train.py calls) with a global batch of
+8, 3 steps, no warm-up (so steps 2 and 3 follow real updates) and the metrics of every step
+logged: on one CPU device when its mesh is data-parallel only (the sharded step's equality with
+one device is tests/test_train_step.py's and tests/test_captioning.py's), else on 8 simulated
+devices with its own mesh (the pod configs: FSDP and tensor parallelism). A config identical to
+an earlier one after these cuts (configs/fusion/hier_multi_to_one.py is configs/default.py) is
+not trained again: its fixture entry must equal that config's (duplicates()). Configs deeper than 2 layers per stage
 or wider than 256 (CLIP ViT-B/16 and the pod configs) are cut to 2 layers per stage and
 width 256 (4 heads, MLP 4x; towers of their own width too), so the whole set runs in a few
 minutes; their data, resolution, vocabulary, dtypes, scan, remat and mesh stay theirs.
@@ -21,12 +25,11 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if __name__ == "__main__":
+  sys.path.insert(0, str(ROOT))
+  from tests import process
+  process.setup()  # the suite's XLA flags and devices: the fixture is what the tests compute
 FIXTURE = ROOT / "tests" / "fixtures" / "golden_losses.json"
 STEPS = 3
 MAX_DEPTH = 2
@@ -81,14 +84,31 @@ def small(config):
   return config
 
 
+def duplicates() -> dict:
+  """{path: earlier path} for every config whose small() form equals an earlier config's."""
+  first, out = {}, {}
+  for path in config_paths():
+    key = json.dumps(small(load(path)).to_dict(), sort_keys=True, default=str)
+    if key in first:
+      out[path] = first[key]
+    else:
+      first[key] = path
+  return out
+
+
+def data_parallel_only(config) -> bool:
+  return int(config.mesh.get("fsdp", 1)) == 1 and int(config.mesh.get("tensor", 1)) == 1
+
+
 def losses(path: str):
   """{step: {metric: value}} of the loss metrics of the first STEPS steps of `path`."""
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_default_matmul_precision", "highest")
   from mmjax import trainer  # pylint: disable=import-outside-toplevel
   config = small(load(path))
+  devices = jax.devices()[:1] if data_parallel_only(config) else None
   with tempfile.TemporaryDirectory() as workdir:
-    trainer.train(config, workdir, log_to_stdout=False)
+    trainer.train(config, workdir, log_to_stdout=False, devices=devices)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"),
                                               encoding="utf-8")]
   return {str(r["step"]): {k: v for k, v in r.items() if k == "loss" or k.endswith("/loss")}
@@ -96,10 +116,10 @@ def losses(path: str):
 
 
 def main(argv):
-  results = {}
+  results, same = {}, duplicates()
   for path in config_paths():
     t = time.perf_counter()
-    results[path] = losses(path)
+    results[path] = results[same[path]] if path in same else losses(path)
     print(f"{path} ({time.perf_counter() - t:.0f} s)", json.dumps(results[path]), flush=True)
   if "--write" in argv:
     FIXTURE.parent.mkdir(exist_ok=True)

@@ -1,7 +1,10 @@
-"""Small configs and batches shared by the training tests."""
+"""Small configs, batches, jitted init/apply and subprocess environments shared by the tests."""
+import os
+
 import numpy as np
 
 from mmjax.configs import default
+from tests import process
 
 
 def tiny_config(fusion="hier_multi_to_one", **overrides):
@@ -42,3 +45,64 @@ def random_batch(config, seed=0, batch_size=None):
   text[np.arange(n)[None] >= lengths[:, None]] = 0
   text[:, 0] = 1
   return {"image": rng.randn(b, h, w, ch).astype(np.float32), "text": text}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(devices: int = 1, **extra) -> dict:
+  """The environment of an entry point run as a subprocess: CPU, `devices` simulated devices,
+  the suite's XLA flags and (inherited from os.environ) its persistent compilation cache."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+              XLA_FLAGS=f"{process.TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}",
+              **extra)
+
+
+def init(module, rng, *args, method=None, **kwargs):
+  """module.init(rng, *args, ...) as one compiled program (eager init compiles every op)."""
+  return _jit_call(module, "init", method, kwargs, rng, *args)
+
+
+def apply(module, variables, *args, method=None, **kwargs):
+  """module.apply(variables, *args, ...) as one compiled program (eager apply compiles every
+  op). Arguments that are arrays (or pytrees of them) are traced; anything else (configs,
+  Python numbers, None) and every keyword argument is a compile-time constant. The compiled
+  function is kept, so a loop of calls with the same shapes compiles once."""
+  return _jit_call(module, "apply", method, kwargs, variables, *args)
+
+
+_JITTED = {}
+
+
+def _is_traced(x) -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  leaves = jax.tree.leaves(x)
+  return bool(leaves) and all(isinstance(l, (jax.Array, np.ndarray)) for l in leaves)
+
+
+def _jit_call(module, which, method, kwargs, *args):
+  import jax  # pylint: disable=import-outside-toplevel
+  traced = tuple(i for i, a in enumerate(args) if _is_traced(a))
+  static = tuple((i, a) for i, a in enumerate(args) if i not in traced)
+  # Keyed by identity; the entry holds its objects, so no id is reused while it lives.
+  bound = (id(getattr(method, "__self__", None)), id(getattr(method, "__func__", method)))
+  key = (id(module), which, bound, tuple((k, id(v)) for k, v in sorted(kwargs.items())),
+         traced, tuple((i, id(a)) for i, a in static))
+  if key not in _JITTED:
+    box = {}
+
+    def call(*dyn):
+      full = dict(static)
+      full.update(zip(traced, dyn))
+      out = getattr(module, which)(*[full[i] for i in range(len(args))], method=method,
+                                   **kwargs)
+      # Only arrays leave a compiled function; other output leaves (names) are kept aside.
+      leaves, box["tree"] = jax.tree.flatten(out)
+      box["arrays"] = [i for i, l in enumerate(leaves) if isinstance(l, jax.Array)]
+      box["rest"] = {i: l for i, l in enumerate(leaves) if i not in box["arrays"]}
+      return [leaves[i] for i in box["arrays"]]
+    _JITTED[key] = (jax.jit(call), box, (module, method, kwargs, static))
+  fn, box, _ = _JITTED[key]
+  arrays = fn(*[args[i] for i in traced])
+  leaves = {**box["rest"], **dict(zip(box["arrays"], arrays))}
+  return jax.tree.unflatten(box["tree"], [leaves[i] for i in range(len(leaves))])

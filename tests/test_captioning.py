@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmjax import attention, config_lib, decoder, generate, models, objectives, sharding
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import apply, init, random_batch, tiny_config
 from tests.test_train_step import _run as run_steps
 
 BOS, EOS, PAD = 1, 2, 0
@@ -32,20 +32,23 @@ def _model(fusion="dual_encoder", vocab=None):
   model_cfg = cfg.model if cfg else config_lib.parse_model(_coca(fusion, vocab))
   model = models.MultimodalModel(model_cfg)
   batch = random_batch(_coca(fusion), batch_size=3)
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
   # Perturb every parameter so nothing sits at a symmetric init (zero biases, unit norms).
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
+  @jax.jit
+  def perturb(params):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
                                      for x, k in zip(leaves, keys)])
+  params = perturb(params)
   return model, params, batch
 
 
 def test_cached_decoding_equals_the_teacher_forced_pass():
   model, params, batch = _model()
-  memory, mask = model.apply(params, batch, method=model.caption_memory)
+  memory, mask = apply(model, params, batch, method=model.caption_memory)
   ids = jnp.asarray(batch["text"][:, :-1])
-  full, _ = model.apply(params, ids, memory, mask, method=model.caption_logits)
+  full, _ = apply(model, params, ids, memory, mask, method=model.caption_logits)
   blk, depth = model.cfg.modality("text").tower or model.cfg.block, model.cfg.decoder_depth
   cache = decoder.init_cache(blk, depth, ids.shape[0], ids.shape[1])
   steps = []
@@ -58,20 +61,20 @@ def test_cached_decoding_equals_the_teacher_forced_pass():
   # A two-token chunk into the cache (prompt prefill) is the same as two single steps.
   cache2 = decoder.init_cache(blk, depth, ids.shape[0], ids.shape[1])
   pos = jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (ids.shape[0], 2))
-  two, _ = model.apply(params, ids[:, :2], memory, mask, cache=cache2, positions=pos,
+  two, _ = apply(model, params, ids[:, :2], memory, mask, cache=cache2, positions=pos,
                        method=model.caption_logits)
   np.testing.assert_allclose(two, full[:, :2], rtol=1e-4, atol=1e-4)
   # The decoder is causal: changing token 5 changes no logit before position 5.
   other = ids.at[:, 5].set((ids[:, 5] + 7) % 200 + 4)
-  changed, _ = model.apply(params, other, memory, mask, method=model.caption_logits)
+  changed, _ = apply(model, params, other, memory, mask, method=model.caption_logits)
   np.testing.assert_array_equal(changed[:, :5], full[:, :5])
   assert np.abs(np.asarray(changed[:, 5:] - full[:, 5:])).max() > 1e-3
 
 
 def _sequence_logprob(model, params, batch, seqs):
   """sum_t log p(y_t | y_<t) of decoded sequences [B, L] up to and including the end token."""
-  memory, mask = model.apply(params, batch, method=model.caption_memory)
-  logits, _ = model.apply(params, jnp.asarray(seqs[:, :-1]), memory, mask,
+  memory, mask = apply(model, params, batch, method=model.caption_memory)
+  logits, _ = apply(model, params, jnp.asarray(seqs[:, :-1]), memory, mask,
                           method=model.caption_logits)
   logp = np.asarray(jax.nn.log_softmax(logits))
   tgt = seqs[:, 1:]
@@ -91,8 +94,8 @@ def test_greedy_with_and_without_cache_and_beam_width_one_agree():
   np.testing.assert_array_equal(cached, beam1)
   assert (cached[:, 0] == BOS).all()
   # Greedy is the argmax of each next-token distribution of its own prefix.
-  memory, mask = model.apply(params, x, method=model.caption_memory)
-  logits, _ = model.apply(params, jnp.asarray(cached[:, :-1]), memory, mask,
+  memory, mask = apply(model, params, x, method=model.caption_memory)
+  logits, _ = apply(model, params, jnp.asarray(cached[:, :-1]), memory, mask,
                           method=model.caption_logits)
   ended = np.cumsum(cached[:, :-1] == EOS, axis=1) > 0
   want = np.where(ended, PAD, np.argmax(np.asarray(logits), -1))
@@ -107,7 +110,7 @@ def test_beam_as_wide_as_the_vocabulary_is_exhaustive_search():
   vocab = 7
   model, params, batch = _model(vocab=vocab)
   x = {"image": batch["image"]}
-  memory, mask = model.apply(params, x, method=model.caption_memory)
+  memory, mask = apply(model, params, x, method=model.caption_memory)
   b = memory.shape[0]
   # Every caption of max_len 3: [BOS, y1, y2]; after the end token only padding (log p 0).
   best = np.full(b, -np.inf)
@@ -131,8 +134,8 @@ def test_parallel_decoding_is_one_pass_over_mask_inputs():
   gen = generate.Generator(model, params, sharding.make_mesh({"data": 1}, jax.devices()[:1]),
                            bos_id=BOS, eos_id=EOS, pad_id=PAD, mask_id=3)
   out = gen(x, max_len=8, parallel=True)
-  memory, mask = model.apply(params, x, method=model.caption_memory)
-  logits, _ = model.apply(params, jnp.full((3, 7), 3, jnp.int32), memory, mask,
+  memory, mask = apply(model, params, x, method=model.caption_memory)
+  logits, _ = apply(model, params, jnp.full((3, 7), 3, jnp.int32), memory, mask,
                           method=model.caption_logits)
   arg = np.asarray(jnp.argmax(logits, -1))
   for r in range(3):
@@ -145,7 +148,7 @@ def test_parallel_decoding_is_one_pass_over_mask_inputs():
 def test_caption_loss_is_next_token_cross_entropy():
   model, params, batch = _model()
   cfg = config_lib.parse(_coca())
-  outs = model.apply(params, batch, jax.random.key(3), cfg.objectives,
+  outs = apply(model, params, batch, jax.random.key(3), cfg.objectives,
                      method=model.pretraining_outputs)
   logits, targets, weights = outs["caption"]
   ids = batch["text"]
@@ -163,10 +166,10 @@ def test_caption_loss_is_next_token_cross_entropy():
 def test_cappa_rows_read_only_mask_tokens():
   model, params, batch = _model()
   cfg = config_lib.parse(_coca(**{"objectives.cappa_fraction": 1.0}))
-  logits = model.apply(params, batch, jax.random.key(3), cfg.objectives,
+  logits = apply(model, params, batch, jax.random.key(3), cfg.objectives,
                        method=model.pretraining_outputs)["caption"][0]
-  memory, mask = model.apply(params, batch, method=model.caption_memory)
-  want, _ = model.apply(params, jnp.full(batch["text"][:, :-1].shape, 3, jnp.int32), memory, mask,
+  memory, mask = apply(model, params, batch, method=model.caption_memory)
+  want, _ = apply(model, params, jnp.full(batch["text"][:, :-1].shape, 3, jnp.int32), memory, mask,
                         method=model.caption_logits)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
 
@@ -230,8 +233,9 @@ def test_prefix_lm_mask_reaches_every_backend(impl, monkeypatch):
         q, k, v, impl=impl, kv_mask=kv_mask, q_positions=pos, kv_positions=pos, chunk_size=4)[0]
   w = jax.random.normal(jax.random.key(9), q.shape)
   loss = lambda f: lambda *a: jnp.sum(f(*a) * w)
-  np.testing.assert_allclose(fn(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
-  for g, r in zip(jax.grad(loss(fn), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+  grad = lambda f: jax.jit(jax.grad(loss(f), (0, 1, 2)))
+  np.testing.assert_allclose(jax.jit(fn)(q, k, v), jax.jit(ref)(q, k, v), rtol=1e-5, atol=1e-5)
+  for g, r in zip(grad(fn)(q, k, v), grad(ref)(q, k, v)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
   if impl == "xla":
     with pytest.raises(ValueError, match="pallas_tpu takes static masks only"):
@@ -245,14 +249,14 @@ def test_prefix_lm_joint_stream_never_sees_the_future(fusion):
   model = models.build_model(config_lib.parse(cfg))
   batch = random_batch(cfg, batch_size=2)
   batch["text"][:, 10:] = PAD
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
   prefix = jnp.asarray([3, 3])
   pos = {"text": decoder.prefix_positions(prefix, batch["text"].shape[1])}
 
   def text_out(b):
-    enc = model.apply(params, model.apply(params, b, method=model.embed), None, pos,
+    enc = apply(model, params, apply(model, params, b, method=model.embed), None, pos,
                       method=lambda m, e, s, p: m.fusion.encode(e, s, p))
-    return model.apply(params, enc, pos, method=lambda m, e, p: m.fusion.interact(e, p))
+    return apply(model, params, enc, pos, method=lambda m, e, p: m.fusion.interact(e, p))
 
   base = text_out(batch)
   for j, unchanged in ((6, slice(0, 6)), (1, None)):
@@ -267,7 +271,7 @@ def test_prefix_lm_joint_stream_never_sees_the_future(fusion):
       assert np.abs(np.asarray(out["tokens"]["image"] - base["tokens"]["image"])).max() > 1e-4
   # The objective's targets and weights: next tokens, suffix only.
   o = config_lib.parse(cfg).objectives
-  logits, targets, weights = model.apply(params, batch, jax.random.key(5), o,
+  logits, targets, weights = apply(model, params, batch, jax.random.key(5), o,
                                          method=model.pretraining_outputs)["prefix_lm"]
   assert logits.shape == (2, 11, cfg.model.modalities.text.vocab_size)
   np.testing.assert_array_equal(targets, batch["text"][:, 1:])
@@ -306,10 +310,10 @@ def test_prefix_lm_model_generates_greedily_through_its_joint_stream():
                                  "loss_weights.contrastive": 0.0})
   model = models.build_model(config_lib.parse(cfg))
   batch = random_batch(cfg, batch_size=2)
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
   x = {"image": batch["image"]}
   ids = generate.greedy(model, params, x, max_len=8, bos_id=BOS, eos_id=EOS, pad_id=PAD)
-  logits = model.apply(params, x, jnp.asarray(ids), jnp.ones((2,), jnp.int32),
+  logits = apply(model, params, x, jnp.asarray(ids), jnp.ones((2,), jnp.int32),
                        method=model.prefix_lm_logits)
   ended = np.cumsum(ids[:, :-1] == EOS, axis=1) > 0
   want = np.where(ended, PAD, np.argmax(np.asarray(logits[:, :-1]), -1))

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--config=tests/tiny_config.py", "--config.mesh.data=-1")
 
 
 def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess_env(devices=1)
 
 
 def _run(args):
@@ -139,7 +140,7 @@ def _convert(*extra):
   return lambda w: ["-m", "mmjax.convert", *[e.format(w=w) for e in extra]]
 
 
-# (case id, argv builder, a substring the error line must hold (lowercase))
+# (case id, argv builder, a substring (or a tuple of them) the error line must hold, any case)
 CASES = [
     # config: unknown keys at each level
     ("unknown_top_key", _train("--config.bogus=1"), "bogus"),
@@ -155,7 +156,8 @@ CASES = [
     ("width_not_int", _train("--config.model.width=wide"), "wide"),
     ("bool_not_bool", _train("--config.checkpoint.async_save=maybe"), "maybe"),
     ("heads_do_not_divide", _train("--config.model.heads=5"), "heads"),
-    ("unknown_fusion", _train("--config.model.fusion=late_fusion"), "late_fusion"),
+    ("unknown_fusion", _train("--config.model.fusion=late_fusion"),
+     "error: unknown model.fusion='late_fusion'"),
     ("itm_with_dual_encoder", _train("--config.model.fusion=dual_encoder"), "itm"),
     ("early_sum_unaligned", _train("--config.model.fusion=early_sum",
                                    "--config.loss_weights.contrastive=0.0"), "early_sum"),
@@ -226,6 +228,7 @@ CASES = [
     ("eval_checkpoint_missing", _eval("--checkpoint={w}/nope/checkpoints/5"), "does not exist"),
     ("eval_workdir_is_a_file", _eval("--workdir={w}/afile"), "afile"),
     ("eval_no_target", _eval(), "--workdir"),
+    ("eval_empty_workdir", _eval("--workdir={w}/empty_dir"), ("no checkpoint in", "train first")),
     ("eval_unknown_override", _eval("--workdir={w}/run", "--config.model.widht=1"), "widht"),
     ("eval_unknown_evaluator", _eval("--workdir={w}/run", "--evaluators=nope"), "nope"),
     ("eval_manifest_missing", _eval("--workdir={w}/run", "--config.data.source=jsonl",
@@ -251,7 +254,8 @@ def test_one_line_error(world, name, argv, want):
   assert "Traceback" not in both, both[-3000:]
   errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
   assert len(errors) == 1, r.stderr[-3000:]
-  assert want.lower() in errors[0].lower(), errors[0]
+  for part in want if isinstance(want, tuple) else (want,):
+    assert part.lower() in errors[0].lower(), errors[0]
   assert "delete" not in errors[0].lower(), errors[0]
   assert [_hashes(d) for d in dirs] == before, "a checkpoint changed"
 

@@ -13,6 +13,7 @@ import pytest
 
 from mmjax import evaluate, models
 from mmjax.convert import common, hf, open_clip
+from tests.helpers import apply
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REF_PY = os.environ.get("MMJAX_REFERENCE_PYTHON", str(ROOT / ".venv-ref" / "bin" / "python"))
@@ -52,10 +53,10 @@ def _outputs(config, params, images, ids):
   model = models.build_model(config)
   embed = lambda m, b: m.contrastive_embedding(m.encode(m.embed(b)))
   v = {"params": params}
-  img = model.apply(v, {"image": jnp.asarray(images)}, method=embed)["image"]
-  txt = model.apply(v, {"text": jnp.asarray(ids)}, method=embed)["text"]
+  img = apply(model, v, {"image": jnp.asarray(images)}, method=embed)["image"]
+  txt = apply(model, v, {"text": jnp.asarray(ids)}, method=embed)["text"]
   kind = "sigmoid" if "sigmoid" in model.cfg.objective_heads else "contrastive"
-  logits = model.apply(v, img, txt, kind, method=model.alignment_logits)
+  logits = apply(model, v, img, txt, kind, method=model.alignment_logits)
   return np.asarray(img), np.asarray(txt), np.asarray(logits)
 
 

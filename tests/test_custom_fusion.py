@@ -3,6 +3,7 @@ train.py's loop, evaluates its cost formula, and the fusion benchmark sweeps it.
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_registered_and_declared():
 def test_trains_with_every_objective(tmp_path):
   cfg = tiny_config("pooled_summary", **{"total_steps": 4, "log_every_steps": 1,
                                          "checkpoint.every_steps": 4})
-  out = trainer.train(cfg, str(tmp_path), log_to_stdout=False)
+  out = trainer.train(cfg, str(tmp_path), log_to_stdout=False, devices=jax.devices()[:1])
   assert out["step"] == 4 and out["checkpoint_step"] == 4
   rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [1, 2, 3, 4]

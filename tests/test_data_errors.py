@@ -8,12 +8,13 @@ import subprocess
 import sys
 
 import grain
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from mmjax.data import pipeline
-from tests.helpers import tiny_config
+from tests.helpers import subprocess_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, SEED = 60, 0
@@ -62,8 +63,7 @@ def _data(path, **kw):
 
 
 def _run(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(devices=1)
   return subprocess.run([sys.executable, "train.py", "--config=tests/tiny_config.py",
                          "--config.mesh.data=-1", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
@@ -154,7 +154,7 @@ def test_train_skips_and_reports_data_skipped(world, tmp_path):
   c.data.update(_data(world["manifest"], on_error="skip", max_skip_fraction=0.1))
   c.total_steps, c.log_every_steps = 8, 4  # 8 x 8 = 64 good examples > one pass (57)
   c.checkpoint.async_save = False
-  out = trainer.train(c, str(tmp_path), log_to_stdout=False)
+  out = trainer.train(c, str(tmp_path), log_to_stdout=False, devices=jax.devices()[:1])
   assert out["step"] == 8
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
   assert rows[-1]["step"] == 8 and rows[-1]["data/skipped"] == 3.0

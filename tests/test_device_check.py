@@ -8,6 +8,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# over 60 s: the GPU check's whole sequence of bench.step processes (default and tuned flags,
+# the batch sweep), each compiling a CLIP step, is what the dry run exists to prove.
 def test_device_check_dry_run(tmp_path):
   env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, OUT=str(tmp_path),
              TIMEOUT_SCALE="3")

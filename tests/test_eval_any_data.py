@@ -18,7 +18,7 @@ from mmjax.evaluators import zero_shot
 from mmjax.evaluators.common import Evaluated
 from mmjax import sharding
 from tests import tiny_config as tiny
-from tests.helpers import apply_overrides
+from tests.helpers import apply_overrides, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 64  # exported test examples (= tiny_config's data.test_examples)
@@ -161,8 +161,7 @@ def test_linear_probe_on_the_trained_model(workdir):
 
 
 def _eval_py(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(devices=1)
   return subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True)
 

@@ -11,6 +11,7 @@ import pytest
 from mmjax.configs import default
 from mmjax import fusion, models, summary
 from mmjax.layers import BlockConfig, Encoder
+from tests.helpers import apply, init
 
 D = 32
 BLOCK = BlockConfig(width=D, num_heads=2, mlp_dim=64, attention_impl="xla")
@@ -34,8 +35,9 @@ def inputs(lengths=(6, 5), valid=((6, 4), (5, 3)), seed=0, dtype=jnp.float32):
 
 
 def init_apply(mod, x, **kw):
-  params = mod.init(jax.random.key(0), x)
-  return params, mod.apply(params, x, **kw)
+  """Parameters and outputs of `mod` on `x`, each one compiled program."""
+  params = init(mod, jax.random.key(0), x)
+  return params, apply(mod, params, x, **kw)
 
 
 def valid_outputs(out, x):
@@ -51,7 +53,8 @@ def valid_outputs(out, x):
 @pytest.mark.parametrize("name", fusion.BUILTIN)
 def test_runs_with_and_without_jit(name):
   mod, x = make(name), inputs(lengths=(6, 6), valid=((6, 4), (6, 3)))
-  params, out = init_apply(mod, x)
+  params = init(mod, jax.random.key(0), x)
+  out = mod.apply(params, x)  # eager: every op dispatched alone
   jitted = jax.jit(mod.apply)(params, x)
   chex.assert_trees_all_close(jitted, out, atol=1e-5)
   for m in "ab":
@@ -72,7 +75,7 @@ def test_bf16_compute_with_f32_params(name):
   assert {l.dtype for l in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   assert out["tokens"]["a"].dtype == jnp.bfloat16
   chex.assert_tree_all_finite(out)
-  ref = mod.apply(params, {m: (t.astype(jnp.float32), k) for m, (t, k) in x.items()})
+  ref = apply(mod, params, {m: (t.astype(jnp.float32), k) for m, (t, k) in x.items()})
   np.testing.assert_allclose(np.asarray(out["joint"], np.float32),
                              np.asarray(ref["joint"], np.float32), atol=0.15)
 
@@ -89,7 +92,7 @@ def test_padding_invariance(name, pool, padded):
   x_pad = dict(x)
   x_pad[padded] = (jnp.concatenate([toks, junk], 1),
                    jnp.concatenate([mask, jnp.zeros((2, 3), bool)], 1))
-  out_pad = mod.apply(params, x_pad)
+  out_pad = apply(mod, params, x_pad)
   chex.assert_trees_all_close(valid_outputs(out_pad, x), valid_outputs(out, x), atol=1e-5)
 
 
@@ -109,21 +112,21 @@ def _changed(a, b, mask=None):
 
 def test_hier_multi_to_one_towers_are_independent():
   mod, x = make("hier_multi_to_one"), inputs()
-  params = mod.init(jax.random.key(0), x)
+  params = init(mod, jax.random.key(0), x)
   y = _perturb(x, "b")
-  enc_x = mod.apply(params, x, method=mod.encode)
-  enc_y = mod.apply(params, y, method=mod.encode)
+  enc_x = apply(mod, params, x, method=mod.encode)
+  enc_y = apply(mod, params, y, method=mod.encode)
   chex.assert_trees_all_close(enc_x["a"], enc_y["a"])  # Tf1(Z_A) never sees B
-  assert _changed(mod.apply(params, x)["tokens"]["a"], mod.apply(params, y)["tokens"]["a"],
+  assert _changed(apply(mod, params, x)["tokens"]["a"], apply(mod, params, y)["tokens"]["a"],
                   x["a"][1])  # Tf3 mixes
 
 
 def test_hier_one_to_multi_first_stage_mixes():
   mod, x = make("hier_one_to_multi", unimodal_depth=()), inputs()
-  params = mod.init(jax.random.key(0), x)
+  params = init(mod, jax.random.key(0), x)
   y = _perturb(x, "b")
-  _, sx = mod.apply(params, x, mutable=["intermediates"])
-  _, sy = mod.apply(params, y, mutable=["intermediates"])
+  _, sx = apply(mod, params, x, mutable=["intermediates"])
+  _, sy = apply(mod, params, y, mutable=["intermediates"])
   stage1 = lambda s: s["intermediates"]["stage1"][0]["a"]
   assert _changed(stage1(sx), stage1(sy), x["a"][1])
 
@@ -131,10 +134,10 @@ def test_hier_one_to_multi_first_stage_mixes():
 def test_cross_attention_streams_exchange():
   for mode in ("pure", "self_cross"):
     mod, x = make("cross_attention", unimodal_depth=(), cross_mode=mode), inputs()
-    params = mod.init(jax.random.key(0), x)
-    ox, oy = mod.apply(params, x), mod.apply(params, _perturb(x, "b"))
+    params = init(mod, jax.random.key(0), x)
+    ox, oy = apply(mod, params, x), apply(mod, params, _perturb(x, "b"))
     assert _changed(ox["tokens"]["a"], oy["tokens"]["a"], x["a"][1])
-    oz = mod.apply(params, _perturb(x, "a"))
+    oz = apply(mod, params, _perturb(x, "a"))
     assert _changed(ox["tokens"]["b"], oz["tokens"]["b"], x["b"][1])
 
 
@@ -143,20 +146,20 @@ def test_cross_attention_residual_form_and_shared_weights():
   the attention adds exactly 0, so A's stream is Z_A + FFN(Z_A) only."""
   mod = make("cross_attention", unimodal_depth=(), share_cross=True)
   x = inputs()
-  params = mod.init(jax.random.key(0), x)
+  params = init(mod, jax.random.key(0), x)
   p = params["params"]
   assert "shared_cross_attn" in p and "cross_attn" not in p["cross_0_a"]
   x_absent = dict(x)
   x_absent["b"] = (x["b"][0], jnp.zeros_like(x["b"][1]))
-  a_only = mod.apply(params, x_absent)["tokens"]["a"]
+  a_only = apply(mod, params, x_absent)["tokens"]["a"]
   y = _perturb(x_absent, "b")
-  chex.assert_trees_all_close(mod.apply(params, y)["tokens"]["a"], a_only)
+  chex.assert_trees_all_close(apply(mod, params, y)["tokens"]["a"], a_only)
 
 
 def test_dual_encoder_never_mixes():
   mod, x = make("dual_encoder"), inputs()
-  params = mod.init(jax.random.key(0), x)
-  ox, oy = mod.apply(params, x), mod.apply(params, _perturb(x, "b"))
+  params = init(mod, jax.random.key(0), x)
+  ox, oy = apply(mod, params, x), apply(mod, params, _perturb(x, "b"))
   chex.assert_trees_all_close(ox["tokens"]["a"], oy["tokens"]["a"])
   chex.assert_trees_all_close(ox["pooled"]["a"], oy["pooled"]["a"])
 
@@ -166,13 +169,13 @@ def test_early_sum_is_a_single_stream_on_the_weighted_sum(weights):
   mod = make("early_sum", unimodal_depth=(), early_sum_weights=weights, early_sum_align="none",
              joint_depth=2)
   x = inputs(lengths=(6, 6), valid=((6, 6), (6, 6)))
-  params = mod.init(jax.random.key(0), x)
+  params = init(mod, jax.random.key(0), x)
   a, b = 1.0, 1.0
   if weights == "learned":
     params = jax.tree.map(lambda v: v, params)
     params["params"]["sum_weights"] = jnp.array([0.3, 2.0])
     a, b = 0.3, 2.0
-  out = mod.apply(params, x)["tokens"]["a"]
+  out = apply(mod, params, x)["tokens"]["a"]
   z = a * x["a"][0] + b * x["b"][0]
   ref = Encoder(BLOCK, 2, name="joint").apply({"params": params["params"]["joint"]}, z,
                                               x["a"][1])
@@ -182,24 +185,24 @@ def test_early_sum_is_a_single_stream_on_the_weighted_sum(weights):
 def test_early_sum_rejects_unequal_lengths():
   mod, x = make("early_sum", early_sum_align="none"), inputs(lengths=(6, 5))
   with pytest.raises(ValueError, match="early_sum needs aligned tokens of equal length"):
-    mod.init(jax.random.key(0), x)
+    init(mod, jax.random.key(0), x)
 
 
 def test_bottleneck_routes_only_through_bottleneck_tokens():
   x = inputs()
   one = make("bottleneck", unimodal_depth=(), joint_depth=1)
-  params = one.init(jax.random.key(0), x)
+  params = init(one, jax.random.key(0), x)
   # One fusion layer: A attends to [A; B_init]; B_init is a parameter, so A can't see B yet.
-  chex.assert_trees_all_close(one.apply(params, x)["tokens"]["a"],
-                              one.apply(params, _perturb(x, "b"))["tokens"]["a"])
+  chex.assert_trees_all_close(apply(one, params, x)["tokens"]["a"],
+                              apply(one, params, _perturb(x, "b"))["tokens"]["a"])
   two = make("bottleneck", unimodal_depth=(), joint_depth=2)
-  params = two.init(jax.random.key(0), x)
-  assert _changed(two.apply(params, x)["tokens"]["a"],
-                  two.apply(params, _perturb(x, "b"))["tokens"]["a"], x["a"][1])
+  params = init(two, jax.random.key(0), x)
+  assert _changed(apply(two, params, x)["tokens"]["a"],
+                  apply(two, params, _perturb(x, "b"))["tokens"]["a"], x["a"][1])
   # And A's attention keys are exactly its own tokens plus the bottlenecks.
   blk = dataclasses.replace(BLOCK, capture_weights=True)
   cap = make("bottleneck", unimodal_depth=(), joint_depth=2, block=blk)
-  _, state = cap.apply(params, x, mutable=["intermediates"])
+  _, state = apply(cap, params, x, mutable=["intermediates"])
   w = state["intermediates"]["fusion_0_a"]["attn"]["attention_weights"][0]
   chex.assert_shape(w, (2, 2, 6 + 2, 6 + 2))
 
@@ -208,13 +211,13 @@ def test_bottleneck_routes_only_through_bottleneck_tokens():
 def test_absent_modality_is_defined(name):
   mod = make(name)
   x = inputs(lengths=(6, 6), valid=((6, 4), (6, 3)))
-  params = mod.init(jax.random.key(0), x)
+  params = init(mod, jax.random.key(0), x)
   for gone in "ab":
     y = dict(x)
     y[gone] = (x[gone][0], jnp.zeros_like(x[gone][1]))
-    out = mod.apply(params, y)
+    out = apply(mod, params, y)
     chex.assert_tree_all_finite(out)
-    g = jax.grad(lambda p: jnp.sum(mod.apply(p, y)["joint"]))(params)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(mod.apply(p, y)["joint"])))(params)
     chex.assert_tree_all_finite(g)
 
 
@@ -228,7 +231,7 @@ def test_three_modalities(name):
     chex.assert_shape(out["tokens"][m], (2, 6, D))
   chex.assert_tree_all_finite(out)
   if name in ("cross_attention",):  # queries of A attend to C(B, C)
-    assert _changed(out["tokens"]["a"], mod.apply(params, _perturb(x, "c"))["tokens"]["a"],
+    assert _changed(out["tokens"]["a"], apply(mod, params, _perturb(x, "c"))["tokens"]["a"],
                     x["a"][1])
 
 

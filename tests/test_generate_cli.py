@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCA = ("--config=tests/tiny_config.py", "--config.mesh.data=-1",
         "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
@@ -19,10 +21,15 @@ COCA = ("--config=tests/tiny_config.py", "--config.mesh.data=-1",
 
 
 def _run(args, devices=1):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = subprocess_env(devices)
   return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
+
+
+def _special_ids(config):
+  from mmjax.data import text  # pylint: disable=import-outside-toplevel
+  tok = text.from_config(config.data)
+  return dict(bos_id=tok.cls_id, eos_id=tok.sep_id, pad_id=tok.pad_id)
 
 
 def _one_line_error(r, *fragments):
@@ -72,7 +79,17 @@ def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
   assert [x["file"] for x in rows] == ["0.png", "1.png", "2.png"]
-  assert all(isinstance(x["caption"], str) for x in rows)
+  # The captions are the library's greedy decoding of the same images (so preprocessing,
+  # device padding and detokenizing are right), and the model says something.
+  from mmjax import evaluate, generate  # pylint: disable=import-outside-toplevel
+  from mmjax.data import text  # pylint: disable=import-outside-toplevel
+  config, model, params, mesh, _ = evaluate.restore(str(workdir))
+  _, images = generate._folder_images(config, str(folder), 0)  # pylint: disable=protected-access
+  ids = generate.greedy(model, params, {model.cfg.caption_source: images},
+                        max_len=config.data.text_len, **_special_ids(config))
+  want = generate.decode_texts(text.from_config(config.data), ids)
+  assert [x["caption"] for x in rows] == want
+  assert any(x["caption"].strip() for x in rows), rows
 
 
 def test_generate_mistakes_are_one_line(workdir, tmp_path):

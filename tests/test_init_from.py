@@ -12,7 +12,7 @@ import pytest
 
 from mmjax import checkpoint, config_lib, models, sharding, train_lib, trainer
 from tests import tiny_config as tiny
-from tests.helpers import apply_overrides
+from tests.helpers import apply_overrides, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Contrastive (towers) + ITM (through the joint stream): every part trains, little to compile.
@@ -122,8 +122,7 @@ def test_freeze_errors():
 
 
 def _cli(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(devices=1)
   r = subprocess.run([sys.executable, "train.py", "--config=tests/tiny_config.py", *args],
                      cwd=ROOT, env=env, capture_output=True, text=True)
   assert r.returncode != 0, r.stdout[-2000:]

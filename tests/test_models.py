@@ -7,7 +7,7 @@ import pytest
 from mmjax.configs import default
 from mmjax import config_lib, fusion, models
 import jax.numpy as jnp
-from tests.helpers import tiny_config
+from tests.helpers import apply, init, tiny_config
 
 
 def _cfg(name):
@@ -26,18 +26,18 @@ def test_model_forward_and_heads(name):
   batch = models.dummy_batch(c, 2)
   batch["image"] = np.random.RandomState(0).randn(*batch["image"].shape).astype(np.float32)
   batch["text"][:, 1:5] = 9
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
   out = jax.jit(model.apply)(params, batch)
   chex.assert_tree_all_finite(out)
-  enc = model.apply(params, model.apply(params, batch, method=model.embed), method=model.encode)
-  emb = model.apply(params, enc, method=model.contrastive_embedding)
+  enc = apply(model, params, apply(model, params, batch, method=model.embed), method=model.encode)
+  emb = apply(model, params, enc, method=model.contrastive_embedding)
   chex.assert_shape(emb["image"], (2, c.model.embed_dim))
-  logits = model.apply(params, "text", out["tokens"]["text"], method=model.mlm_logits)
+  logits = apply(model, params, "text", out["tokens"]["text"], method=model.mlm_logits)
   n_text = 65 if name == "early_sum" else 32  # early_sum: one stream, padded to the longest
   chex.assert_shape(logits, (2, n_text, 261))
-  pred = model.apply(params, "image", out["tokens"]["image"][:, 1:], method=model.mim_prediction)
+  pred = apply(model, params, "image", out["tokens"]["image"][:, 1:], method=model.mim_prediction)
   chex.assert_shape(pred, (2, 64, 4 * 4 * 3))
-  itm = model.apply(params, out["joint"], method=model.itm_logits)
+  itm = apply(model, params, out["joint"], method=model.itm_logits)
   chex.assert_shape(itm, (2, 2))
 
 
@@ -67,7 +67,7 @@ def test_towers_of_their_own_width(name):
   model = models.build_model(c)
   batch = models.dummy_batch(c, 2)
   batch["text"][:, 1:5] = 9
-  params = model.init(jax.random.key(0), batch, method=model.init_all)["params"]
+  params = init(model, jax.random.key(0), batch, method=model.init_all)["params"]
   p = jax.tree.map(lambda x: x.value.shape if hasattr(x, "value") else x.shape, params,
                    is_leaf=lambda x: hasattr(x, "value"))
   f = p["fusion"]
@@ -79,11 +79,11 @@ def test_towers_of_their_own_width(name):
     assert not any(k.startswith("tower_proj") for k in f)
   else:
     assert f["tower_proj_text"]["kernel"] == (16, 32) and "tower_proj_image" not in f
-  out = model.apply({"params": params}, batch)
+  out = apply(model, {"params": params}, batch)
   chex.assert_tree_all_finite(out)
   # Same widths everywhere: no projection, the parameter tree of before.
   same = models.build_model(_cfg(name))
-  p_same = same.init(jax.random.key(0), batch, method=same.init_all)["params"]
+  p_same = init(same, jax.random.key(0), batch, method=same.init_all)["params"]
   assert not any(k.startswith("tower_proj") for k in p_same["fusion"])
 
 
@@ -115,9 +115,9 @@ def test_pretraining_outputs_cover_every_pair_and_objective():
   batch["image"] = rng.randn(*batch["image"].shape).astype(np.float32)
   batch["text"][:, 1:9] = rng.randint(5, 261, size=(4, 8))
   batch["feat"] = rng.randn(*batch["feat"].shape).astype(np.float32)
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
-  loss, metrics = objectives.pretraining_loss(model, params, batch, jax.random.key(1),
-                                              cfg.objectives)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
+  loss, metrics = jax.jit(lambda p, b, r: objectives.pretraining_loss(
+      model, p, b, r, cfg.objectives))(params, batch, jax.random.key(1))
   assert cfg.model.names == ("feat", "image", "text")  # ConfigDict keys come sorted
   pairs = ("feat_image", "feat_text", "image_text")
   names = ([f"contrastive_{p}" for p in pairs] + [f"sigmoid_{p}" for p in pairs]
@@ -126,7 +126,7 @@ def test_pretraining_outputs_cover_every_pair_and_objective():
   weight = lambda n: cfg.objectives.weight(n.split("_")[0])
   total = sum(weight(n) * float(metrics[f"{n}/loss"]) for n in names)
   assert float(loss) == pytest.approx(total, rel=1e-6)
-  emb = model.apply(params, model.apply(params, model.apply(params, batch, method=model.embed),
+  emb = apply(model, params, apply(model, params, apply(model, params, batch, method=model.embed),
                                         method=model.encode), method=model.contrastive_embedding)
   want, _ = objectives.contrastive_loss(emb["feat"], emb["text"],
                                         params["params"]["logit_scale"])
@@ -154,7 +154,7 @@ def test_objective_heads_build_only_what_they_name():
   cfg.model.modalities.image.update({"pool": "map", "proj_bias": False,
                                      "type_embedding": False, "mim_token": False})
   model = models.build_model(cfg)
-  params = model.init(jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
+  params = init(model, jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
   top = set(params["params"])
   assert {"sigmoid_t", "sigmoid_b", "map_image"} <= top
   assert not top & {"logit_scale", "itm_head", "mlm_head_text", "mim_head_image"}

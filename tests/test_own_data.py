@@ -4,6 +4,7 @@ and eval.py's zero-shot scores with data.class_names; the bench's variants all p
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,10 +53,11 @@ def test_own_data_config_trains_and_evaluates(digits, tmp_path):
   c.checkpoint.every_steps, c.checkpoint.async_save = 2, False
   c.eval.num_examples, c.eval.batch_size = 40, 20
   workdir = str(tmp_path / "run")
-  out = trainer.train(c, workdir, log_to_stdout=False)
+  one = jax.devices()[:1]
+  out = trainer.train(c, workdir, log_to_stdout=False, devices=one)
   assert out["step"] == 2 and np.isfinite(out["metrics"]["loss"])
   assert out["metrics"]["contrastive/positives"] > 1  # labels reached the multi-positive loss
-  res = evaluate.run(workdir, evaluators=["zero_shot"])
+  res = evaluate.run(workdir, evaluators=["zero_shot"], devices=one)
   assert res["zero_shot/num_classes"] == 10 and res["zero_shot/examples"] == 40
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mmjax import config_lib, models, objectives, packing, sharding, train_lib
 from mmjax.tokenizers import TextEmbedder
-from tests.helpers import apply_overrides, random_batch, tiny_config
+from tests.helpers import apply, apply_overrides, random_batch, tiny_config
 
 
 def _ids(seed=0, b=16, length=12, lo=0):
@@ -143,15 +143,15 @@ def test_text_tower_packed_equals_unpacked(impl, causal):
   model, params, batch = _setup(config)
   ids = jnp.asarray(batch["text"])
   index = jnp.asarray(packing.pack(batch["text"], batch["text"] != 0).index)
-  ref = model.apply(params, "text", ids, method=_tower)
-  got = model.apply(params, "text", ids, index, method=_tower_packed)
+  ref = apply(model, params, "text", ids, method=_tower)
+  got = apply(model, params, "text", ids, index, method=_tower_packed)
   assert got.shape[0] < ref.shape[0]  # really packed
   back = packing.scatter_unpacked(got, index, ids.shape[0])
   valid = np.asarray(batch["text"] != 0)
   np.testing.assert_allclose(np.asarray(back)[valid], np.asarray(ref)[valid], atol=2e-5,
                              rtol=1e-5)
   # Control: without segment ids, examples sharing a row leak into each other.
-  leak = model.apply(params, "text", ids, index, False, method=_tower_packed)
+  leak = apply(model, params, "text", ids, index, False, method=_tower_packed)
   leak = packing.scatter_unpacked(leak, index, ids.shape[0])
   assert np.abs(np.asarray(leak)[valid] - np.asarray(ref)[valid]).max() > 1e-3
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mmjax import platforms
+from tests.helpers import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,8 @@ def test_train_as_the_readme_shows_prints_no_tpu_errors(tmp_path):
   if platforms.has_tpu_devices():
     pytest.skip("this host has TPU chips")
   assert importlib.util.find_spec("libtpu"), "make test installs libtpu (the tpu extra)"
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  # One CPU device, as a user has (not the suite's 8 simulated ones), and no JAX_PLATFORMS.
+  env = {k: v for k, v in subprocess_env(devices=1).items() if k != "JAX_PLATFORMS"}
   # The README's command (".venv/bin/python train.py --config=configs/default.py
   # --workdir=..."), cut to 2 small steps.
   r = subprocess.run(
@@ -30,6 +32,7 @@ def test_train_as_the_readme_shows_prints_no_tpu_errors(tmp_path):
   out = r.stdout + r.stderr
   assert r.returncode == 0, out[-3000:]
   assert "done: step 2/2" in out
+  assert "over 1 cpu device(s)" in out, out[-3000:]
   bad = [l for l in out.splitlines() if "tpu" in l.lower() or "TPU_" in l]
   assert not bad, bad[:5]
 

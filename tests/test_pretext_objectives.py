@@ -8,7 +8,7 @@ import pytest
 
 from mmjax import config_lib, models, objectives, ordering
 from mmjax.configs import default
-from tests.helpers import apply_overrides, tiny_config
+from tests.helpers import apply, apply_overrides, init, tiny_config
 
 
 def _video_config(**kw):
@@ -34,9 +34,9 @@ def test_frame_order_targets_are_the_applied_permutation():
   cfg = config_lib.parse(_video_config(**{"objectives.frame_order_ratio": 0.75}))
   model = models.build_model(cfg)
   batch = _batch()
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
   rng = jax.random.key(4)
-  out = model.apply(params, batch, rng, cfg.objectives, method=model.pretraining_outputs)
+  out = apply(model, params, batch, rng, cfg.objectives, method=model.pretraining_outputs)
   logits, targets, weights = out["frame_order"]["video"]
   assert logits.shape == (4, 4, 4)  # 8 frames / tubelet 2 = 4 groups, 4 classes each
   # The same draw the model makes (fold_in 13, then group index 0).
@@ -47,7 +47,7 @@ def test_frame_order_targets_are_the_applied_permutation():
   assert (np.asarray(weights).sum(1) == 3).all()  # round(0.75 * 4) groups shuffled per clip
   # The head read the shuffled clip, not the original one.
   shuffled = dict(batch, video=ordering.permute_frames(batch["video"], perm, 2))
-  want = model.apply(params, model.apply(params, shuffled)["tokens"]["video"], "video",
+  want = apply(model, params, apply(model, params, shuffled)["tokens"]["video"], "video",
                      method=lambda m, t, v: m.frame_order_logits(v, t))
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
   loss, metrics = objectives.order_loss(logits, targets, weights)
@@ -63,9 +63,9 @@ def test_sentence_order_shuffles_segments_and_predicts_them():
                                           "model.order_segments": 2}))
   model = models.build_model(cfg)
   batch = _batch(1)
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
   rng = jax.random.key(2)
-  logits, targets, weights = model.apply(params, batch, rng, cfg.objectives,
+  logits, targets, weights = apply(model, params, batch, rng, cfg.objectives,
                                          method=model.pretraining_outputs)["sentence_order"]["text"]
   assert logits.shape == (4, 12, 2)
   gather, tgt, w = ordering.segment_permutation(
@@ -121,8 +121,8 @@ def _region_batch(b=4, n=10, seed=0):
 def test_masked_region_modelling_targets_and_losses():
   model, obj = _region_model(mrc=1.0, mrfr=1.0)
   batch = _region_batch()
-  params = model.init(jax.random.key(0), batch, method=model.init_all)
-  out = model.apply(params, batch, jax.random.key(1), obj, method=model.pretraining_outputs)
+  params = init(model, jax.random.key(0), batch, method=model.init_all)
+  out = apply(model, params, batch, jax.random.key(1), obj, method=model.pretraining_outputs)
   logits, dist, w = out["mrc"]["regions"]
   pred, feats, w2 = out["mrfr"]["regions"]
   assert logits.shape == (4, 10, 5) and pred.shape == (4, 10, 16)
@@ -147,7 +147,7 @@ def test_masked_region_modelling_targets_and_losses():
   f = np.array(batch["regions"]["features"])
   f[w > 0] += 5.0
   other["regions"]["features"] = f
-  out2 = model.apply(params, other, jax.random.key(1), obj, method=model.pretraining_outputs)
+  out2 = apply(model, params, other, jax.random.key(1), obj, method=model.pretraining_outputs)
   np.testing.assert_allclose(out2["mrc"]["regions"][0][w > 0], logits[w > 0], rtol=1e-4,
                              atol=1e-4)
   total, m = objectives.losses_from_outputs(out, obj)
@@ -174,14 +174,14 @@ def test_frame_order_evaluator_counts_the_shuffled_groups_it_gets_right():
   cfg = config_lib.parse(_video_config(**{"objectives.frame_order_ratio": 1.0}))
   model = models.build_model(cfg)
   batches = [_batch(0), _batch(1)]
-  params = model.init(jax.random.key(0), batches[0], method=model.init_all)
+  params = init(model, jax.random.key(0), batches[0], method=model.init_all)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   ev = Evaluated(cfg, model, params, mesh, sharding.batch_sharding(mesh))
   res = ordering_eval.evaluate(ev, batches, 1.0, seed=0)
   assert res["frame_order/shuffled_groups"] == 32 and res["frame_order/chance"] == 0.25
   hits = 0
   for i, b in enumerate(batches):  # the evaluator's keys: key(seed * 100_003 + i)
-    logits, perm, moved = model.apply(params, b, jax.random.key(i), 1.0, "video",
+    logits, perm, moved = apply(model, params, b, jax.random.key(i), 1.0, "video",
                                       method=model.frame_order_predictions)
     hits += int(((np.argmax(logits, -1) == np.asarray(perm)) & np.asarray(moved)).sum())
   assert res["frame_order/accuracy"] == hits / 32

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from mmjax import models, sharding, train_lib
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import apply, init, random_batch, tiny_config
 
 
 def _run(config, n_devices, steps=3):
@@ -118,7 +118,7 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
 def test_weight_decay_mask():
   cfg = tiny_config()
   model = models.build_model(cfg)
-  params = model.init(jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
+  params = init(model, jax.random.key(0), models.dummy_batch(cfg), method=model.init_all)
   mask = train_lib.weight_decay_mask(nn.meta.unbox(params["params"]))
   assert mask["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["kernel"]
   assert not mask["fusion"]["joint"]["layer_0"]["mlp"]["fc1"]["bias"]
@@ -154,7 +154,7 @@ def test_dropout_trains_and_evaluation_is_deterministic():
     assert np.isfinite(losses[name]) and not metrics["skipped"]
     if name == "drop":
       params = state.params
-      evaluate = lambda m: m.apply(params, {k: batch[k] for k in m.modalities})["joint"]
+      evaluate = lambda m: apply(m, params, {k: batch[k] for k in m.modalities})["joint"]
       np.testing.assert_allclose(evaluate(model), evaluate(models.build_model(
           tiny_config(**{"model.scan": True, "model.remat": "full"}))), rtol=1e-6, atol=1e-6)
   assert abs(losses["base"] - losses["drop"]) > 1e-3, losses
