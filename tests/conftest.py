@@ -7,6 +7,7 @@ Non-sharded tests simply run on the first device.
 from tests import process
 
 process.setup()  # before jax is imported
+process.import_mmjax_without_malloc_defaults()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
