@@ -35,12 +35,14 @@ $(REF)/.stamp: requirements-reference.txt
 	touch $@
 
 # Two workers, whole files each, longest files first (tests/durations.json); the 25 slowest
-# tests are printed after the run. `make durations` rewrites the durations report.
+# tests are printed after the run. `make durations` rewrites the durations report. A worker
+# that crashes ends the run (--max-worker-restart=0): after one such crash with whole-file
+# scheduling, xdist 3.8 replaced the worker and then left both workers idle, never finishing.
 DURATIONS := .pytest_cache/mmjax-durations
 test: $(VENV)/.test-stamp $(REF)/.stamp
 	rm -rf $(DURATIONS)
 	JAX_PLATFORMS=cpu MMJAX_DURATIONS_DIR=$(DURATIONS) $(PY) -m pytest -n 2 --dist loadfile \
-	  --no-loadscope-reorder --timeout=900 $(PYTEST_ARGS); rc=$$?; \
+	  --no-loadscope-reorder --max-worker-restart=0 --timeout=900 $(PYTEST_ARGS); rc=$$?; \
 	  MMJAX_DURATIONS_DIR=$(DURATIONS) $(PY) -m tests.durations; exit $$rc
 
 durations: test
