@@ -61,6 +61,18 @@ def test_functions() -> set[str]:
   return out
 
 
+def cpu_name() -> str:
+  """The processor's model name and whether it has AVX-512 (from /proc/cpuinfo)."""
+  try:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return "an unknown processor"
+  name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+  flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+  isa = "AVX-512" if flags and "avx512f" in flags.group(1).split() else "AVX2"
+  return f"{name.group(1).strip() if name else 'an unknown processor'} ({isa})"
+
+
 def base_name(nodeid: str) -> str:
   """'tests/t.py::test_x[param]' -> 'tests/t.py::test_x'."""
   return nodeid.split("[")[0]
@@ -136,14 +148,15 @@ def report(rows: list[dict], reasons: dict[str, str]) -> str:
       "Written by `make durations` (a full `make test`, then `python -m tests.durations "
       "--write`). Wall seconds per test include setup and teardown; compile seconds are XLA "
       "compiles in the test's own process (subprocesses not counted). The two xdist workers "
-      "run side by side, so the suite's elapsed time is about half the summed wall time.", "",
+      "run side by side, so the suite's elapsed time is about half the summed wall time. "
+      "Tests over 60 s give their reason beside them (`# over 60 s:` above the def).", "",
       f"{len(rows)} tests; summed wall {total_wall:.0f} s; summed in-process compile "
-      f"{total_compile:.0f} s.", "",
+      f"{total_compile:.0f} s; recorded on {cpu_name()}, {os.cpu_count()} cores.", "",
       "## Slowest 25 tests", "",
       "| test | wall s | compile s | why it takes this long |", "|---|---:|---:|---|"]
   for r in slowest(rows, 25):
-    lines.append(f"| `{r['test']}` | {r['wall']:.1f} | {r['compile']:.1f} | "
-                 f"{reasons.get(base_name(r['test']), '')} |")
+    why = reasons.get(base_name(r["test"]), "") if r["wall"] > LIMIT_S else ""
+    lines.append(f"| `{r['test']}` | {r['wall']:.1f} | {r['compile']:.1f} | {why} |")
   lines += ["", "## Per file", "", "| file | tests | wall s | compile s |", "|---|---:|---:|---:|"]
   for f, v in files.items():
     lines.append(f"| `{f}` | {v['tests']} | {v['wall']:.1f} | {v['compile']:.1f} |")
