@@ -113,7 +113,15 @@ class _DropOrbaxReadTasks(logging.Filter):
 
   def filter(self, record):
     msg = record.getMessage()
-    return not (msg.startswith("Task exception was never retrieved") and "orbax" in msg)
+    if not msg.startswith("Task exception was never retrieved"):
+      return True
+    # The task's repr names orbax only sometimes; its traceback's frames always do.
+    tb = record.exc_info[2] if record.exc_info else None
+    files = []
+    while tb is not None:
+      files.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    return not ("orbax" in msg or any("orbax" in f for f in files))
 
 
 def _quiet_closed_loop_callbacks() -> None:

@@ -302,6 +302,25 @@ def test_failed_restore_noise_is_dropped_and_other_unraisables_are_not(monkeypat
   assert seen == ["a real bug"]
 
 
+def test_orbax_read_task_records_are_dropped_by_their_traceback():
+  """asyncio's 'Task exception was never retrieved' record for a failed orbax read task is
+  dropped when only its traceback names orbax (the task's repr does not always); others pass."""
+  import logging  # pylint: disable=import-outside-toplevel
+  from mmjax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  def record(filename):
+    try:
+      exec(compile("raise Exception('read failed')", filename, "exec"))  # pylint: disable=exec-used
+    except Exception:  # pylint: disable=broad-except
+      info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, "x", 1,
+                             "Task exception was never retrieved\nfuture: <Task finished>",
+                             None, info)
+  keep = checkpoint._DropOrbaxReadTasks().filter  # pylint: disable=protected-access
+  assert not keep(record("/site-packages/orbax/checkpoint/serialization.py"))
+  assert keep(record("/home/user/my_code.py"))
+
+
 def test_checkpointer_waits_for_orbax_start_up_cleanup(monkeypatch, tmp_path):
   """orbax cleans unfinished temporary step directories in a background thread when a manager
   opens. A run that stops before its first save (a bad init_from) must not exit with that
