@@ -77,8 +77,10 @@ def pretraining_loss(model, params, batch, rng, config, mesh=None):
   import numpy as np  # pylint: disable=import-outside-toplevel
   weights = parse(config).objectives
   # Numeric arrays are traced; anything else (strings, paths) stays a Python constant.
-  traced = {k: v for k, v in batch.items()
-            if np.dtype(getattr(v, "dtype", None) or np.asarray(v).dtype).kind in "biuf"}
+  def numeric(v):  # a dtype's truth value is its field count, so no `or` here
+    dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+    return np.dtype(dtype).kind in "biuf"
+  traced = {k: v for k, v in batch.items() if numeric(v)}
   rest = {k: v for k, v in batch.items() if k not in traced}
   return jax.jit(lambda p, b, r: objectives.pretraining_loss(model, p, {**b, **rest}, r,
                                                              weights, mesh))(params, traced, rng)
