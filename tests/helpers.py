@@ -58,6 +58,18 @@ def subprocess_env(devices: int = 1, **extra) -> dict:
               **extra)
 
 
+def grad(fn, *args, **kwargs):
+  """jax.grad(fn, ...) as one compiled program (an eager grad compiles each of its ops alone)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.jit(jax.grad(fn, *args, **kwargs))
+
+
+def value_and_grad(fn, *args, **kwargs):
+  """jax.value_and_grad(fn, ...) as one compiled program."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.jit(jax.value_and_grad(fn, *args, **kwargs))
+
+
 def init(module, rng, *args, method=None, **kwargs):
   """module.init(rng, *args, ...) as one compiled program (eager init compiles every op)."""
   return _jit_call(module, "init", method, kwargs, rng, *args)

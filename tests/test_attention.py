@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 
 from mmjax import attention
+from tests.helpers import grad
 
 # Each call compiled as one program (an eager call would compile each of its ops alone).
 kernel = jax.jit(attention.attention_kernel,
                  static_argnames=("impl", "return_weights", "chunk_size", "causal"))
-
-
-def grad(fn, **kwargs):
-  return jax.jit(jax.grad(fn, **kwargs))
 
 
 def _qkv(b=2, nq=37, nk=53, h=3, d=8, seed=0):

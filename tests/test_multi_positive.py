@@ -12,15 +12,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from mmjax import config_lib, sharding
 from mmjax import objectives as O
-
-
-# One compiled program per gradient (an eager grad would compile each of its ops alone).
-def grad(fn, *args, **kwargs):
-  return jax.jit(jax.grad(fn, *args, **kwargs))
-
-
-def value_and_grad(fn, *args, **kwargs):
-  return jax.jit(jax.value_and_grad(fn, *args, **kwargs))
+from tests.helpers import grad, value_and_grad
 
 N_DEV = 8
 

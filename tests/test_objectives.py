@@ -8,10 +8,7 @@ import pytest
 from mmjax import fusion as fusion_lib
 from mmjax import objectives as O
 
-
-# One compiled program per gradient (an eager grad would compile each of its ops alone).
-def grad(fn, *args, **kwargs):
-  return jax.jit(jax.grad(fn, *args, **kwargs))
+from tests.helpers import grad
 
 # ------------------------------------------------------------------------------ references
 
