@@ -17,6 +17,7 @@ import sys
 from mmjax import platforms
 
 platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
+platforms.apply_cpu_defaults()  # before jax: XLA:CPU flag, malloc (docs/process_settings.md)
 
 from absl import app, flags, logging  # noqa: E402
 

@@ -9,6 +9,7 @@ or under SLURM, where jax.distributed starts by itself.
 from mmjax import platforms
 
 platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
+platforms.apply_cpu_defaults()  # before jax: XLA:CPU flag, malloc (docs/process_settings.md)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

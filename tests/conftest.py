@@ -1,5 +1,6 @@
-"""Test set-up: CPU only, 8 simulated devices (sharding tests), the suite's XLA flags and its
-persistent compilation cache (tests/process.py), full-precision f32 matmuls, the longest files
+"""Test set-up: CPU only, 8 simulated devices (sharding tests), the suite's XLA flags (mmjax's
+XLA:CPU default included; not its malloc settings) and its persistent compilation cache
+(tests/process.py), full-precision f32 matmuls, the longest files
 scheduled first, and a per-test record of wall and compile seconds (tests/durations.py).
 
 Non-sharded tests simply run on the first device.
@@ -7,7 +8,6 @@ Non-sharded tests simply run on the first device.
 from tests import process
 
 process.setup()  # before jax is imported
-process.import_mmjax_without_malloc_defaults()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

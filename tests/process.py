@@ -1,6 +1,12 @@
 """Process settings of the test suite (stdlib only: they must be set before jax is imported).
 
-XLA flags: LLVM's machine-code optimization off (TEST_XLA_FLAGS). XLA's own HLO passes (fusion,
+XLA flags: LLVM's machine-code optimization off (TEST_XLA_FLAGS), and mmjax's XLA:CPU default
+(mmjax.platforms.CPU_XLA_FLAGS, appended as apply_cpu_defaults does; `import mmjax` no longer
+adds it): the programs the tests compile, tests/fixtures/golden_losses.json's included, are
+compiled with it, as a user's train.py run is. The suite's own processes do not take mmjax's
+glibc malloc settings (a test worker runs hundreds of programs and would hold its peak heap
+to the end: 5.8 GB of RSS measured in one worker); the entry points a test runs as
+subprocesses (train.py, eval.py) apply them, as they do for a user. XLA's own HLO passes (fusion,
 layout, SPMD partitioning, scheduling) are the ones a user's run gets; skipping LLVM's -O2
 halves the compile time of a train step, and compiling is most of the suite's time. Numerics
 stay IEEE float32; loops LLVM no longer vectorizes sum in another order.
@@ -33,33 +39,25 @@ SIMULATED_DEVICES = 8
 
 
 def setup() -> None:
-  """CPU only, SIMULATED_DEVICES devices (unless XLA_FLAGS names a count), TEST_XLA_FLAGS and
-  the compilation cache, all in os.environ so subprocesses inherit them."""
+  """CPU only, SIMULATED_DEVICES devices (unless XLA_FLAGS names a count), TEST_XLA_FLAGS, the
+  XLA:CPU default and the compilation cache, all in os.environ so subprocesses inherit them."""
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" not in flags:
     flags += f" --xla_force_host_platform_device_count={SIMULATED_DEVICES}"
   if "xla_backend_optimization_level" not in flags:
     flags += f" {TEST_XLA_FLAGS}"
-  os.environ["XLA_FLAGS"] = flags.strip()
+  os.environ["XLA_FLAGS"] = with_cpu_xla_flags(flags.strip())
   enable_compile_cache()
 
 
-def import_mmjax_without_malloc_defaults() -> None:
-  """`import mmjax` in this process with its glibc malloc settings off (one arena, never trim),
-  leaving the environment as it was, so the subprocesses a test starts (train.py, eval.py, as a
-  user runs them) still get them. A test worker is one long-lived process that runs hundreds
-  of programs; with those settings it would hold its peak heap to the end (5.8 GB of RSS
-  measured in one worker)."""
-  before = os.environ.get("MMJAX_CPU_MALLOC_DEFAULTS")
-  os.environ["MMJAX_CPU_MALLOC_DEFAULTS"] = "0"
-  try:
-    import mmjax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  finally:
-    if before is None:
-      del os.environ["MMJAX_CPU_MALLOC_DEFAULTS"]
-    else:
-      os.environ["MMJAX_CPU_MALLOC_DEFAULTS"] = before
+def with_cpu_xla_flags(flags: str) -> str:
+  """`flags` with mmjax's XLA:CPU default appended (mmjax.platforms.with_cpu_xla_flags: not
+  when `flags` sets it, MMJAX_CPU_XLA_DEFAULTS=0 or jaxlib predates it), after the suite's
+  flags, where `import mmjax` used to append it: XLA_FLAGS, and with it JAX's compilation
+  cache keys, are what they were."""
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel  (stdlib only)
+  return platforms.with_cpu_xla_flags(flags)
 
 
 def cpu_key() -> str:

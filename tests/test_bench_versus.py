@@ -26,7 +26,8 @@ def test_both_matmul_peaks_in_one_run():
   assert res["mmjax_matmul_gflops"] > 1 and res["torch_matmul_gflops"] > 1
   assert res["matmul_ratio"] == pytest.approx(
       res["mmjax_matmul_gflops"] / res["torch_matmul_gflops"])
-  # The default CPU flag of mmjax/platforms.py is in effect and reported.
+  # The default CPU flag of mmjax/platforms.py is in effect (main() applies apply_cpu_defaults,
+  # XLA_FLAGS unset here) and reported.
   assert "--xla_cpu_experimental_ynn_fusion_type=-individual_dot" in res["xla_flags"]
   assert res["mmjax_malloc_defaults"] is True and res["torch_malloc"] is False
   assert "MALLOC_ARENA_MAX" not in res["torch"]["malloc_env"]

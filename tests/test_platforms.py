@@ -1,7 +1,9 @@
 """Runs on a machine without TPUs print no libtpu / TPU errors, with libtpu installed (the
 test environment has it, for the pod-compile tooling): the entry points leave the TPU backend
 out unless the host exposes TPU chips. And mmjax's CPU defaults (an XLA flag, glibc malloc
-settings): when they apply, and what the malloc settings change (page faults per call)."""
+settings): `import mmjax` and the library calls leave the process as it was (os.environ, malloc,
+absl's flags), apply_cpu_defaults() applies them, when they apply, and what the malloc settings
+change (page faults per call)."""
 import importlib.util
 import json
 import os
@@ -49,7 +51,8 @@ def test_platform_choice(monkeypatch):
 
 
 def test_default_cpu_xla_flag(monkeypatch):
-  """import mmjax adds XLA:CPU's plain-dot flag, unless opted out or set by the user."""
+  """set_default_xla_flags (apply_cpu_defaults) adds XLA:CPU's plain-dot flag, unless opted out
+  or set by the user."""
   flag = platforms.CPU_XLA_FLAGS[0]
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   platforms.set_default_xla_flags()
@@ -65,12 +68,81 @@ def test_default_cpu_xla_flag(monkeypatch):
   assert os.environ["XLA_FLAGS"] == ""
 
 
+# A library user's program: what it sees of the process before and after mmjax's calls. Every
+# ctypes lookup of mallopt is recorded, as is set_default_malloc's own record of applying it.
+_LIBRARY_USER = """
+import ctypes, json, os, sys
+mallopt_lookups = []
+class _CDLL(ctypes.CDLL):
+  def __getitem__(self, name):  # CDLL.__getattr__ looks symbols up through it
+    if name == "mallopt":
+      mallopt_lookups.append(name)
+    return super().__getitem__(name)
+ctypes.CDLL = _CDLL
+before = dict(os.environ)
+import mmjax
+if sys.argv[1] == "apply":
+  mmjax.platforms.apply_cpu_defaults()
+  mmjax.platforms.apply_cpu_defaults()  # idempotent
+import jax
+config = mmjax.load_config("default", {"batch_size": 2, "model.width": 32, "model.mlp_dim": 64,
+                                       "model.embed_dim": 32, "model.depth.unimodal": 1,
+                                       "model.depth.joint": 1})
+model = mmjax.build_model(config)
+params = mmjax.init_params(model, jax.random.key(0))
+assert jax.tree.leaves(params)
+from absl import flags
+after = dict(os.environ)
+print(json.dumps({
+    "changed": {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+                if before.get(k) != after.get(k)},
+    "malloc_applied": mmjax.platforms.malloc_defaults_applied,
+    "mallopt_lookups": len(mallopt_lookups), "absl_parsed": flags.FLAGS.is_parsed()}))
+"""
+
+
+def _library_user(mode: str) -> dict:
+  env = {k: v for k, v in os.environ.items()
+         if k not in platforms.MALLOC_ENV + ("GLIBC_TUNABLES", "MMJAX_CPU_MALLOC_DEFAULTS",
+                                             "MMJAX_CPU_XLA_DEFAULTS")}
+  # CPU only (so the malloc settings would apply) and XLA_FLAGS without mmjax's flag.
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS=" ".join(
+      f for f in os.environ.get("XLA_FLAGS", "").split() if f not in platforms.CPU_XLA_FLAGS))
+  p = subprocess.run([sys.executable, "-c", _LIBRARY_USER, mode], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_import_and_library_calls_change_nothing_in_the_process():
+  """`import mmjax`, load_config, build_model and init_params leave os.environ (all of it,
+  XLA_FLAGS included) as it was, never look up mallopt, and leave absl's flags unparsed."""
+  res = _library_user("library")
+  assert res["changed"] == {}
+  assert res["malloc_applied"] is False and res["mallopt_lookups"] == 0
+  assert res["absl_parsed"] is False
+
+
+def test_apply_cpu_defaults_sets_them():
+  """mmjax.platforms.apply_cpu_defaults(), called twice: the XLA:CPU flag appended to
+  XLA_FLAGS once (where this jaxlib takes it) and the malloc settings applied once."""
+  res = _library_user("apply")
+  if platforms._jaxlib_has_ynn():  # pylint: disable=protected-access
+    assert list(res["changed"]) == ["XLA_FLAGS"], res["changed"]
+    before, after = res["changed"]["XLA_FLAGS"]
+    assert after == f"{before} {platforms.CPU_XLA_FLAGS[0]}".strip()
+  else:
+    assert res["changed"] == {}
+  assert res["malloc_applied"] is True and res["mallopt_lookups"] == 1
+  assert res["absl_parsed"] is False
+
+
 # A program whose 128 MiB intermediate (the transposed copy) XLA:CPU allocates on every call.
 _FAULTS = """
 import resource, sys
-import mmjax
-import jax, jax.numpy as jnp
 from mmjax import platforms
+platforms.apply_cpu_defaults()  # as the entry points do, before jax
+import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.tanh(x).T @ jnp.ones((x.shape[0],), x.dtype))
 x = jnp.ones((4096, 8192), jnp.float32)
 for _ in range(15):

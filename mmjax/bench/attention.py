@@ -410,4 +410,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # before jax is imported (docs/process_settings.md)
   sys.exit(main())

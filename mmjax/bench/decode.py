@@ -14,6 +14,10 @@ input's end token: the loop has a fixed length). Prints one JSON line per varian
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a program, not imported: before jax is imported
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
+
 import argparse
 import json
 import statistics

@@ -38,6 +38,10 @@ fusion_report (fits, tables, plots, files); this one is the command line.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a program, not imported: before jax is imported
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
+
 from absl import app, flags
 from ml_collections import config_flags
 

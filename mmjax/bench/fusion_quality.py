@@ -27,6 +27,10 @@ checkpoints and evaluations in --workdir are reused.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a program, not imported: before jax is imported
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
+
 import csv
 import json
 import math

@@ -38,12 +38,13 @@ def _map_depth(v, fn):
 
 
 def valid_loss_weights(config) -> None:
-  """Zero the loss weights the config's design cannot serve: itm without a joint output,
-  contrastive / sigmoid without unimodal towers (objectives.check_objectives' rules)."""
+  """Zero the loss weights the config's design cannot serve: those of every objective that
+  requires a design capability the design lacks (Objective.requires: itm without a joint
+  output, contrastive / sigmoid without unimodal towers)."""
   model = config_lib.parse_model(config)
   design, lw = model.design, config.loss_weights
-  drop = [] if design.joint_output else ["itm"]
-  drop += [] if design.has_towers(model.names) else list(objectives.ALIGNMENT)
+  drop = [o.name for o in objectives.registered(objectives.names())
+          if not all(objectives.capability(design, c, model.names) for c in o.requires)]
   for k in drop:
     if k in lw:
       lw[k] = 0.0

@@ -21,7 +21,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if __name__ == "__main__":  # run as a program, not imported: before jax is imported
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
 
 from mmjax.data import pipeline  # noqa: E402
 

@@ -18,9 +18,9 @@ import sys
 
 _STEP = r"""
 import json, resource, statistics, sys, time
-import mmjax
-import jax, jax.numpy as jnp
 from mmjax import platforms
+platforms.apply_cpu_defaults()  # as the entry points do (MMJAX_CPU_MALLOC_DEFAULTS picks a side)
+import jax, jax.numpy as jnp
 from mmjax.bench.versus_torch import peak_rss_mib
 steps, rows, width = (int(a) for a in sys.argv[1:4])
 
@@ -78,4 +78,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # before jax is imported (docs/process_settings.md)
   sys.exit(main())

@@ -207,12 +207,12 @@ def image_embeddings(ev, images: np.ndarray, batch: int = 150) -> np.ndarray:
 def evaluate_params(cfg, model, params, mesh, data_dir: str) -> Dict[str, Any]:
   """Zero-shot (mmjax's evaluator, data.class_names x data.prompt_templates) and the linear
   probes, on the test split. The probes fit on the un-augmented train split of data_dir."""
-  from mmjax import evaluate, sharding  # pylint: disable=import-outside-toplevel
+  from mmjax import restore, sharding  # pylint: disable=import-outside-toplevel
   from mmjax.evaluators import zero_shot  # pylint: disable=import-outside-toplevel
   from mmjax.evaluators.common import Evaluated  # pylint: disable=import-outside-toplevel
   ev = Evaluated(cfg, model, params, mesh, sharding.batch_sharding(mesh))
-  batches = evaluate._test_batches(cfg, cfg.eval.batch_size, 10**9, mesh.size)  # pylint: disable=protected-access
-  res = zero_shot.evaluate(ev, batches, evaluate.class_prompts(cfg))
+  batches = restore.eval_batches(cfg, cfg.eval.batch_size, 10**9, mesh.size)
+  res = zero_shot.evaluate(ev, batches, zero_shot.class_prompts(cfg))
   data = cfg.data.copy_and_resolve_references()
   data.jsonl_path = os.path.join(data_dir, "train.jsonl")
   x_tr, y_tr = split_arrays(data, "train", ev.a)
@@ -348,4 +348,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # before jax is imported (docs/process_settings.md)
   sys.exit(main())

@@ -16,22 +16,32 @@ the TPU executable's cost analysis (max(compute, HBM traffic / bandwidth), see c
 with the MFU / HFU it implies. None of these is a measurement.
 Prints one JSON line. A config that does not fit exits 1 with a one-line message.
 
-Environment: the module sets TPU_SKIP_MDS_QUERY=1 and JAX_PLATFORMS=cpu if unset and drops a
---xla_force_host_platform_device_count from XLA_FLAGS before jax is imported (the mesh is the
-topology's chips, not CPU devices).
+Environment: run as a program (never on import), the module sets TPU_SKIP_MDS_QUERY=1 and
+JAX_PLATFORMS=cpu if unset, drops a --xla_force_host_platform_device_count from XLA_FLAGS (the
+mesh is the topology's chips, not CPU devices) and applies mmjax's CPU defaults
+(mmjax.platforms.apply_cpu_defaults), before jax is imported.
 """
 from __future__ import annotations
 
 import os
 import re
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-os.environ.setdefault("MMJAX_PALLAS_INTERPRET", "0")
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compile-only runs at once
-if "XLA_FLAGS" in os.environ:
-  os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                                   os.environ["XLA_FLAGS"]).strip()
+
+def _set_process_env() -> None:
+  """The program's environment (module doc), set before jax is imported; never on import."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("MMJAX_PALLAS_INTERPRET", "0")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compile-only runs at once
+  if "XLA_FLAGS" in os.environ:
+    os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                     os.environ["XLA_FLAGS"]).strip()
+  from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
+
+
+if __name__ == "__main__":  # run as a program, not imported
+  _set_process_env()
 
 import json  # noqa: E402
 import sys  # noqa: E402

@@ -12,8 +12,8 @@
 3. Each framework's float32 2048^3 matmul peak (best of 5), measured in the same run, so the
    ratio of peaks stands next to the ratio of step times.
 
-mmjax's CPU defaults (mmjax/platforms.py: an XLA flag, and glibc malloc settings applied in its
-own process) are in effect unless turned off (MMJAX_CPU_XLA_DEFAULTS=0,
+mmjax's CPU defaults (mmjax.platforms.apply_cpu_defaults, which main() applies after --xla_flags:
+an XLA flag, and glibc malloc settings applied in its own process) are in effect unless turned off (MMJAX_CPU_XLA_DEFAULTS=0,
 MMJAX_CPU_MALLOC_DEFAULTS=0); --torch_malloc gives the open_clip process the same malloc settings
 (as MALLOC_* environment variables), for an equal-footing comparison.
 --xla_flags is added to XLA_FLAGS before jax is imported. Step time: the median of the timed
@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags) if f)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  platforms.apply_cpu_defaults()  # before jax is imported (docs/process_settings.md)
   module, name = MODELS[args.model]
   try:
     if args.only in ("", "torch", "matmul"):

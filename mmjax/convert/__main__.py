@@ -5,7 +5,8 @@ import sys
 
 def main(argv=None) -> int:
   from mmjax import cli, platforms  # pylint: disable=import-outside-toplevel
-  platforms.set_default_platforms()
+  platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
   return cli.report_user_errors(_main)(argv)
 
 

@@ -119,7 +119,7 @@ def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
     out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buf))
   workers = cfg.num_workers if num_workers is None else num_workers
   if workers and workers > 0:
-    _ensure_absl_flags_parsed()  # grain's worker processes read absl flags
+    _grain_flags_readable()  # grain's mp_prefetch reads an absl flag of its own
     out = out.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
                                                        per_worker_buffer_size=buf))
   return out
@@ -257,11 +257,25 @@ class SkipCounter:
     return n
 
 
-def _ensure_absl_flags_parsed():
-  """Outside absl.app (pytest, argparse scripts) grain fails on unparsed flags: use defaults."""
+# grain's flags that its multiprocess prefetch reads as `FLAG.value` (grain 0.2: the worker
+# profiling switch), which absl refuses before the command line is parsed; grain reads its other
+# flags with get_or_default.
+_GRAIN_READ_FLAGS = ("grain_enable_multiprocess_worker_profiling",)
+
+
+def _grain_flags_readable():
+  """Lets grain read _GRAIN_READ_FLAGS outside absl.app (pytest, argparse scripts, a user's
+  program) without marking the process's flags parsed: only while absl's flags are unparsed,
+  each of those grain flags is marked present, as grain marks its debug flags in its workers,
+  so reading it gives its value (the default) and nothing else changes. Parsing the command
+  line later still sets them, and every other flag stays unreadable until then. Called only
+  where mp_prefetch is used, never on import."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  if flags.FLAGS.is_parsed():
+    return
+  for name in _GRAIN_READ_FLAGS:
+    if name in flags.FLAGS and not flags.FLAGS[name].present:
+      flags.FLAGS[name].present = 1
 
 
 def steps_per_epoch(data_cfg, split: str, global_batch_size: int) -> int:
