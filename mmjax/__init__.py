@@ -8,7 +8,11 @@ The library in a few lines (the README's example, run by tests/test_api.py):
   model = mmjax.build_model(config)
   params = mmjax.init_params(model, jax.random.key(0))
   batch = mmjax.example_batch(config)
-  loss, metrics = mmjax.pretraining_loss(model, params, batch, jax.random.key(1), config)
+  loss, metrics = mmjax.pretraining_loss(model, params, batch, jax.random.key(1),
+                                         mmjax.parse_config(config))
+
+A program's CPU process settings (an XLA:CPU flag, glibc malloc settings) are its own to apply,
+first thing: mmjax.platforms.apply_cpu_defaults() (docs/process_settings.md).
 """
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from typing import Any, Dict
 
 __version__ = "0.1.0"
 
-from mmjax import platforms as _platforms  # noqa: E402  (stdlib only: no jax import)
-
-_platforms.set_default_xla_flags()  # XLA:CPU's faster float32 dot path (mmjax/platforms.py)
-_platforms.set_default_malloc()  # CPU-only: no page faults on every step (mmjax/platforms.py)
+# Importing mmjax changes nothing in the process (os.environ, malloc, absl flags). The CPU
+# process settings are a program's choice: mmjax.platforms.apply_cpu_defaults(), which the
+# entry points call before jax is imported (docs/process_settings.md).
+from mmjax import platforms  # noqa: E402,F401  (stdlib only, no side effects: no jax import)
 
 # Lazy (PEP 562): `import mmjax.data.text` stays cheap; `mmjax.build_model` imports on use.
 _LAZY = {"Config": ("mmjax.config_lib", "Config"),
@@ -30,7 +34,10 @@ _LAZY = {"Config": ("mmjax.config_lib", "Config"),
          "register_fusion": ("mmjax.fusion", "register"),
          "MultimodalModel": ("mmjax.models", "MultimodalModel"),
          "build_model": ("mmjax.models", "build_model"),
-         "dummy_batch": ("mmjax.models", "dummy_batch")}
+         "dummy_batch": ("mmjax.models", "dummy_batch"),
+         "Objective": ("mmjax.objectives", "Objective"),
+         "register_objective": ("mmjax.objectives", "register"),
+         "pretraining_loss": ("mmjax.objectives", "pretraining_loss")}
 
 
 def __getattr__(name: str):
@@ -40,9 +47,9 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(module), attr)
   raise AttributeError(f"module 'mmjax' has no attribute {name!r}")
 
-__all__ = ["Config", "ConfigError", "FusionDesign", "MultimodalModel", "build_model",
-           "dummy_batch", "example_batch", "init_params", "load_config", "parse_config",
-           "pretraining_loss", "register_fusion", "train"]
+__all__ = ["Config", "ConfigError", "FusionDesign", "MultimodalModel", "Objective",
+           "build_model", "dummy_batch", "example_batch", "init_params", "load_config",
+           "parse_config", "pretraining_loss", "register_fusion", "register_objective", "train"]
 
 
 def init_params(model, rng) -> Dict[str, Any]:
@@ -66,24 +73,6 @@ def example_batch(config, split: str = "train") -> Dict[str, Any]:
   batch = next(iter(ds))
   keep = set(cfg.model.names) | {f"{m}_valid" for m in cfg.model.names}
   return {k: v for k, v in batch.items() if k in keep}
-
-
-def pretraining_loss(model, params, batch, rng, config, mesh=None):
-  """(weighted loss, metrics) of every objective the config weights > 0, on `batch`, as one
-  compiled program."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from mmjax import objectives  # pylint: disable=import-outside-toplevel
-  from mmjax.config_lib import parse  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  weights = parse(config).objectives
-  # Numeric arrays are traced; anything else (strings, paths) stays a Python constant.
-  def numeric(v):  # a dtype's truth value is its field count, so no `or` here
-    dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
-    return np.dtype(dtype).kind in "biuf"
-  traced = {k: v for k, v in batch.items() if numeric(v)}
-  rest = {k: v for k, v in batch.items() if k not in traced}
-  return jax.jit(lambda p, b, r: objectives.pretraining_loss(model, p, {**b, **rest}, r,
-                                                             weights, mesh))(params, traced, rng)
 
 
 def train(config, workdir: str, **kwargs):

@@ -27,26 +27,20 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax import fusion as fusion_lib
+from mmjax import objectives as objectives_lib
 from mmjax.attention import IMPLS
 from mmjax.layers import REMAT_POLICIES, BlockConfig
-from mmjax.tokenizers import EMBEDDERS
+from mmjax.tokenizers import EMBEDDERS, PATCH_KINDS, token_count  # noqa: F401 (PATCH_KINDS re-exported)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-PATCH_KINDS = ("image", "video", "audio")
 # Modality-config keys that describe the data (not embedder options), and that size a tower.
 DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim", "region_classes")
 TOWER_KEYS = ("width", "heads", "mlp_dim", "causal", "activation", "norm_eps", "key_bias")
 # Modality keys of the model around the tower: its pooling, its contrastive projection.
 HEAD_KEYS = ("pool", "proj", "proj_bias")
 MODALITY_POOLS = ("cls", "mean", "last", "map")
-# Heads the model can carry, one per objective family (model.objective_heads selects them).
-# 'all' means the first five; the heads of the generative, ordering and region objectives
-# below are built when their loss weight is positive (or when objective_heads names them), so
-# models and checkpoints without those objectives keep exactly their parameters.
-HEADS = ("contrastive", "sigmoid", "itm", "mlm", "mim")
-EXTRA_HEADS = ("caption", "prefix_lm", "frame_order", "sentence_order", "mrc", "mrfr")
 DEPTH_KEYS = ("unimodal", "joint", "post", "cross")
-# Keys older configs carry that nothing reads any more.
+# Keys older configs carry, not fields of Config (eval_every_steps: read as eval.every_steps).
 IGNORED_KEYS = ("eval_every_steps",)
 # Keys that record where a config came from (mmjax.convert), for people, not for the code.
 INFO_KEYS = ("converted_from",)
@@ -101,7 +95,9 @@ class ModelConfig:
   block: BlockConfig
   modalities: Tuple[ModalityConfig, ...]
   embed_dim: int = 128
-  objective_heads: Tuple[str, ...] = HEADS  # heads built (an imported CLIP: contrastive only)
+  # The objectives whose heads are built (an imported CLIP: contrastive only); 'all' is every
+  # objective declaring default_head, the others are added when their loss weight is > 0.
+  objective_heads: Tuple[str, ...] = ("contrastive", "sigmoid", "itm", "mlm", "mim")
   decoder_depth: int = 2      # captioning decoder layers (mmjax.decoder), with 'caption'
   caption_from: str = ""      # the modality the decoder reads ('' = the first non-text one)
   order_segments: int = 3     # sentence ordering: text bodies cut into this many segments
@@ -193,6 +189,7 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   evaluators: Tuple[str, ...] = ("zero_shot", "retrieval", "itm", "mlm", "mim")
+  every_steps: int = 0  # evaluate during training every N steps (0: off); legacy eval_every_steps
   batch_size: int = 100
   num_examples: int = 1000
   # linear_probe: logistic regression on frozen embeddings of this many train examples; its
@@ -237,6 +234,7 @@ class Config:
   log_every_steps: int = 25
   init_from: str = ""  # a workdir or <workdir>/checkpoints/<step>: its parameters, when fresh
   freeze: Tuple[str, ...] = ()  # modality names or parameter path prefixes left untrained
+  imports: Tuple[str, ...] = ()  # user modules imported first (mmjax.plugins): registrations
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -273,31 +271,39 @@ def _block(mc, att) -> BlockConfig:
     raise ConfigError(f"model.width={mc.width} is not divisible by model.heads={mc.heads}; "
                       "pick a width that is a multiple of heads")
   a = _fields(_AttentionKeys, att, "attention")
-  if a.get("impl", "auto") not in IMPLS:
+  if a.get("impl", _default(BlockConfig, "attention_impl")) not in IMPLS:
     raise ConfigError(f"unknown attention.impl={a['impl']!r}; choose one of {', '.join(IMPLS)}")
-  remat = mc.get("remat", "none")
+  remat = mc.get("remat", _default(BlockConfig, "remat"))
   if remat not in REMAT_POLICIES:
     raise ConfigError(f"unknown model.remat={remat!r}; choose one of "
                       f"{', '.join(REMAT_POLICIES)}")
+  get = lambda key, field: mc.get(key, _default(BlockConfig, field))
   try:
     return BlockConfig(
         width=int(mc.width), num_heads=int(mc.heads), mlp_dim=int(mc.mlp_dim),
-        attention_impl=a.get("impl", "auto"), chunk_size=int(a.get("chunk_size", 512)),
-        capture_weights=bool(a.get("capture_weights", False)),
+        attention_impl=a.get("impl", _default(BlockConfig, "attention_impl")),
+        chunk_size=int(a.get("chunk_size", _default(BlockConfig, "chunk_size"))),
+        capture_weights=bool(a.get("capture_weights", _default(BlockConfig, "capture_weights"))),
         dtype=_dtype(mc.get("dtype", "float32"), "model.dtype"),
         param_dtype=_dtype(mc.get("param_dtype", "float32"), "model.param_dtype"),
-        remat=remat, scan=bool(mc.get("scan", False)), dropout=float(mc.get("dropout", 0.0)),
-        activation=mc.get("activation", "gelu_tanh"), norm_eps=float(mc.get("norm_eps", 1e-6)),
-        key_bias=bool(mc.get("key_bias", False)))
+        remat=remat, scan=bool(get("scan", "scan")), dropout=float(get("dropout", "dropout")),
+        activation=get("activation", "activation"), norm_eps=float(get("norm_eps", "norm_eps")),
+        key_bias=bool(get("key_bias", "key_bias")))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
 class _AttentionKeys:
-  impl: str = "auto"
-  chunk_size: int = 512
-  capture_weights: bool = False
+  """The keys of the attention section (their defaults are BlockConfig's)."""
+  impl: str = BlockConfig.attention_impl
+  chunk_size: int = BlockConfig.chunk_size
+  capture_weights: bool = BlockConfig.capture_weights
+
+
+def _default(cls, field: str):
+  """A dataclass field's default: the one place each default is stated."""
+  return cls.__dataclass_fields__[field].default
 
 
 # model.* keys that go to FusionConfig as they are (the depths come from model.depth).
@@ -376,12 +382,12 @@ def _model(mc, att) -> ModelConfig:
     raise ConfigError(f"towers of different widths {sorted(widths)} cannot be combined by "
                       f"pool_combine={fcfg.pool_combine!r}; use pool_combine='concat'")
   heads = mc.get("objective_heads", "all")
-  heads = HEADS if heads == "all" else tuple(_plain(heads))
-  bad = [h for h in heads if h not in HEADS + EXTRA_HEADS]
+  heads = objectives_lib.default_heads() if heads == "all" else tuple(_plain(heads))
+  bad = [h for h in heads if h not in objectives_lib.names()]
   if bad:
     raise ConfigError(f"unknown model.objective_heads {bad}; choose from "
-                      f"{', '.join(HEADS + EXTRA_HEADS)} or 'all'")
-  embed_dim = int(mc.get("embed_dim", 128))
+                      f"{', '.join(objectives_lib.names())} or 'all'")
+  embed_dim = int(mc.get("embed_dim", _default(ModelConfig, "embed_dim")))
   for m in mods:
     width = (m.tower or block).width
     if not m.proj and width != embed_dim:
@@ -396,79 +402,32 @@ def _model(mc, att) -> ModelConfig:
     if int(mc.get(k, 1)) < 1:
       raise ConfigError(f"model.{k}={mc.get(k)} must be >= 1")
   return ModelConfig(fusion=fcfg, block=block, modalities=mods, embed_dim=embed_dim,
-                     objective_heads=heads, decoder_depth=int(mc.get("decoder_depth", 2)),
-                     caption_from=caption_from, order_segments=int(mc.get("order_segments", 3)))
+                     objective_heads=heads,
+                     decoder_depth=int(mc.get("decoder_depth",
+                                              _default(ModelConfig, "decoder_depth"))),
+                     caption_from=caption_from,
+                     order_segments=int(mc.get("order_segments",
+                                               _default(ModelConfig, "order_segments"))))
 
 
 def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
-  from mmjax import objectives  # pylint: disable=import-outside-toplevel
+  """The objectives section and loss weights, checked against the model by every active
+  objective (mmjax.objectives.check: design capabilities, heads, each one's own rules)."""
   weights = {k: float(v) for k, v in config.loss_weights.items()}
+  o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
   try:
-    objectives.check_objectives(model.design, weights, model.names)
+    objectives_lib.check_weights(model.design, weights)
+    out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
+    objectives_lib.check(model, out)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  headless = [k for k, w in weights.items()
-              if w > 0 and k in HEADS and k not in model.objective_heads]
-  if headless:
-    raise ConfigError(f"loss_weights.{headless[0]} > 0 but the model has no {headless[0]} head "
-                      f"(model.objective_heads={list(model.objective_heads)}); add it there")
-  o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
-  out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
-  check_extra_objectives(out, model)
-  return out
-
-
-def check_extra_objectives(o: ObjectivesConfig, model: ModelConfig) -> None:
-  """One-line errors for the generative, ordering and region objectives: the stream each one
-  needs, and its settings."""
-  kinds = {m.name: m.kind for m in model.modalities}
-  have = lambda kind: [n for n, k in kinds.items() if k == kind]
-  name = model.fusion.name
-  if o.weight("caption") > 0 or o.weight("prefix_lm") > 0:
-    which = "caption" if o.weight("caption") > 0 else "prefix_lm"
-    if not have("text") or not [n for n, k in kinds.items() if k != "text"]:
-      raise ConfigError(f"loss_weights.{which} needs a text modality and another one to "
-                        f"describe; the model has {kinds}; set loss_weights.{which}=0")
-    if model.caption_source in have("text"):
-      raise ConfigError(f"model.caption_from={model.caption_source!r} is text; name the "
-                        "modality to caption (image, video, audio)")
-    if model.modality(model.caption_text).option("add_cls"):
-      raise ConfigError(f"loss_weights.{which} needs model.modalities.{model.caption_text}."
-                        "add_cls=False (the tokenizer's [CLS] starts the caption)")
-  if o.weight("prefix_lm") > 0 and not model.design.prefix_lm:
-    raise ConfigError(f"objective 'prefix_lm' is not available with fusion {name!r}: it needs "
-                      "one joint stream over [other modality; text] (early_concat or "
-                      "hier_multi_to_one); set loss_weights.prefix_lm=0 or use "
-                      "loss_weights.caption (a decoder that works with any fusion)")
-  if o.weight("frame_order") > 0:
-    videos = have("video")
-    if not videos:
-      raise ConfigError(f"loss_weights.frame_order needs a video modality; the model has "
-                        f"{kinds}; set loss_weights.frame_order=0")
-    for v in videos:
-      m = model.modality(v)
-      t = tuple(m.option("tubelet"))[0]
-      if not m.input_shape or m.input_shape[0] // t < 2:
-        raise ConfigError(f"loss_weights.frame_order needs model.modalities.{v}.input_shape "
-                          f"(T, H, W, C) with at least 2 tubelet groups of {t} frames")
-  if o.weight("sentence_order") > 0 and not have("text"):
-    raise ConfigError(f"loss_weights.sentence_order needs a text modality; the model has "
-                      f"{kinds}; set loss_weights.sentence_order=0")
-  for k in ("mrc", "mrfr"):
-    if o.weight(k) > 0:
-      regions = have("regions")
-      if not regions:
-        raise ConfigError(f"loss_weights.{k} (masked region modelling) needs a regions "
-                          f"modality; the model has {kinds}; set loss_weights.{k}=0")
-      if k == "mrc" and any(model.modality(r).region_classes < 2 for r in regions):
-        raise ConfigError(f"loss_weights.mrc needs model.modalities.{regions[0]}."
-                          "region_classes (the detector's number of classes, e.g. 1601)")
-  if not 0.0 <= o.cappa_fraction <= 1.0:
-    raise ConfigError(f"objectives.cappa_fraction={o.cappa_fraction} must be in [0, 1]")
+  if not 0.0 <= out.cappa_fraction <= 1.0:
+    raise ConfigError(f"objectives.cappa_fraction={out.cappa_fraction} must be in [0, 1]")
   for k in ("frame_order_ratio", "mrm_ratio"):
-    v = getattr(o, k)
+    v = getattr(out, k)
     if not (math.isfinite(v) and 0.0 < v <= 1.0):
       raise ConfigError(f"objectives.{k}={v} must be in (0, 1]")
+  return out
 
 
 def freeze_entries(freeze) -> Tuple[str, ...]:
@@ -489,10 +448,24 @@ def _init_and_freeze(top) -> Dict[str, Any]:
   return {"init_from": init_from, "freeze": freeze_entries(top.get("freeze"))}
 
 
+def _eval(config) -> EvalConfig:
+  """The eval section; the legacy top-level eval_every_steps counts when eval.every_steps is
+  0 (configs/default.py states eval.every_steps = 0)."""
+  e = _fields(EvalConfig, config.get("eval"), "eval")
+  if not e.get("every_steps"):
+    e["every_steps"] = int(config.get("eval_every_steps") or 0)
+  return EvalConfig(**e)
+
+
 def parse(config) -> Config:
   """The typed Config of a ConfigDict, every check applied (one-line ConfigError)."""
   if isinstance(config, Config):
     return config
+  from mmjax import plugins  # pylint: disable=import-outside-toplevel  (stdlib only)
+  try:
+    plugins.load(config)
+  except plugins.PluginError as e:
+    raise ConfigError(str(e)) from None
   required = ("model", "loss_weights")
   missing = [k for k in required if k not in config]
   if missing:
@@ -514,7 +487,7 @@ def parse(config) -> Config:
       mesh=MeshConfig(**_fields(MeshConfig, config.get("mesh"), "mesh")),
       checkpoint=CheckpointConfig(**_fields(CheckpointConfig, config.get("checkpoint"),
                                             "checkpoint")),
-      eval=EvalConfig(**_fields(EvalConfig, config.get("eval"), "eval")),
+      eval=_eval(config),
       data=data, source=config, **top)
   if cfg.batch_size <= 0 or cfg.total_steps <= 0:
     raise ConfigError("batch_size and total_steps must be positive")
@@ -585,9 +558,8 @@ def parse_model(config) -> ModelConfig:
     return config
   model = _model(config.model, config.get("attention"))
   weights = config.get("loss_weights") or {}
-  extra = tuple(h for h in EXTRA_HEADS if float(weights.get(h, 0.0)) > 0
-                and h not in model.objective_heads)
-  if extra:  # the heads of the objectives that train (config_lib.EXTRA_HEADS)
+  extra = objectives_lib.extra_heads(weights, model.objective_heads)
+  if extra:  # the heads of the objectives that train (Objective.default_head False)
     model = dataclasses.replace(model, objective_heads=model.objective_heads + extra)
   if "data" in config:  # data and model meet: the text ids come from the tokenizer
     mlm = float(weights.get("mlm", 0.0)) > 0
@@ -695,13 +667,7 @@ def validate(config, num_devices: int = 1) -> Config:
 
 def token_counts(model: ModelConfig) -> Dict[str, int]:
   """Tokens each modality's embedder produces for the configured input shapes."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from mmjax import models  # pylint: disable=import-outside-toplevel
-  m = models.MultimodalModel(model)
-  batch = models.dummy_batch(model, 1)
-  shapes = jax.eval_shape(
-      lambda b: m.init_with_output(jax.random.key(0), b, method=m.embed)[0], batch)
-  return {k: int(t[0].shape[1]) for k, t in shapes.items()}
+  return {m.name: token_count(m, model.block) for m in model.modalities}
 
 
 # ------------------------------------------------------------------------------ loading

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.layers import BlockConfig, Mlp, _layer_norm, _mha, dropout
+from mmjax.layers import BlockConfig, Mlp, dropout, layer_norm, mha
 
 Cache = Tuple[Tuple[Any, Any, Any], ...]  # per layer (k [B, S, H, D], v [B, S, H, D], index)
 
@@ -37,17 +37,17 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, memory, memory_mask, cache=None):
     cfg = self.cfg
-    h = _layer_norm(cfg, "ln_self")(x)
-    attn = _mha(cfg, "self_attn")
+    h = layer_norm(cfg, "ln_self")(x)
+    attn = mha(cfg, "self_attn")
     if cache is None:
       h, new_cache = attn(h, causal=True), None
     else:
       h, new_cache = attn(h, cache=cache)
     x = x + dropout(self, cfg.dropout, h)
-    h = _mha(cfg, "cross_attn")(_layer_norm(cfg, "ln_cross_q")(x),
-                                _layer_norm(cfg, "ln_cross_kv")(memory), kv_mask=memory_mask)
+    h = mha(cfg, "cross_attn")(layer_norm(cfg, "ln_cross_q")(x),
+                                layer_norm(cfg, "ln_cross_kv")(memory), kv_mask=memory_mask)
     x = x + dropout(self, cfg.dropout, h)
-    x = x + dropout(self, cfg.dropout, Mlp(cfg, name="mlp")(_layer_norm(cfg, "ln_mlp")(x)))
+    x = x + dropout(self, cfg.dropout, Mlp(cfg, name="mlp")(layer_norm(cfg, "ln_mlp")(x)))
     return x, new_cache
 
 
@@ -72,7 +72,7 @@ class CaptionDecoder(nn.Module):
       x, c = DecoderBlock(cfg, name=f"layer_{i}")(x, memory, memory_mask,
                                                   None if cache is None else cache[i])
       new.append(c)
-    x = _layer_norm(cfg, "ln_final")(x)
+    x = layer_norm(cfg, "ln_final")(x)
     logits = nn.Dense(self.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                       name="head", kernel_init=nn.with_logical_partitioning(
                           nn.initializers.lecun_normal(), ("embed", "vocab")))(x)

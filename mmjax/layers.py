@@ -66,7 +66,8 @@ class BlockConfig:
     return self.width // self.num_heads
 
 
-def _layer_norm(cfg: BlockConfig, name: str):
+def layer_norm(cfg: BlockConfig, name: str):
+  """The block's LayerNorm (cfg.norm_eps, dtypes; scale and bias sharded on 'embed')."""
   return nn.LayerNorm(
       epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
@@ -82,7 +83,8 @@ def dropout(module: nn.Module, rate: float, x):
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
 
 
-def _mha(cfg: BlockConfig, name: str):
+def mha(cfg: BlockConfig, name: str):
+  """The block's multi-head attention (heads, head_dim, attention implementation, dtypes)."""
   return MultiHeadAttention(
       num_heads=cfg.num_heads, head_dim=cfg.head_dim, impl=cfg.attention_impl,
       chunk_size=cfg.chunk_size, capture_weights=cfg.capture_weights, dtype=cfg.dtype,
@@ -116,16 +118,16 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, mask, segment_ids=None, positions=None):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    h = _layer_norm(self.cfg, "ln_attn")(x)
+    h = layer_norm(self.cfg, "ln_attn")(x)
     causal = self.cfg.causal
     if positions is not None and causal:  # a causal tower inside a prefix-LM pass stays causal
       positions = positions * x.shape[1] + jnp.arange(x.shape[1], dtype=positions.dtype)
       causal = False
-    h = _mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
+    h = mha(self.cfg, "attn")(h, kv_mask=mask, q_segment_ids=segment_ids,
                                kv_segment_ids=segment_ids, causal=causal,
                                q_positions=positions, kv_positions=positions)
     x = x + dropout(self, self.cfg.dropout, h)
-    h = Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln_mlp")(x))
+    h = Mlp(self.cfg, name="mlp")(layer_norm(self.cfg, "ln_mlp")(x))
     return x + dropout(self, self.cfg.dropout, h)
 
 
@@ -145,13 +147,13 @@ class CrossBlock(nn.Module):
     cfg = self.cfg
     drop = lambda h: dropout(self, cfg.dropout, h)
     if self.mode == "self_cross":
-      x = x + drop(_mha(cfg, "self_attn")(_layer_norm(cfg, "ln_self")(x), kv_mask=x_mask))
+      x = x + drop(mha(cfg, "self_attn")(layer_norm(cfg, "ln_self")(x), kv_mask=x_mask))
     elif self.mode != "pure":
       raise ValueError(f"unknown cross mode {self.mode!r}; use 'pure' or 'self_cross'")
-    attn = cross_attn if cross_attn is not None else _mha(cfg, "cross_attn")
-    x = x + drop(attn(_layer_norm(cfg, "ln_cross_q")(x), _layer_norm(cfg, "ln_cross_kv")(y),
+    attn = cross_attn if cross_attn is not None else mha(cfg, "cross_attn")
+    x = x + drop(attn(layer_norm(cfg, "ln_cross_q")(x), layer_norm(cfg, "ln_cross_kv")(y),
                       kv_mask=y_mask))
-    return x + drop(Mlp(cfg, name="mlp")(_layer_norm(cfg, "ln_mlp")(x)))
+    return x + drop(Mlp(cfg, name="mlp")(layer_norm(cfg, "ln_mlp")(x)))
 
 
 class MAPHead(nn.Module):
@@ -165,8 +167,8 @@ class MAPHead(nn.Module):
     probe = self.param("probe", nn.with_logical_partitioning(
         nn.initializers.xavier_uniform(), (None, "embed")), (1, x.shape[-1]), self.cfg.param_dtype)
     q = jnp.broadcast_to(probe.astype(x.dtype)[None], (x.shape[0], 1, x.shape[-1]))
-    h = _mha(self.cfg, "attn")(q, x, kv_mask=mask)
-    h = h + Mlp(self.cfg, name="mlp")(_layer_norm(self.cfg, "ln")(h))
+    h = mha(self.cfg, "attn")(q, x, kv_mask=mask)
+    h = h + Mlp(self.cfg, name="mlp")(layer_norm(self.cfg, "ln")(h))
     return h[:, 0]
 
 
@@ -216,7 +218,7 @@ class Encoder(nn.Module):
       for i in range(self.depth):
         x = block(cfg, name=f"layer_{i}")(x, mask, segment_ids, positions)
     if self.final_norm:
-      x = _layer_norm(cfg, "ln_final")(x)
+      x = layer_norm(cfg, "ln_final")(x)
     return x
 
 

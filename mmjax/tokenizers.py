@@ -35,6 +35,8 @@ import numpy as np
 
 from mmjax import layers
 
+PATCH_KINDS = ("image", "video", "audio")  # the kinds cut into patches (masked modelling)
+
 
 # ----------------------------------------------------------------------------- patches
 
@@ -349,3 +351,40 @@ def build_embedder(kind: str, name: str, width: int, dtype, param_dtype, **kwarg
     if k in kwargs and isinstance(kwargs[k], (list, tuple)):
       kwargs[k] = tuple(kwargs[k])
   return cls(width=width, dtype=dtype, param_dtype=param_dtype, name=f"embed_{name}", **kwargs)
+
+
+def modality_embedder(mod, block) -> nn.Module:
+  """The embedder of one modality config (config_lib.ModalityConfig) at its tower's width, with
+  the model's dropout and the tower's norm epsilon unless the modality sets its own."""
+  opts = dict(mod.options)
+  opts.setdefault("dropout", block.dropout)
+  opts.setdefault("norm_eps", (mod.tower or block).norm_eps)
+  return build_embedder(mod.kind, mod.name, (mod.tower or block).width, block.dtype,
+                        block.param_dtype, **opts)
+
+
+def dummy_input(mod, batch_size: int):
+  """A zero input of one modality config with the shape its embedder expects (numpy)."""
+  kind, shape = mod.kind, mod.input_shape
+  if kind == "text":
+    ids = np.zeros((batch_size, mod.option("max_len")), np.int32)
+    ids[:, 0] = 1
+    return ids
+  if kind in PATCH_KINDS:
+    return np.zeros((batch_size,) + shape, np.float32)
+  if kind == "regions":
+    n = shape[0] if shape else 36
+    return {"features": np.zeros((batch_size, n, mod.feature_dim), np.float32),
+            "boxes": np.zeros((batch_size, n, 5), np.float32),
+            "mask": np.ones((batch_size, n), bool)}
+  n = shape[0] if shape else mod.option("max_len")
+  return np.zeros((batch_size, n, mod.in_dim), np.float32)
+
+
+def token_count(mod, block) -> int:
+  """Tokens the modality's embedder produces for its configured input shape (shapes only:
+  jax.eval_shape, nothing computed)."""
+  emb = modality_embedder(mod, block)
+  x = dummy_input(mod, 1)
+  shape = jax.eval_shape(lambda b: emb.init_with_output(jax.random.key(0), b)[0], x)
+  return int(shape[0].shape[1])

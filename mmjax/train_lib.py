@@ -175,14 +175,6 @@ def create_state(config: Config, model, tx, mesh) -> Tuple[TrainState, Any]:
   return state, shard
 
 
-# ------------------------------------------------------------------------------ losses
-
-def compute_losses(model: models.MultimodalModel, params, batch, rng, config: Config,
-                   mesh=None):
-  """Weighted pretraining loss and per-objective metrics for one (micro-)batch."""
-  return objectives.pretraining_loss(model, params, batch, rng, parse(config).objectives, mesh)
-
-
 # ------------------------------------------------------------------------------ step
 
 def _split_micro(batch, k):
@@ -210,7 +202,7 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -
 
     def loss_fn(params, micro, r):
       params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-      return compute_losses(model, params, micro, r, config, mesh)
+      return objectives.pretraining_loss(model, params, micro, r, config.objectives, mesh)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum == 1:
@@ -272,7 +264,7 @@ def lower_forward_loss(config: Config, model, mesh, state_sharding, state, batch
 
   def forward(params, batch, step):
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
-    return compute_losses(model, params, batch, rng, config, mesh)[0]
+    return objectives.pretraining_loss(model, params, batch, rng, config.objectives, mesh)[0]
 
   jitted = jax.jit(forward, in_shardings=(state_sharding.params,
                                           NamedSharding(mesh, P(sharding.BATCH_AXES)),

@@ -52,10 +52,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def subprocess_env(devices: int = 1, **extra) -> dict:
   """The environment of an entry point run as a subprocess: CPU, `devices` simulated devices,
-  the suite's XLA flags and (inherited from os.environ) its persistent compilation cache."""
+  the suite's XLA flags (mmjax's XLA:CPU default included, as tests/process.py sets them) and
+  (inherited from os.environ) its persistent compilation cache."""
+  flags = f"{process.TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-              XLA_FLAGS=f"{process.TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}",
-              **extra)
+              XLA_FLAGS=process.with_cpu_xla_flags(flags), **extra)
 
 
 def grad(fn, *args, **kwargs):

@@ -1,5 +1,5 @@
 """Multi-positive contrastive targets (objectives.multi_positive, UniCL-style) against a NumPy
-reference, and equal on 1 and 8 simulated devices (through objectives._global_loss' shard_map).
+reference, and equal on 1 and 8 simulated devices (through objectives.global_loss' shard_map).
 
 The 8-device checks use the suite's 8 simulated CPU devices (tests/conftest.py).
 """
@@ -188,14 +188,15 @@ def check_shard_map_equals_single_device():
 
 
 def check_global_loss_equals_single_device():
-  """losses_from_outputs on the train step's mesh (8 devices: _global_loss' shard_map) equals
+  """losses_from_outputs on the train step's mesh (8 devices: global_loss' shard_map) equals
   mesh=None, in loss, metrics and gradients."""
   za, zb, labels, _ = _data(4)
   obj = config_lib.ObjectivesConfig(weights=(("contrastive", 1.0),), multi_positive="label")
 
   def loss(za, zb, scale, mesh):
-    out = {"embeddings": {"image": za, "text": zb}, "pairs": [("image", "text")],
-           "logit_scale": scale, "positive_keys": jnp.asarray(labels)[:, None]}
+    out = {"contrastive": {"embeddings": {"image": za, "text": zb},
+                           "pairs": [("image", "text")], "logit_scale": scale,
+                           "positive_keys": jnp.asarray(labels)[:, None]}}
     return O.losses_from_outputs(out, obj, mesh)
 
   param = jnp.float32(np.log(1 / 0.07))

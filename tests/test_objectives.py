@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmjax import fusion as fusion_lib
+from mmjax import masking
 from mmjax import objectives as O
 
 from tests.helpers import grad
@@ -181,7 +182,7 @@ def test_hard_negatives_never_positive_and_follow_softmax():
   b = 5
   sim = (3.0 * rng.randn(b, b)).astype(np.float32)
   keys = jax.random.split(jax.random.key(0), 4000)
-  neg_b, neg_a = jax.jit(jax.vmap(lambda k: O.itm_hard_negatives(k, sim)))(keys)
+  neg_b, neg_a = jax.jit(jax.vmap(lambda k: masking.itm_hard_negatives(k, sim)))(keys)
   neg_b, neg_a = np.asarray(neg_b), np.asarray(neg_a)
   chex.assert_shape(neg_b, (4000, b))
   assert neg_b.dtype == np.int32
@@ -199,7 +200,7 @@ def test_hard_negatives_never_positive_and_follow_softmax():
 
 def test_hard_negatives_have_no_gradient():
   sim = jnp.asarray(np.random.RandomState(8).randn(4, 4), jnp.float32)
-  g = grad(lambda s: jnp.sum(O.itm_hard_negatives(jax.random.key(1), s)[0]
+  g = grad(lambda s: jnp.sum(masking.itm_hard_negatives(jax.random.key(1), s)[0]
                                  .astype(jnp.float32) * s[:, 0]))(sim)
   assert np.isfinite(np.asarray(g)).all()
 
@@ -227,9 +228,19 @@ def _design(name, towers=True):
                                                             ("b", int(towers)))).design
 
 
+def _check(design, weights):
+  """The registry's checks of a loss-weight set against a design with modalities a, b."""
+  active = O.check_weights(design, weights)
+  for o in O.registered(active):
+    for cap, why in o.requires.items():
+      if not O.capability(design, cap, ("a", "b")):
+        raise ValueError(f"objective {o.name!r} is not available with fusion {design.name!r}: "
+                         + why.format(design=design.name, name=o.name))
+
+
 def _one_line_error(design, weights):
   with pytest.raises(ValueError) as e:
-    O.check_objectives(design, weights, ("a", "b"))
+    _check(design, weights)
   msg = str(e.value)
   assert "\n" not in msg
   return msg
@@ -240,23 +251,24 @@ def test_check_objectives_asks_the_design():
   for name in fusion_lib.BUILTIN:
     for towers in (True, False):
       design = _design(name, towers)
-      for obj in O.OBJECTIVES:
-        w = {k: 0.0 for k in O.OBJECTIVES}
+      for obj in O.BUILTIN:
+        w = {k: 0.0 for k in O.BUILTIN}
         w[obj] = 1.0
         ok = ((obj != "itm" or design.joint_output) and
-              (obj not in O.ALIGNMENT or design.has_towers(("a", "b"))))
+              (obj not in ("contrastive", "sigmoid") or design.has_towers(("a", "b"))) and
+              (obj != "prefix_lm" or design.prefix_lm))
         if ok:
-          O.check_objectives(design, w, ("a", "b"))
+          _check(design, w)
         else:
           msg = _one_line_error(design, w)
-          assert obj in msg and name in msg and f"loss_weights.{obj}=0" in msg
+          assert obj in msg and name in msg and f"loss_weights.{obj}=0" in msg, msg
   # What the built-in designs declare.
   assert not _design("dual_encoder").joint_output
   assert all(_design(n).joint_output for n in fusion_lib.BUILTIN if n != "dual_encoder")
   towers_built_in = {n for n in fusion_lib.BUILTIN if _design(n, False).has_towers(("a", "b"))}
   assert towers_built_in == {"dual_encoder", "hier_multi_to_one"}
   # Zero weights do not count.
-  O.check_objectives(_design("dual_encoder"), {"contrastive": 1.0, "itm": 0.0}, ("a", "b"))
+  _check(_design("dual_encoder"), {"contrastive": 1.0, "itm": 0.0})
   assert "valid names" in _one_line_error(_design("cross_attention"),
                                           {"mlm": 1.0, "captioning": 1.0})
   assert "positive weight" in _one_line_error(_design("cross_attention"), {"mlm": 0.0})

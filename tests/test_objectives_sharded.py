@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from mmjax import masking
 from mmjax import objectives as O
 
 N_DEV = 8
@@ -89,7 +90,7 @@ def check_hard_negatives_sharded():
   sim = 5.0 * (za @ zb.T)
 
   def local(sim_ab, sim_ba, key):
-    return O.itm_hard_negatives(key, sim_ab, sim_ba=sim_ba, axis_name="data")
+    return masking.itm_hard_negatives(key, sim_ab, sim_ba=sim_ba, axis_name="data")
 
   fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P()),
                              out_specs=(P("data"), P("data"))))

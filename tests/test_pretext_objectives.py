@@ -102,7 +102,7 @@ def _region_model(**weights):
   del c["data"]
   cfg = config_lib.parse_model(c)
   obj = config_lib.ObjectivesConfig(weights=tuple(weights.items()), mrm_ratio=0.4)
-  config_lib.check_extra_objectives(obj, cfg)
+  objectives.check(cfg, obj)
   return models.MultimodalModel(cfg), obj
 
 
@@ -155,14 +155,14 @@ def test_masked_region_modelling_targets_and_losses():
 
 
 def test_region_objectives_need_regions():
-  with pytest.raises(config_lib.ConfigError, match="mrc needs model.modalities.regions."
+  with pytest.raises(ValueError, match="mrc needs model.modalities.regions."
                      "region_classes"):
     m, _ = _region_model(mrfr=1.0)
-    config_lib.check_extra_objectives(
-        config_lib.ObjectivesConfig(weights=(("mrc", 1.0),)),
+    objectives.check(
         config_lib.dataclasses.replace(
             m.cfg, modalities=tuple(config_lib.dataclasses.replace(x, region_classes=0)
-                                    for x in m.cfg.modalities)))
+                                    for x in m.cfg.modalities)),
+        config_lib.ObjectivesConfig(weights=(("mrc", 1.0),)))
   with pytest.raises(config_lib.ConfigError, match="masked region modelling.*needs a regions"):
     config_lib.parse(tiny_config("hier_multi_to_one", **{"loss_weights.mrfr": 1.0}))
 

@@ -18,6 +18,8 @@ def get_config():
   c.log_every_steps = 25
   c.init_from = ""             # workdir or <workdir>/checkpoints/<step>: start from its params
   c.freeze = ""                # e.g. 'image' (LiT), 'image,text' or 'fusion/tower_image'
+  c.imports = ()               # user modules / .py files registering designs, objectives, evaluators
+  c.imports = ()               # user modules / .py files registering designs, objectives, evaluators
 
   c.model = ml_collections.ConfigDict()
   c.model.fusion = "hier_multi_to_one"
@@ -77,6 +79,6 @@ def get_config():
                  "tokenizer": "bytes"})
   c.eval = ml_collections.ConfigDict({
       "evaluators": ("zero_shot", "retrieval", "itm", "mlm", "mim"), "batch_size": 100,
-      "num_examples": 1000,
+      "num_examples": 1000, "every_steps": 0,  # every_steps > 0: evaluate during training "every_steps": 0,  # every_steps > 0: evaluate during training
       "caption_beam": 1, "caption_alpha": 0.0, "caption_max_len": 0})  # eval caption
   return c

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.fusion.base import FusionDesign, block_flops, register
-from mmjax.layers import EncoderBlock, _layer_norm  # pylint: disable=protected-access
+from mmjax.layers import EncoderBlock, layer_norm
 
 
 @register
@@ -43,7 +43,7 @@ class Bottleneck(FusionDesign):
             (cfg.num_bottlenecks, blk.width), blk.param_dtype),
         "layers": [{m: EncoderBlock(blk, name=f"fusion_{i}_{m}") for m in mods}
                    for i in range(cfg.joint_depth)],
-        "norm": {m: _layer_norm(blk, f"fusion_ln_{m}") for m in mods}}
+        "norm": {m: layer_norm(blk, f"fusion_ln_{m}") for m in mods}}
 
   def interact(self, module, parts, streams):
     mods, blk = module.modalities, module.block

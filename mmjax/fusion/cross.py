@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from mmjax.fusion.base import (FusionDesign, block_flops, concat, cross_block_flops,
                                joint_encoder, register)
-from mmjax.layers import CrossBlock, _layer_norm, _mha  # pylint: disable=protected-access
+from mmjax.layers import CrossBlock, layer_norm, mha
 
 
 @register
@@ -44,10 +44,10 @@ class CrossAttention(FusionDesign):
   def build(self, module):
     blk, cfg, mods = module.block, self.cfg, module.modalities
     return {
-        "shared": _mha(blk, "shared_cross_attn") if cfg.share_cross else None,
+        "shared": mha(blk, "shared_cross_attn") if cfg.share_cross else None,
         "layers": [{m: CrossBlock(blk, cfg.cross_mode, name=f"cross_{i}_{m}") for m in mods}
                    for i in range(cfg.cross_depth)],
-        "norm": {m: _layer_norm(blk, f"cross_ln_{m}") for m in mods}}
+        "norm": {m: layer_norm(blk, f"cross_ln_{m}") for m in mods}}
 
   def cross(self, module, parts, streams):
     """The co-attention layers: {modality: tokens [B, N_m, D]}, closed by a LayerNorm."""

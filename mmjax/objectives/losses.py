@@ -1,8 +1,8 @@
-"""Pretraining objectives (survey Table 3) as pure functions on jax arrays.
+"""The losses of the pretraining objectives (survey Table 3) as pure functions on jax arrays.
 
 Every loss returns `(loss, metrics)`: a float32 scalar and a dict of float32 scalars that holds
 the loss and, where one exists, an accuracy. `combine_losses` weights and flattens them;
-`check_objectives` rejects objectives a fusion design cannot train.
+`global_loss` runs a batch-level loss over the global batch of a mesh.
 
 Batch-level losses (contrastive, sigmoid, hard-negative sampling) take `axis_name`: None means
 the arrays hold the whole batch; otherwise the function runs inside `jax.shard_map` over the
@@ -32,9 +32,6 @@ AxisName = Union[str, Tuple[str, ...], None]
 Metrics = Dict[str, jax.Array]
 LossAndMetrics = Tuple[jax.Array, Metrics]
 
-OBJECTIVES = ("contrastive", "sigmoid", "mlm", "mim", "itm", "caption", "prefix_lm",
-              "frame_order", "sentence_order", "mrc", "mrfr")
-ALIGNMENT = ("contrastive", "sigmoid")
 
 
 def _axes(axis_name: AxisName) -> Tuple[str, ...]:
@@ -377,44 +374,7 @@ def combine_losses(losses: Mapping[str, LossAndMetrics], weights: Mapping[str, f
   return total, flat
 
 
-def check_objectives(design, weights: Mapping[str, float], modalities) -> None:
-  """Raise ValueError (one line: the problem and the fix) for an impossible objective set.
-
-  `design` is the model's FusionDesign; the rules ask what it has. ITM classifies a joint
-  representation (`design.joint_output`). Alignment losses (contrastive / sigmoid) contrast
-  per-modality embeddings taken *before* any interaction (ALBEF), so they need unimodal towers
-  (`design.has_towers`). Only objectives with a positive weight count; at least one is
-  required; weights must be finite and >= 0.
-  """
-  unknown = sorted(k for k in weights if k not in OBJECTIVES)
-  if unknown:
-    raise ValueError(f"unknown objective(s) {unknown} in the loss weights; valid names are "
-                     f"{list(OBJECTIVES)}")
-  for k, w in weights.items():
-    if not (math.isfinite(float(w)) and float(w) >= 0):
-      raise ValueError(f"loss weight {k}={w} must be a finite number >= 0")
-  active = [k for k in OBJECTIVES if float(weights.get(k, 0.0)) > 0]
-  name = design.name
-  if not active:
-    raise ValueError(f"no objective has a positive weight; set at least one of "
-                     f"loss_weights.{{{','.join(OBJECTIVES)}}} > 0 for fusion {name}")
-  if "itm" in active and not design.joint_output:
-    raise ValueError(f"objective 'itm' is not available with fusion {name!r}: {name} has no "
-                     "cross-modal interaction, so there is no joint output for the matching "
-                     "head; set loss_weights.itm=0 or choose a fusion with interaction (e.g. "
-                     "hier_multi_to_one)")
-  for k in active:
-    if k in ALIGNMENT and not design.has_towers(modalities):
-      raise ValueError(
-          f"objective {k!r} is not available with fusion {name!r}: {name} without unimodal "
-          "towers mixes the modalities before any per-modality embedding exists (pooled "
-          "streams of a paired forward have seen their partner), so there is nothing honest "
-          f"to contrast; set loss_weights.{k}=0 or model.depth.unimodal > 0")
-
-
-# ------------------------------------------------------------------------------ pretraining
-
-def _global_loss(fn, mesh, *arrays, scalars=()):
+def global_loss(fn, mesh, *arrays, scalars=()):
   """Run a batch-level loss over the global batch: inside shard_map over the batch axes when
   the batch is split across devices (fn receives axis_name), else directly."""
   from mmjax import sharding  # pylint: disable=import-outside-toplevel
@@ -427,95 +387,3 @@ def _global_loss(fn, mesh, *arrays, scalars=()):
       in_specs=(spec,) * len(arrays) + (jax.sharding.PartitionSpec(),) * len(scalars),
       out_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec()), check_vma=False)
   return mapped(*arrays, *scalars)
-
-
-def _multi_positive_contrastive(za, zb, keys, logit_scale_param, *, axis_name=None):
-  return contrastive_loss(za, zb, logit_scale_param, keys, axis_name=axis_name)
-
-
-MULTI_POSITIVE = ("none", "text", "label")
-
-
-def positive_keys(batch: Mapping, model_cfg, mode: str):
-  """The multi-positive keys of `batch` for objectives.multi_positive=`mode` (None for 'none'):
-  'label' -> label [B, 1]; 'text' -> the ids of every text modality, concatenated [B, sum L]."""
-  if mode == "none":
-    return None
-  if mode == "label":
-    if "label" not in batch:
-      raise ValueError("objectives.multi_positive='label' needs a 'label' in every batch; give "
-                       "each example a label (JSONL: \"label\": 3) or use 'text'")
-    return jnp.asarray(batch["label"]).astype(jnp.int32).reshape(-1, 1)
-  if mode == "text":
-    text = [m.name for m in model_cfg.modalities if m.kind == "text" and m.name in batch]
-    if not text:
-      raise ValueError("objectives.multi_positive='text' needs a text modality in the batch; "
-                       "use 'label' (with labelled data) or 'none'")
-    return jnp.concatenate([jnp.asarray(batch[m]).astype(jnp.int32) for m in text], axis=1)
-  raise ValueError(f"unknown objectives.multi_positive={mode!r}; use one of "
-                   f"{', '.join(MULTI_POSITIVE)}")
-
-
-def losses_from_outputs(outputs: Mapping, objectives, mesh=None) -> Tuple[jax.Array, Metrics]:
-  """Weighted loss and metrics from `MultimodalModel.pretraining_outputs`.
-
-  Alignment runs on every pair of modalities (named 'contrastive' with one pair, else
-  'contrastive_<a>_<b>'); MLM / MIM per modality ('mlm' with one text modality, else
-  'mlm_<m>'). Each objective's weight is objectives.weight(<objective>).
-  objectives.temperature > 0 fixes the contrastive scale at 1/temperature (else the learned
-  logit_scale); outputs['positive_keys'] (pretraining_loss) makes it multi-positive.
-  """
-  results: Dict[str, LossAndMetrics] = {}
-  weights: Dict[str, float] = {}
-
-  def add(objective, name, value):
-    results[name] = value
-    weights[name] = objectives.weight(objective)
-
-  pairs = outputs.get("pairs", [])
-  keys = outputs.get("positive_keys")
-  temperature = float(getattr(objectives, "temperature", 0.0))
-  if temperature > 0 and "logit_scale" in outputs:  # fixed: the learned logit_scale is unused
-    outputs = dict(outputs, logit_scale=jnp.float32(math.log(1.0 / temperature)))
-  for objective, fn, scalars in (
-      ("contrastive", contrastive_loss, ("logit_scale",)),
-      ("sigmoid", sigmoid_loss, ("sigmoid_t", "sigmoid_b"))):
-    if objective in objectives.active:
-      for a, b in pairs:
-        emb = outputs["embeddings"]
-        loss_fn, arrays = fn, (emb[a], emb[b])
-        if objective == "contrastive" and keys is not None:
-          loss_fn, arrays = _multi_positive_contrastive, arrays + (keys,)
-        add(objective, objective if len(pairs) == 1 else f"{objective}_{a}_{b}",
-            _global_loss(loss_fn, mesh, *arrays, scalars=tuple(outputs[s] for s in scalars)))
-  if "itm" in outputs:
-    add("itm", "itm", itm_loss(*outputs["itm"]))
-  for objective, fn in (("caption", caption_loss), ("prefix_lm", caption_loss)):
-    if objective in outputs:
-      add(objective, objective, fn(*outputs[objective]))
-  for objective, fn in (("frame_order", order_loss), ("sentence_order", order_loss),
-                        ("mrc", mrc_loss), ("mrfr", mrfr_loss)):
-    per = outputs.get(objective, {})
-    for m, args in per.items():
-      add(objective, objective if len(per) == 1 else f"{objective}_{m}", fn(*args))
-  for objective, fn in (("mlm", mlm_loss),
-                        ("mim", functools.partial(mim_loss, norm_pix=objectives.norm_pix))):
-    per = outputs.get(objective, {})
-    for m, args in per.items():
-      add(objective, objective if len(per) == 1 else f"{objective}_{m}", fn(*args))
-  return combine_losses(results, weights)
-
-
-def pretraining_loss(model, params, batch, rng, objectives, mesh=None
-                     ) -> Tuple[jax.Array, Metrics]:
-  """(weighted loss, metrics) of `model` on `batch`: the model's pretraining outputs mapped to
-  the objectives above. `objectives` is an ObjectivesConfig; `mesh` (optional) spreads the
-  alignment losses over the global batch. Dropout masks come from fold_in(rng, 7).
-  With objectives.multi_positive 'text' or 'label' the contrastive targets are multi-positive
-  (positive_keys of the batch; contrastive_loss)."""
-  outputs = model.apply(params, batch, rng, objectives, method=model.pretraining_outputs,
-                        rngs={"dropout": jax.random.fold_in(rng, 7)})
-  keys = positive_keys(batch, model.cfg, getattr(objectives, "multi_positive", "none"))
-  if keys is not None:
-    outputs = dict(outputs, positive_keys=keys)
-  return losses_from_outputs(outputs, objectives, mesh)
