@@ -13,11 +13,12 @@
 Everything runs under one jit over the model's mesh: the memory (the caption source's tower
 output) is computed once, the decoder reads one new token per step from its cache
 (`use_cache=False` recomputes the whole prefix each step, for comparison). Batches are sharded
-over the batch axes like the train step (mmjax.evaluators.common.Evaluated.put).
+over the batch axes like the train step.
 
-CLI: `python -m mmjax.generate --workdir=DIR` captions the config's test split (beside the
-reference captions), or `--images=FOLDER` every image file in a folder; `--beam`, `--max_len`,
-`--num_examples`, `--out=FILE.jsonl`, and `--config.KEY=VALUE` as in eval.py.
+CLI: `python generate.py --workdir=DIR` (or `python -m mmjax.generate`) captions the config's
+test split (beside the reference captions), or `--images=FOLDER` every image file in a folder;
+`--beam`, `--max_len`, `--num_examples`, `--out=FILE.jsonl`, and `--config.KEY=VALUE` as in
+eval.py.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from mmjax import platforms
 
 if __name__ == "__main__":
   platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
+  platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -38,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmjax import decoder as decoder_lib  # noqa: E402
-from mmjax import sharding  # noqa: E402
+from mmjax import restore, sharding  # noqa: E402
 
 
 def _decoder_cfg(model):
@@ -211,9 +213,8 @@ class Generator:
     else:
       fn = self._fn(("greedy", max_len, use_cache), functools.partial(
           _greedy, model, max_len=max_len, use_cache=use_cache, **self.ids))
-    from mmjax.evaluators.common import to_host  # pylint: disable=import-outside-toplevel
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-      return to_host(fn(self.params, batch))  # every process gets every caption
+      return restore.to_host(fn(self.params, batch))  # every process gets every caption
 
 
 def greedy(model, params, batch, *, max_len: int, bos_id: int, eos_id: int, pad_id: int,
@@ -281,9 +282,9 @@ def _folder_images(config, folder: str, limit: int):
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  from mmjax import cli, evaluate  # pylint: disable=import-outside-toplevel
+  from mmjax import cli  # pylint: disable=import-outside-toplevel
   from mmjax.data import text as text_lib  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(prog="python -m mmjax.generate", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="generate.py", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True)
   p.add_argument("--checkpoint", default=None)
   p.add_argument("--images", default="", help="a folder of images to caption")
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
   args = p.parse_args(rest)
   if args.beam < 1:
     raise ValueError(f"--beam={args.beam} must be >= 1")
-  config, model, params, mesh, step = evaluate.restore(args.workdir, args.checkpoint, overrides)
+  config, model, params, mesh, step = restore.restore(args.workdir, args.checkpoint, overrides)
   gen = for_config(config, model, params, mesh)
   tok = text_lib.from_config(config.data)
   max_len = args.max_len or config.data.text_len
@@ -308,8 +309,7 @@ def main(argv=None) -> int:
     rows = [{"file": n} for n in names]
     batches = [{src: x}]
   else:
-    batches = evaluate._batches(config, "test", config.eval.batch_size,  # pylint: disable=protected-access
-                                args.num_examples, mesh.size)
+    batches = restore.eval_batches(config, config.eval.batch_size, args.num_examples, mesh.size)
     rows = [{"index": int(i), "reference": r} for b in batches
             for i, r in zip(b["index"], decode_texts(tok, b[model.cfg.caption_text]))]
   n_dev = mesh.size

@@ -10,6 +10,9 @@ train(config, workdir):
     model TFLOP/s, MFU (model FLOPs: 3 x forward) and HFU (the compiled step's FLOPs, remat
     included) to metrics.jsonl, TensorBoard and the progress bar (metrics stay on the
     device in between, so dispatch runs ahead);
+  * every eval.every_steps (0: never): the registered evaluators of eval.evaluators that apply,
+    on the test split with the current params, to metrics.jsonl ('eval/<evaluator>/<metric>')
+    and TensorBoard; the schedule is by step, so a resumed run continues it;
   * saves asynchronously every checkpoint.every_steps, and on SIGTERM (preemption) saves and
     exits cleanly; a non-finite loss stops the run naming the step and the last good
     checkpoint (nan_policy='stop'), or is skipped and counted (nan_policy='skip').
@@ -23,13 +26,14 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config_lib, models, packing, sharding, train_lib
+from mmjax import evaluators as evaluators_lib
 from mmjax.perf import chip_peak
 from mmjax.data import pipeline
 
@@ -202,6 +206,63 @@ def _freeze_note(cfg: config_lib.Config, params) -> str:
           f"(freeze={','.join(cfg.freeze)})")
 
 
+class PeriodicEval:
+  """eval.every_steps: the registered evaluators of eval.evaluators that apply, on the test
+  split, with the current params. One context serves the whole run: the test data is read
+  once and each evaluator's jitted functions compile once (at the first evaluation point)."""
+
+  def __init__(self, cfg: config_lib.Config, model, mesh):
+    self.cfg, self.model, self.mesh = cfg, model, mesh
+    self.evaluators = evaluators_lib.resolve(cfg.eval.evaluators)
+    self.ctx: Optional[evaluators_lib.EvalContext] = None
+
+  def due(self, step: int) -> bool:
+    return step % self.cfg.eval.every_steps == 0
+
+  def __call__(self, params, step: int) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """({'eval/<evaluator>/<metric>': number}, {'<evaluator>/skipped': why}) at `step`."""
+    if self.ctx is None:
+      self.ctx = evaluators_lib.EvalContext(self.cfg, self.model, params, self.mesh, step)
+    else:
+      self.ctx.update(params, step)
+    results = evaluators_lib.run_all(self.ctx, self.evaluators)
+    skipped = {k: v for k, v in results.items() if k.endswith("/skipped")}
+    numbers = {f"eval/{k}": float(v) for k, v in results.items()
+               if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+    return numbers, skipped
+
+
+@dataclasses.dataclass
+class _Run:
+  """What set-up hands the loop."""
+  cfg: config_lib.Config
+  model: Any
+  mesh: Any
+  ckpt: Any
+  data_it: Any
+  state: Any
+  start: int
+  notes: List[str]
+  compiled: Any
+  next_batch: Callable[[], Any]
+  skips: Any
+  batch: Any
+  flops: Tuple[float, float]  # model and hardware FLOPs per device per step
+  peak: Tuple[float, str]
+  evals: Optional[PeriodicEval]
+
+
+@dataclasses.dataclass
+class _Progress:
+  """The loop's running record."""
+  step: int
+  last_saved: Optional[int]
+  last_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+  t_last: float = dataclasses.field(default_factory=time.perf_counter)
+  since_log: int = 0
+  eval_skips_shown: bool = False
+
+
 def train(config, workdir: str, *, stop_after: Optional[int] = None,
           log_to_stdout: bool = True, devices=None) -> Dict[str, Any]:
   """Train (or resume) in `workdir` on `devices` (default: all). `config` is a ConfigDict
@@ -211,142 +272,227 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
   Metrics reach the host only on logging steps; the state's non-finite counters are read on
   logging and checkpoint steps (nothing is saved after a non-finite step under 'stop')."""
   devices = list(devices) if devices is not None else jax.devices()
+  cfg = _validate(config, workdir, len(devices))
+  run = _set_up(cfg, workdir, devices)
+  verbose = jax.process_index() == 0 and log_to_stdout
+  if verbose:
+    _print_summary(run)
+  prog = _Progress(step=run.start, last_saved=run.start or None)
+  with _StopSignal() as stop:
+    writer = MetricWriter(workdir)
+    bar = _progress(cfg.total_steps, run.start, verbose)
+    try:
+      _loop(run, prog, stop, writer, bar, stop_after, verbose)
+    finally:
+      run.ckpt.close()
+      writer.close()
+      if bar is not None:
+        bar.close()
+  if verbose:
+    print(f"done: step {prog.step}/{cfg.total_steps}, loss "
+          f"{prog.last_metrics.get('loss', float('nan')):.4f}, last checkpoint "
+          f"{prog.last_saved} in {run.ckpt.directory}", flush=True)
+  return {"step": prog.step, "state": run.state, "metrics": prog.last_metrics,
+          "checkpoint_step": prog.last_saved}
+
+
+def _validate(config, workdir: str, n_devices: int) -> config_lib.Config:
+  """The typed config, checked against the devices, workdir and evaluators before anything
+  is built (one-line ConfigError)."""
   cfg = config_lib.parse(config)
-  config_lib.check_mesh(cfg, len(devices))
+  config_lib.check_mesh(cfg, n_devices)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"workdir {workdir} is a file, not a folder; pass a new folder "
+                                 "or a training run's workdir")
+  if cfg.eval.every_steps < 0:
+    raise config_lib.ConfigError(f"eval.every_steps={cfg.eval.every_steps} must be >= 0 "
+                                 "(0: no evaluation during training)")
+  if cfg.eval.every_steps:
+    evaluators_lib.resolve(cfg.eval.evaluators)  # an unknown name fails now, not at step N
+  return cfg
+
+
+def _set_up(cfg: config_lib.Config, workdir: str, devices) -> _Run:
+  """Mesh, state (fresh, init_from or resumed), data, the compiled step and periodic eval."""
   model = models.build_model(cfg.model)
   tx, schedule = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), devices)
   target, shard = train_lib.abstract_state(model, tx, mesh)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f"workdir {workdir} is a file, not a folder; pass a new folder "
-                                 "or a training run's workdir")
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=cfg.checkpoint.keep,
                                async_save=cfg.checkpoint.async_save)
   try:  # every exit before the loop closes the async checkpointer too
     data_it = make_data_iterator(cfg)
-    notes = [_freeze_note(cfg, target.params)] if cfg.freeze else []
-    start = ckpt.latest_step()
-    if start is not None:
-      _check_resume(ckpt, start, cfg, workdir)
-      state = _restore(ckpt, start, target, data_it, cfg)
-      logging.info("resumed from step %d", start)
-      if cfg.init_from:  # resuming takes precedence over init_from
-        notes.append(f"  init_from   ignored: resumed from this workdir's step {start}")
-    else:
-      start = 0
-      fresh = lambda: train_lib.create_state(cfg, model, tx, mesh)[0]
-      if cfg.init_from:
-        state, note = init_from(cfg.init_from, target, tx, shard, fresh)
-        notes.append(note)
-      else:
-        state = fresh()
-    for note in notes:
-      logging.info(note.strip())
-    step_fn = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
-    batch_sh = sharding.batch_sharding(mesh)
-    extra = ("label",) if cfg.objectives.multi_positive == "label" else ()  # multi-positive keys
-
-    skips = pipeline.SkipCounter()  # data.on_error='skip': examples dropped so far
-
-    def next_batch():
-      raw = skips.update(next(data_it))
-      inputs = dict(model_inputs(raw, model), **{k: raw[k] for k in extra if k in raw})
-      if cfg.objectives.pack_text:  # MLM text packing: the rows' source indices (mmjax.packing)
-        inputs = packing.add_pack_index(inputs, cfg.model, config_lib.pack_rows(cfg)
-                                        // jax.process_count(), jax.process_index())
-      return pipeline.to_global_arrays(inputs, batch_sh)
-
+    state, start, notes = _initial_state(cfg, model, tx, mesh, (target, shard), ckpt, data_it,
+                                         workdir)
+    next_batch, skips = _batch_source(cfg, model, mesh, data_it)
     batch = next_batch()
+    step_fn = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
     lowered = step_fn.lower(state, batch)
     compiled = lowered.compile()  # the loop runs this executable: compiled once, up front
-    flops, hw_flops = (f / mesh.size for f in train_lib.flop_counts(cfg, mesh, batch, lowered))
-    peak = chip_peak()
-    primary = jax.process_index() == 0
-    if primary and log_to_stdout:
-      print(_summary(cfg, state, (flops, hw_flops), mesh, peak), flush=True)
-      if start:
-        print(f"  resumed     from checkpoint step {start}", flush=True)
-      for note in notes:
-        print(note, flush=True)
-
+    flops = tuple(f / mesh.size for f in train_lib.flop_counts(cfg, mesh, batch, lowered))
+    evals = PeriodicEval(cfg, model, mesh) if cfg.eval.every_steps else None
+    return _Run(cfg, model, mesh, ckpt, data_it, state, start, notes, compiled, next_batch,
+                skips, batch, flops, chip_peak(), evals)
   except BaseException:
     ckpt.close()
     raise
 
-  stop = {"signal": None}
 
-  def on_sigterm(signum, _frame):
-    stop["signal"] = signum
-  old_handler = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
+def _initial_state(cfg, model, tx, mesh, abstract, ckpt, data_it, workdir: str):
+  """(state, start step, notes): the latest checkpoint of workdir (state and data iterator),
+  else config.init_from's parameters, else a fresh init."""
+  target, shard = abstract
+  notes = [_freeze_note(cfg, target.params)] if cfg.freeze else []
+  start = ckpt.latest_step()
+  if start is not None:
+    _check_resume(ckpt, start, cfg, workdir)
+    state = _restore(ckpt, start, target, data_it, cfg)
+    logging.info("resumed from step %d", start)
+    if cfg.init_from:  # resuming takes precedence over init_from
+      notes.append(f"  init_from   ignored: resumed from this workdir's step {start}")
+  else:
+    start = 0
+    fresh = lambda: train_lib.create_state(cfg, model, tx, mesh)[0]
+    if cfg.init_from:
+      state, note = init_from(cfg.init_from, target, tx, shard, fresh)
+      notes.append(note)
+    else:
+      state = fresh()
+  for note in notes:
+    logging.info(note.strip())
+  return state, start, notes
 
-  writer = MetricWriter(workdir)
-  bar = _progress(cfg.total_steps, start, primary and log_to_stdout)
-  last_saved = start if start else None
-  last_metrics: Dict[str, float] = {}
-  step = start
-  t_last, since_log = time.perf_counter(), 0
 
-  def check_finite():
-    """Stop (policy 'stop') once the state has seen a non-finite step: a host sync."""
-    skipped, first = (int(x) for x in jax.device_get((state.skipped, state.first_skipped)))
-    if skipped and cfg.nan_policy == "stop":
-      saved = (f"Last good checkpoint: step {last_saved} in {ckpt.directory}"
-               if last_saved is not None else "No checkpoint saved yet")
-      raise TrainingError(
-          f"non-finite loss at step {first}; its update was not applied and the run stopped. "
-          f"{saved}. Lower optimizer.learning_rate, check the data, or set nan_policy='skip'")
-    return skipped
+def _batch_source(cfg, model, mesh, data_it):
+  """(next_batch, skips): next_batch() is the next global batch of model inputs; skips counts
+  the examples data.on_error='skip' dropped so far."""
+  batch_sh = sharding.batch_sharding(mesh)
+  extra = ("label",) if cfg.objectives.multi_positive == "label" else ()  # multi-positive keys
+  skips = pipeline.SkipCounter()
 
-  try:
-    while step < cfg.total_steps:
-      state, metrics = compiled(state, batch)
-      step += 1
-      since_log += 1
-      done = step >= cfg.total_steps
-      preempted = stop["signal"] is not None or (stop_after is not None and step >= stop_after)
-      save_now = done or preempted or step % cfg.checkpoint.every_steps == 0
-      log_now = step % cfg.log_every_steps == 0 or done or step == start + 1
-      skipped = check_finite() if (save_now or log_now) else None
-      if save_now:
-        # Before the next batch is drawn: the saved iterator state is exactly "after step".
-        ckpt.save(step, state, data_it, cfg.source, force=True)
-        last_saved = step
-      if not (done or preempted):
-        batch = next_batch()  # overlaps with the step running on the devices
-      if log_now:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        step_time, t_last, since_log = (now - t_last) / since_log, now, 0
-        m.update(step_time_s=step_time, skipped_total=float(skipped),
-                 tflops_per_device=flops / step_time / 1e12,
-                 hw_tflops_per_device=hw_flops / step_time / 1e12,
-                 mfu=flops / step_time / 1e12 / peak[0],
-                 hfu=hw_flops / step_time / 1e12 / peak[0],
-                 examples_per_s=cfg.batch_size / step_time)
-        if skips.active:
-          m["data/skipped"] = float(skips.total())
-        last_metrics = m
-        writer.write(step, m)
-        if bar is not None:
-          bar.set_postfix(loss=f"{m['loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}",
-                          mfu=f"{m['mfu']:.1%}", hfu=f"{m['hfu']:.1%}", refresh=False)
-      if bar is not None:
-        bar.update(1)
-      if preempted:
-        logging.warning("stopping at step %d (preemption); checkpoint saved", step)
-        break
-  finally:
-    ckpt.close()
-    writer.close()
+  def next_batch():
+    raw = skips.update(next(data_it))
+    inputs = dict(model_inputs(raw, model), **{k: raw[k] for k in extra if k in raw})
+    if cfg.objectives.pack_text:  # MLM text packing: the rows' source indices (mmjax.packing)
+      inputs = packing.add_pack_index(inputs, cfg.model, config_lib.pack_rows(cfg)
+                                      // jax.process_count(), jax.process_index())
+    return pipeline.to_global_arrays(inputs, batch_sh)
+  return next_batch, skips
+
+
+def _print_summary(run: _Run) -> None:
+  print(_summary(run.cfg, run.state, run.flops, run.mesh, run.peak), flush=True)
+  if run.start:
+    print(f"  resumed     from checkpoint step {run.start}", flush=True)
+  for note in run.notes:
+    print(note, flush=True)
+  if run.evals is not None:
+    print(f"  eval        every {run.cfg.eval.every_steps} steps: "
+          f"{', '.join(run.cfg.eval.evaluators)}", flush=True)
+
+
+class _StopSignal:
+  """SIGTERM (preemption) sets `signal` instead of killing the process, inside `with`."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = None
+    self._installed = False
+
+  def _on(self, signum, _frame):
+    self.signal = signum
+
+  def __enter__(self):
+    if _main_thread():
+      self._old, self._installed = signal.signal(signal.SIGTERM, self._on), True
+    return self
+
+  def __exit__(self, *exc):
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _loop(run: _Run, prog: _Progress, stop: _StopSignal, writer: MetricWriter, bar,
+          stop_after: Optional[int], verbose: bool) -> None:
+  """Steps until total_steps, preemption or stop_after; saves, evaluates and logs on the way.
+  run.state is the latest state whatever ends the loop."""
+  cfg, batch = run.cfg, run.batch
+  while prog.step < cfg.total_steps:
+    run.state, metrics = run.compiled(run.state, batch)
+    prog.step += 1
+    prog.since_log += 1
+    step = prog.step
+    done = step >= cfg.total_steps
+    preempted = stop.signal is not None or (stop_after is not None and step >= stop_after)
+    save_now = done or preempted or step % cfg.checkpoint.every_steps == 0
+    log_now = step % cfg.log_every_steps == 0 or done or step == run.start + 1
+    skipped = _check_finite(run, prog) if (save_now or log_now) else None
+    if run.evals is not None and run.evals.due(step):  # before the save: a resume never
+      _evaluate(run, prog, writer, verbose)          # skips this step's evaluation
+    if save_now:
+      # Before the next batch is drawn: the saved iterator state is exactly "after step".
+      run.ckpt.save(step, run.state, run.data_it, cfg.source, force=True)
+      prog.last_saved = step
+    if not (done or preempted):
+      batch = run.next_batch()  # overlaps with the step running on the devices
+    if log_now:
+      _log(run, prog, metrics, skipped, writer, bar)
     if bar is not None:
-      bar.close()
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
-  if primary and log_to_stdout:
-    print(f"done: step {step}/{cfg.total_steps}, loss "
-          f"{last_metrics.get('loss', float('nan')):.4f}, last checkpoint {last_saved} in "
-          f"{ckpt.directory}", flush=True)
-  return {"step": step, "state": state, "metrics": last_metrics, "checkpoint_step": last_saved}
+      bar.update(1)
+    if preempted:
+      logging.warning("stopping at step %d (preemption); checkpoint saved", step)
+      break
+
+
+def _check_finite(run: _Run, prog: _Progress) -> int:
+  """Stop (policy 'stop') once the state has seen a non-finite step: a host sync."""
+  state = run.state
+  skipped, first = (int(x) for x in jax.device_get((state.skipped, state.first_skipped)))
+  if skipped and run.cfg.nan_policy == "stop":
+    saved = (f"Last good checkpoint: step {prog.last_saved} in {run.ckpt.directory}"
+             if prog.last_saved is not None else "No checkpoint saved yet")
+    raise TrainingError(
+        f"non-finite loss at step {first}; its update was not applied and the run stopped. "
+        f"{saved}. Lower optimizer.learning_rate, check the data, or set nan_policy='skip'")
+  return skipped
+
+
+def _evaluate(run: _Run, prog: _Progress, writer: MetricWriter, verbose: bool) -> None:
+  """One evaluation point: a metrics.jsonl record {'step', 'eval/<evaluator>/<metric>'} and
+  TensorBoard scalars. Its time is left out of the next logged step_time."""
+  t0 = time.perf_counter()
+  numbers, skipped = run.evals(run.state.params, prog.step)
+  if numbers:
+    writer.write(prog.step, numbers)
+  if verbose:
+    if skipped and not prog.eval_skips_shown:
+      for k, why in skipped.items():
+        print(f"  eval        {k.split('/')[0]} skipped: {why}", flush=True)
+    shown = ", ".join(f"{k[5:]}={v:.4g}" for k, v in numbers.items())
+    print(f"eval at step {prog.step}: {shown or 'no evaluator applies'}", flush=True)
+  prog.eval_skips_shown = True
+  prog.t_last += time.perf_counter() - t0
+
+
+def _log(run: _Run, prog: _Progress, metrics, skipped: int, writer: MetricWriter, bar) -> None:
+  """The logging step's record: losses, step time, TFLOP/s, MFU / HFU, data skips."""
+  cfg, (flops, hw_flops), peak = run.cfg, run.flops, run.peak
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  now = time.perf_counter()
+  step_time, prog.t_last, prog.since_log = (now - prog.t_last) / prog.since_log, now, 0
+  m.update(step_time_s=step_time, skipped_total=float(skipped),
+           tflops_per_device=flops / step_time / 1e12,
+           hw_tflops_per_device=hw_flops / step_time / 1e12,
+           mfu=flops / step_time / 1e12 / peak[0],
+           hfu=hw_flops / step_time / 1e12 / peak[0],
+           examples_per_s=cfg.batch_size / step_time)
+  if run.skips.active:
+    m["data/skipped"] = float(run.skips.total())
+  prog.last_metrics = m
+  writer.write(prog.step, m)
+  if bar is not None:
+    bar.set_postfix(loss=f"{m['loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}",
+                    mfu=f"{m['mfu']:.1%}", hfu=f"{m['hfu']:.1%}", refresh=False)
 
 
 def _main_thread() -> bool:

@@ -95,8 +95,12 @@ def test_iterator_state_restores_exactly_the_next_batch():
 
 
 def test_multiprocess_workers_match_and_restore():
+  """grain's worker processes, outside absl.app: absl's flags are not marked parsed for them."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  parsed = flags.FLAGS.is_parsed()
   ref = _batches(3)
   ds = pipeline.make_dataset(TINY, "train", global_batch_size=8, seed=0, num_workers=2)
+  assert flags.FLAGS.is_parsed() == parsed  # a library leaves the user's flag state alone
   it = iter(ds)
   try:
     got = [next(it) for _ in range(3)]

@@ -24,7 +24,7 @@ def test_device_check_dry_run(tmp_path):
   assert "tuned XLA_FLAGS: --xla_cpu_enable_fast_min_max=false" in envtxt
   rows = {r["check"]: r["result"] for r in map(json.loads, open(tmp_path / "summary.jsonl"))}
   assert {"clip_b8_default_flags", "clip_b8_tuned_flags"} <= set(rows), sorted(rows)
-  # (import mmjax adds its own CPU default to either: mmjax/platforms.py)
+  # (python -m mmjax.bench.step adds mmjax's CPU default to either: apply_cpu_defaults)
   assert "fast_min_max" not in rows["clip_b8_default_flags"]["xla_flags"]
   assert rows["clip_b8_tuned_flags"]["xla_flags"].startswith(
       "--xla_cpu_enable_fast_min_max=false")

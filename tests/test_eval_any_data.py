@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax import config_lib, evaluate, trainer
+from mmjax import config_lib, evaluate, restore, trainer
 from mmjax.data import builtin, prompts, sources
 from mmjax.evaluators import zero_shot
 from mmjax.evaluators.common import Evaluated
@@ -84,7 +84,7 @@ def test_zero_shot_on_jsonl_with_class_names(workdir, base, manifest):
                              "data.prompt_templates": list(TEMPLATES)})
   config, model, params, mesh, _ = evaluate.restore(workdir, overrides=over, devices=DEV)
   ev = Evaluated(config, model, params, mesh, sharding.batch_sharding(mesh))
-  batches = evaluate._test_batches(config, 32, N, mesh.size)
+  batches = restore.eval_batches(config, 32, N, mesh.size)
   names, templates, why = evaluate.zero_shot_classes(config.data)
   assert names == tuple(NAMES) and templates == tuple(TEMPLATES) and not why
   res = zero_shot.evaluate(ev, batches, evaluate.class_prompts(config, names, templates))

@@ -1,6 +1,6 @@
 """Captioning through what a person runs: train.py with loss_weights.caption, eval.py's caption
-evaluator, and `python -m mmjax.generate` on the test split and on a folder of images, each
-as a subprocess; mistakes end in one line."""
+evaluator, and generate.py on the test split (`python -m mmjax.generate` on a folder of
+images), each as a subprocess; mistakes end in one line."""
 import json
 import os
 import subprocess
@@ -63,7 +63,7 @@ def test_eval_reports_caption_scores_and_the_shuffled_baseline(workdir):
 
 def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
   out = tmp_path / "caps.jsonl"
-  r = _run(["-m", "mmjax.generate", f"--workdir={workdir}", "--num_examples=4", "--beam=2",
+  r = _run(["generate.py", f"--workdir={workdir}", "--num_examples=4", "--beam=2",
             f"--out={out}"])
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -81,9 +81,9 @@ def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
   assert [x["file"] for x in rows] == ["0.png", "1.png", "2.png"]
   # The captions are the library's greedy decoding of the same images (so preprocessing,
   # device padding and detokenizing are right), and the model says something.
-  from mmjax import evaluate, generate  # pylint: disable=import-outside-toplevel
+  from mmjax import generate, restore  # pylint: disable=import-outside-toplevel
   from mmjax.data import text  # pylint: disable=import-outside-toplevel
-  config, model, params, mesh, _ = evaluate.restore(str(workdir))
+  config, model, params, mesh, _ = restore.restore(str(workdir))
   _, images = generate._folder_images(config, str(folder), 0)  # pylint: disable=protected-access
   ids = generate.greedy(model, params, {model.cfg.caption_source: images},
                         max_len=config.data.text_len, **_special_ids(config))
@@ -93,10 +93,10 @@ def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
 
 
 def test_generate_mistakes_are_one_line(workdir, tmp_path):
-  _one_line_error(_run(["-m", "mmjax.generate", f"--workdir={workdir}",
+  _one_line_error(_run(["generate.py", f"--workdir={workdir}",
                         f"--images={tmp_path / 'nope'}"]), "is not a folder")
-  _one_line_error(_run(["-m", "mmjax.generate", f"--workdir={tmp_path / 'missing'}"]))
-  _one_line_error(_run(["-m", "mmjax.generate", f"--workdir={workdir}", "--beam=0"]),
+  _one_line_error(_run(["generate.py", f"--workdir={tmp_path / 'missing'}"]))
+  _one_line_error(_run(["generate.py", f"--workdir={workdir}", "--beam=0"]),
                   "--beam=0 must be >= 1")
   _one_line_error(_run(["train.py", "--config=tests/tiny_config.py",
                         "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",

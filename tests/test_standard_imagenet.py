@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax import evaluate, sharding
+from mmjax import evaluate, restore, sharding
 from mmjax.data import decode, prompts, standard
 from mmjax.data.imagenet_classes import IMAGENET_CLASSES
 from mmjax.evaluators.common import Evaluated
@@ -130,7 +130,7 @@ def test_imagenet_zeroshot_on_a_class_folder(setup):
     names, templates, _ = evaluate.zero_shot_classes(config.data)
     assert names == IMAGENET_CLASSES and templates == prompts.OPENAI_IMAGENET
     ev = Evaluated(config, model, params, mesh, sharding.batch_sharding(mesh))
-    batches = evaluate._test_batches(config, 250, config.eval.num_examples, mesh.size)
+    batches = restore.eval_batches(config, 250, config.eval.num_examples, mesh.size)
     labels = np.concatenate([b["label"] for b in batches])
     za = np.concatenate([ev.embeddings(ev.encode({"image": b["image"]}))["image"]
                          for b in batches])

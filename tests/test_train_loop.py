@@ -38,13 +38,27 @@ def _one_device(fn):
     trainer.train, evaluate.run = orig_train, orig_run
 
 
-def _losses(workdir):
+def _records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+    return [json.loads(line) for line in f]
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r}
+
+
+def _evals(workdir):
+  """[(step, {eval/... : value})] of the periodic evaluations (eval.every_steps)."""
+  return [(r["step"], {k: v for k, v in r.items() if k != "step"})
+          for r in _records(workdir) if "eval/retrieval/examples" in r]
 
 
 def test_exact_resume(tmp_path):
-  cfg = _cfg(total_steps=6, **{"checkpoint.every_steps": 100})
+  """... and the eval.every_steps schedule continues across the stop: every evaluation point
+  once, with the values of the uninterrupted run."""
+  cfg = _cfg(total_steps=6, **{"checkpoint.every_steps": 100, "eval.every_steps": 2,
+                               "eval.evaluators": ("retrieval",), "eval.num_examples": 16,
+                               "eval.batch_size": 8})
   full = _one_device(lambda: trainer.train(cfg, str(tmp_path / "a"), log_to_stdout=False))
   _one_device(lambda: trainer.train(cfg, str(tmp_path / "b"), stop_after=3,
                                     log_to_stdout=False))
@@ -56,6 +70,9 @@ def test_exact_resume(tmp_path):
   la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
   assert sorted(la) == sorted(lb) == list(range(1, 7))
   assert all(la[s] == lb[s] for s in la), (la, lb)
+  ea, eb = _evals(tmp_path / "a"), _evals(tmp_path / "b")
+  assert [s for s, _ in ea] == [s for s, _ in eb] == [2, 4, 6]  # stop at 3: 2 before, 4 after
+  assert ea == eb
 
 
 def _train_cmd(workdir, *extra):

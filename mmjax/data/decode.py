@@ -27,7 +27,8 @@ from mmjax.data import text as text_lib
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def _one_line(s: str) -> str:
+def one_line(s: str) -> str:
+  """`s` (or an exception) as one line: runs of whitespace, newlines included, become a space."""
   return " ".join(str(s).split())
 
 
@@ -50,10 +51,10 @@ def load_image(obj, where: str = "") -> np.ndarray:
       return np.asarray(im.convert("RGB"))
   except FileNotFoundError:
     raise FileNotFoundError(
-        _one_line(f"image file not found: {obj} {where}; fix the path")) from None
+        one_line(f"image file not found: {obj} {where}; fix the path")) from None
   except Exception as e:  # PIL raises several types for bad data
     name = obj if isinstance(obj, (str, os.PathLike)) else f"<{len(obj)} bytes>"
-    raise ValueError(_one_line(
+    raise ValueError(one_line(
         f"cannot read image {name} {where} ({type(e).__name__}: {e}); "
         "replace the file with a valid PNG/JPEG or remove the entry")) from None
 
@@ -89,17 +90,17 @@ def load_video(obj, num_frames: int, where: str = ""):
     if os.path.isdir(path):
       names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS))
       if not names:
-        raise ValueError(_one_line(f"video folder {path} {where} has no frame images "
+        raise ValueError(one_line(f"video folder {path} {where} has no frame images "
                                    f"({', '.join(IMAGE_EXTS)}); add frames or fix the path"))
       return [load_image(os.path.join(path, names[i]), where)
               for i in frame_indices(len(names), num_frames)]
     if not path.endswith(".npy"):
-      raise ValueError(_one_line(f"unsupported video file {path} {where}; use a .npy "
+      raise ValueError(one_line(f"unsupported video file {path} {where}; use a .npy "
                                  "[T, H, W, 3] array or a folder of frame images"))
     obj = _load_npy(path, where)
   arr = np.asarray(obj)
   if arr.ndim != 4:
-    raise ValueError(_one_line(f"video {where} has shape {arr.shape}; expected [T, H, W, C]"))
+    raise ValueError(one_line(f"video {where} has shape {arr.shape}; expected [T, H, W, C]"))
   return [load_image(arr[i], where) for i in frame_indices(arr.shape[0], num_frames)]
 
 
@@ -107,9 +108,9 @@ def _load_npy(path: str, where: str) -> np.ndarray:
   try:
     return np.load(path, allow_pickle=False)
   except FileNotFoundError:
-    raise FileNotFoundError(_one_line(f"file not found: {path} {where}; fix the path")) from None
+    raise FileNotFoundError(one_line(f"file not found: {path} {where}; fix the path")) from None
   except Exception as e:
-    raise ValueError(_one_line(f"cannot read {path} {where} ({type(e).__name__}: {e}); "
+    raise ValueError(one_line(f"cannot read {path} {where} ({type(e).__name__}: {e}); "
                                "replace it with a valid .npy file")) from None
 
 
@@ -124,14 +125,14 @@ def load_audio(obj, cfg, rate: int | None = None, where: str = "") -> np.ndarray
         obj, rate = audio_lib.read_wav(path)
       except FileNotFoundError:
         raise FileNotFoundError(
-            _one_line(f"audio file not found: {path} {where}; fix the path")) from None
+            one_line(f"audio file not found: {path} {where}; fix the path")) from None
       except Exception as e:
-        raise ValueError(_one_line(f"cannot read WAV {path} {where} ({type(e).__name__}: {e}); "
+        raise ValueError(one_line(f"cannot read WAV {path} {where} ({type(e).__name__}: {e}); "
                                    "use 8/16/32-bit PCM WAV")) from None
     elif path.endswith(".npy"):
       obj = _load_npy(path, where)
     else:
-      raise ValueError(_one_line(f"unsupported audio file {path} {where}; use .wav or .npy"))
+      raise ValueError(one_line(f"unsupported audio file {path} {where}; use .wav or .npy"))
   x = np.asarray(obj)
   is_wave = x.ndim == 1 or (x.ndim == 2 and x.shape[1] <= 2 < cfg.mel_bins)  # mono / stereo
   if is_wave:
@@ -142,12 +143,12 @@ def load_audio(obj, cfg, rate: int | None = None, where: str = "") -> np.ndarray
                              fmax=cfg.sample_rate / 2)
   elif x.ndim == 2:
     if x.shape[1] != cfg.mel_bins:
-      raise ValueError(_one_line(
+      raise ValueError(one_line(
           f"spectrogram {where} has {x.shape[1]} mel bins but data.mel_bins={cfg.mel_bins}; "
           "regenerate it or change data.mel_bins"))
     spec = audio_lib.fit_frames(x.astype(np.float32), cfg.audio_frames)
   else:
-    raise ValueError(_one_line(f"audio {where} has shape {x.shape}; expected a waveform [N] or "
+    raise ValueError(one_line(f"audio {where} has shape {x.shape}; expected a waveform [N] or "
                                "a spectrogram [T, F]"))
   return audio_lib.normalize_spectrogram(spec)
 
@@ -182,7 +183,7 @@ def parse_label(value, where: str = "") -> np.int32:
   ok = x.ndim == 0 and (np.issubdtype(x.dtype, np.integer) or (
       np.issubdtype(x.dtype, np.floating) and np.isfinite(x) and float(x).is_integer()))
   if not ok or not -2**31 <= int(x) < 2**31:
-    raise ValueError(_one_line(f"bad label {value!r} {where}: not an integer class id; "
+    raise ValueError(one_line(f"bad label {value!r} {where}: not an integer class id; "
                                "write an int such as 3"))
   return np.int32(x)
 
@@ -219,7 +220,7 @@ class Preprocessor:
         raise ValueError(raw["_error"])
       return self.decode(index, raw)
     except Exception as e:  # pylint: disable=broad-except
-      msg, where = _one_line(e) or type(e).__name__, raw.get("_where", "")
+      msg, where = one_line(e) or type(e).__name__, raw.get("_where", "")
       return {SKIP: msg if where in msg else f"{msg} {where}"}
 
   def decode(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mmjax.data.decode import _one_line
+from mmjax.data.decode import one_line
 
 DEFAULT_EXTS = {"image": "jpg,jpeg,png,webp", "text": "txt,json", "label": "cls",
                 "video": "npy,mp4", "audio": "wav,flac"}
@@ -161,7 +161,7 @@ class TarIndex:
           off.append(info.offset_data)
           size.append(info.size)
     except (tarfile.TarError, EOFError, OSError) as e:
-      msg = _one_line(f"shard {path} is not a readable tar ({type(e).__name__}: {e})")
+      msg = one_line(f"shard {path} is not a readable tar ({type(e).__name__}: {e})")
       if strict or not self.keys:
         raise ValueError(f"{msg}; rewrite it (python -m mmjax.data.write) or drop it from "
                          "the shard list") from None
@@ -182,14 +182,14 @@ def _text_member(data: bytes, where: str) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(_one_line(f"text member {where} is not UTF-8 ({e}); rewrite it")) from None
+    raise ValueError(one_line(f"text member {where} is not UTF-8 ({e}); rewrite it")) from None
 
 
 def _json_member(data: bytes, where: str):
   try:
     return json.loads(_text_member(data, where))
   except json.JSONDecodeError as e:
-    raise ValueError(_one_line(f"json member {where} is not valid JSON ({e}); rewrite "
+    raise ValueError(one_line(f"json member {where} is not valid JSON ({e}); rewrite "
                                "it")) from None
 
 
@@ -197,7 +197,7 @@ def _npy(data: bytes, where: str) -> np.ndarray:
   try:
     return np.load(io.BytesIO(data), allow_pickle=False)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(_one_line(f"cannot read .npy member {where} ({type(e).__name__}: {e}); "
+    raise ValueError(one_line(f"cannot read .npy member {where} ({type(e).__name__}: {e}); "
                                "rewrite it")) from None
 
 
@@ -215,7 +215,7 @@ def _mp4(data: bytes, where: str) -> np.ndarray:
     with av.open(io.BytesIO(data)) as f:
       frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(_one_line(f"cannot decode mp4 member {where} ({type(e).__name__}: "
+    raise ValueError(one_line(f"cannot decode mp4 member {where} ({type(e).__name__}: "
                                f"{e}); re-encode it")) from None
   if not frames:
     raise ValueError(f"mp4 member {where} has no video frames; re-encode it")
@@ -231,13 +231,13 @@ def _audio(ext: str, data: bytes, where: str):
     try:
       return audio_lib.read_wav(io.BytesIO(data))
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(_one_line(f"cannot read WAV member {where} ({type(e).__name__}: {e}); "
+      raise ValueError(one_line(f"cannot read WAV member {where} ({type(e).__name__}: {e}); "
                                  "use 8/16/32-bit PCM WAV")) from None
   sf = _need("soundfile", ext)
   try:
     x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(_one_line(f"cannot read {ext} member {where} ({type(e).__name__}: {e}); "
+    raise ValueError(one_line(f"cannot read {ext} member {where} ({type(e).__name__}: {e}); "
                                "re-encode it")) from None
   return x.mean(axis=1), rate
 
@@ -405,7 +405,7 @@ class ArrayRecordSource(_Shards):
     try:
       self._src = grain.sources.ArrayRecordDataSource(self.paths)
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(_one_line(f"cannot open the ArrayRecord shards {self.paths[0]}, ... "
+      raise ValueError(one_line(f"cannot open the ArrayRecord shards {self.paths[0]}, ... "
                                  f"({type(e).__name__}: {e}); rewrite them with python -m "
                                  "mmjax.data.write --to=array_record")) from None
     self.starts = np.asarray([0, len(self._src)])
@@ -425,7 +425,7 @@ class ArrayRecordSource(_Shards):
       if not isinstance(obj, dict):
         raise ValueError("not a map")
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(_one_line(f"record {index} of {self.name} is not an mmjax member map "
+      raise ValueError(one_line(f"record {index} of {self.name} is not an mmjax member map "
                                  f"({type(e).__name__}: {e}); write the shards with python "
                                  "-m mmjax.data.write --to=array_record")) from None
     return {k: v for k, v in obj.items() if k != "__key__"}

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from mmjax.data.decode import _one_line
+from mmjax.data.decode import one_line
 
 JSONL_KEYS = {"image": "image", "video": "video", "audio": "audio", "caption": "text",
               "text": "text", "label": "label"}
@@ -100,7 +100,7 @@ class TfdsSource:
       self._ds = tfds.data_source(self.name, split=self.split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds messages span lines (lists of datasets): keep the first
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise ValueError(_one_line(
+      raise ValueError(one_line(
           f"cannot open TFDS {self.name!r} split {self.split!r} in {data_dir}: {first}; prepare "
           "it as ArrayRecord or fix data.tfds_name / tfds_split_train / tfds_split_eval")) from None
     features = self._ds.dataset_info.features
@@ -176,7 +176,7 @@ class JsonlSource:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
       raise ValueError(
-          f"bad JSON {where}: {_one_line(e)}; write one JSON object per line") from None
+          f"bad JSON {where}: {one_line(e)}; write one JSON object per line") from None
     if not isinstance(obj, dict):
       raise ValueError(f"{where} is not a JSON object; write one object per line")
     unknown = sorted(set(obj) - set(JSONL_KEYS))

@@ -1,0 +1,26 @@
+"""Evaluators as registered objects: each scores a restored (or training) model on the test
+split and returns {'<name>/<metric>': value}.
+
+  zero_shot     top-1 accuracy over class-name prompts (CLIP)
+  retrieval     Recall@K both ways
+  itm           accuracy against hard-negative captions
+  mlm, mim      masked modelling on held-out data
+  linear_probe  logistic regression on frozen embeddings
+  caption       CIDEr-D / BLEU of generated captions
+  frame_order   frame-order head accuracy
+
+One file per family (zero_shot.py, retrieval.py, itm.py, masked.py, linear_probe.py,
+captioning.py, ordering.py), each an `Evaluator` subclass registered by name (base.py says
+what an evaluator declares). A new evaluator is a subclass with `@register` anywhere (a file
+the config's `imports` names): eval.evaluators=(..., <its name>) then runs it in eval.py and,
+with eval.every_steps, during training.
+"""
+from mmjax.evaluators.base import (EvalContext, Evaluator, Results, get, names, register,
+                                   resolve, run_all)
+from mmjax.evaluators import (zero_shot, retrieval, itm, masked, linear_probe,  # noqa: F401
+                              captioning, ordering)  # (register)
+
+BUILTIN = names()  # the evaluators this package ships (a snapshot of the registry at import)
+
+__all__ = ["BUILTIN", "EvalContext", "Evaluator", "Results", "get", "names", "register",
+           "resolve", "run_all"]

@@ -13,7 +13,9 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from mmjax.evaluators import caption_metrics
+from mmjax import generate
+from mmjax.data import text as text_lib
+from mmjax.evaluators import base, caption_metrics
 
 
 def references(tokenizer, batch, text: str) -> List[List[str]]:
@@ -58,3 +60,26 @@ def evaluate(ev, batches, generator, tokenizer, *, max_len: int, beam: int = 1,
   out["caption/examples"] = len(cands)
   out["caption/samples"] = [f"{c}  |  {r[0]}" for c, r in zip(cands[:samples], refs[:samples])]
   return out
+
+
+@base.register
+class Caption(base.Evaluator):
+  """CIDEr-D / BLEU of generated captions (eval.caption_beam, caption_alpha, caption_max_len)."""
+  name = "caption"
+
+  def applies(self, ctx):
+    heads = ctx.config.model.objective_heads
+    if "caption" not in heads and "prefix_lm" not in heads:
+      return ("the model has no captioning decoder or prefix-LM head (loss_weights.caption / "
+              "prefix_lm)")
+    return None
+
+  def run(self, ctx):
+    config, e = ctx.config, ctx.config.eval
+    gen = ctx.cached("caption/generator", lambda: generate.for_config(
+        config, ctx.model, ctx.params, ctx.mesh))
+    gen.params = ctx.params  # this evaluation point's params; its jitted decoders are kept
+    tok = ctx.cached("caption/tokenizer", lambda: text_lib.from_config(config.data))
+    return evaluate(ctx, ctx.test_batches(), gen, tok,
+                    max_len=e.caption_max_len or config.data.text_len, beam=e.caption_beam,
+                    alpha=e.caption_alpha, seed=config.seed)

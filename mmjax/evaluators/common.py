@@ -1,8 +1,9 @@
-"""What every evaluator shares: jitted model stages and batched iteration over a split."""
+"""What every evaluator shares: jitted model stages and score helpers (the registry and the
+evaluation context: mmjax.evaluators.base; the eval splits: mmjax.restore)."""
 from __future__ import annotations
 
 
-from typing import Dict
+from typing import Any, Callable, Dict, Hashable
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 
 from mmjax import models
 from mmjax.layers import l2_normalize
+from mmjax.restore import to_host
 
 
 class Evaluated:
@@ -26,6 +28,14 @@ class Evaluated:
         p, enc, method=model.contrastive_embedding))
     self._itm = jax.jit(lambda p, enc: jax.nn.log_softmax(model.apply(
         p, model.apply(p, enc, method=model.interact)["joint"], method=model.itm_logits))[:, 1])
+    self._jits: Dict[Hashable, Any] = {}
+
+  def jitted(self, key: Hashable, fn: Callable) -> Callable:
+    """jax.jit(fn), made once per key: an evaluator's own stage compiles once however often
+    it runs (every evaluation point of a training run)."""
+    if key not in self._jits:
+      self._jits[key] = jax.jit(fn)
+    return self._jits[key]
 
   def encode(self, batch):
     return self._encode(self.params, self.put(batch))
@@ -54,14 +64,6 @@ class Evaluated:
   def has_itm(self) -> bool:
     """The design has a joint output for the matching head."""
     return self.model.cfg.design.joint_output
-
-
-def to_host(x) -> np.ndarray:
-  """A (possibly multi-process) global array as numpy on every process."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
 
 
 RESOLUTION = 1e-4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmjax.evaluators import base
 from mmjax.evaluators.common import quantize, take
 
 
@@ -37,3 +38,19 @@ def evaluate(ev, batches) -> dict:
           "itm/group_accuracy": group_correct / max(groups, 1),
           "itm/group_chance": 1.0 / ((k or 1) + 1), "itm/examples": groups,
           "itm/method": "ITM head" if ev.has_itm else "embedding similarity"}
+
+
+@base.register
+class Itm(base.Evaluator):
+  """Pairwise and group accuracy against the test split's hard-negative captions."""
+  name = "itm"
+
+  def applies(self, ctx):
+    if not ctx.text_second:
+      return f"needs a text modality second; the model pairs {ctx.a}/{ctx.b}"
+    if "neg_text" not in ctx.test_batches()[0]:
+      return "the test split has no hard-negative captions (neg_text)"
+    return None
+
+  def run(self, ctx):
+    return evaluate(ctx, ctx.test_batches())

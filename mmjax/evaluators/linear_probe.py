@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmjax.evaluators import base
 from mmjax.evaluators.common import strictly_best
 
 MAX_STEPS = 500
@@ -125,3 +126,32 @@ def evaluate(ev, modality: str, train_batches, test_batches, l2_grid: Sequence[f
           "linear_probe/num_classes": c, "linear_probe/train_examples": len(y_tr),
           "linear_probe/test_examples": len(y_te),
           "linear_probe/method": f"logistic regression on {modality} embeddings"}
+
+
+def _probe_modality(ctx):
+  """The first non-text modality (its embeddings are probed), or None."""
+  return next((m for m in ctx.model.modalities
+               if ctx.config.model.modality(m).kind != "text"), None)
+
+
+@base.register
+class LinearProbe(base.Evaluator):
+  """A logistic-regression probe on frozen embeddings: fit on train, scored on test."""
+  name = "linear_probe"
+
+  def _train(self, ctx):
+    return ctx.batches("train", ctx.config.eval.probe_train_examples)
+
+  def applies(self, ctx):
+    if _probe_modality(ctx) is None:
+      return "needs a non-text modality to embed"
+    if not ctx.labelled:
+      return "the test split has no labels"
+    if "label" not in self._train(ctx)[0]:
+      return "the train split has no labels"
+    return None
+
+  def run(self, ctx):
+    e = ctx.config.eval
+    return evaluate(ctx, _probe_modality(ctx), self._train(ctx), ctx.test_batches(),
+                    l2_grid=e.probe_l2, holdout=e.probe_holdout, seed=ctx.config.seed)

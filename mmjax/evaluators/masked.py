@@ -8,6 +8,7 @@ import jax
 
 from mmjax import objectives
 from mmjax.config_lib import PATCH_KINDS
+from mmjax.evaluators import base
 
 
 def evaluate(ev, batches, seed: int = 1234) -> dict:
@@ -23,7 +24,8 @@ def evaluate(ev, batches, seed: int = 1234) -> dict:
   if not weights:
     return skipped
   obj = dataclasses.replace(ev.config.objectives, weights=weights)
-  fn = jax.jit(lambda p, b, r: objectives.pretraining_loss(ev.model, p, b, r, obj, ev.mesh)[1])
+  fn = ev.jitted(("masked", weights), lambda p, b, r: objectives.pretraining_loss(
+      ev.model, p, b, r, obj, ev.mesh)[1])
   sums, n = {}, 0
   for i, batch in enumerate(batches):
     m = jax.device_get(fn(ev.params, ev.put(batch), jax.random.fold_in(jax.random.key(seed), i)))
@@ -32,3 +34,43 @@ def evaluate(ev, batches, seed: int = 1234) -> dict:
         sums[k] = sums.get(k, 0.0) + float(v)
     n += 1
   return {**skipped, **{k: v / max(n, 1) for k, v in sums.items()}}
+
+
+def _no_mask_id(ctx):
+  """The text modalities whose vocab lacks a [MASK] id (config_lib.text_ids)."""
+  mods = [ctx.config.model.modality(m) for m in ctx.model.modalities]
+  return [m.name for m in mods if m.kind == "text"
+          and not 0 <= m.option("mask_id") < m.option("vocab_size")]
+
+
+class _Masked(base.Evaluator):
+  """mlm and mim share one pass over the test split per evaluation point."""
+
+  def run(self, ctx):
+    res = ctx.per_point("masked", lambda: evaluate(ctx, ctx.test_batches()))
+    return {k: v for k, v in res.items() if k.startswith(self.name) and k != "mlm/skipped"}
+
+
+@base.register
+class Mlm(_Masked):
+  """Masked-token accuracy and loss on the test captions (the training masking, fixed seed)."""
+  name = "mlm"
+
+  def applies(self, ctx):
+    if not any(ctx.config.model.modality(m).kind == "text" for m in ctx.model.modalities):
+      return "the model has no text modality"
+    no_mask = _no_mask_id(ctx)
+    if no_mask:
+      return (f"the text vocab of {no_mask[0]} has no [MASK] id (trained without MLM); train "
+              "with loss_weights.mlm > 0")
+    return None
+
+
+@base.register
+class Mim(_Masked):
+  """Masked-patch regression loss on the test split's images / video / audio."""
+  name = "mim"
+
+  def applies(self, ctx):
+    kinds = {ctx.config.model.modality(m).kind for m in ctx.model.modalities}
+    return None if kinds & set(PATCH_KINDS) else "the model has no patch modality"

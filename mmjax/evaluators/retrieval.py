@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmjax.evaluators import base
 from mmjax.evaluators.common import concat, pad_rows, quantize, take
 
 
@@ -130,3 +131,12 @@ def evaluate(ev, batches, max_itm_pairs_n: int = 100) -> dict:
   res.update({"retrieval/examples": n, "retrieval/chance_R@1": 1.0 / n,
               "retrieval/method": method})
   return res
+
+
+@base.register
+class Retrieval(base.Evaluator):
+  """Recall@K of each modality retrieving the other over the test examples."""
+  name = "retrieval"
+
+  def run(self, ctx):
+    return evaluate(ctx, ctx.test_batches())

@@ -1,0 +1,135 @@
+"""What every evaluator shares: the `Evaluator` protocol, the registry, and the context an
+evaluation point hands each evaluator.
+
+An evaluator (an `Evaluator` subclass, registered by name with `@register`) declares
+  name            its key in eval.evaluators and the prefix of its results ('<name>/<metric>')
+  applies(ctx)    None when it applies to this model and data, else the one-line reason it is
+                  skipped (eval.py prints it as '<name>/skipped'; training leaves it out)
+  run(ctx)        its results: {'<name>/<metric>': value}, numbers (and a few strings or
+                  lists, e.g. the method used or caption samples)
+`ctx` is an `EvalContext`: the config, model, params, mesh, the jitted model stages of
+`Evaluated` (encode, embeddings, itm_scores, put), the step, and the evaluation data
+(`ctx.test_batches()`, `ctx.batches(split, num_examples)`, read once and kept). The same
+context serves every evaluation point of a training run (`ctx.update(params, step)`), so what
+an evaluator caches with `ctx.cached` (jitted functions, prompts) is built once.
+eval.py, evaluate.run and training's eval.every_steps run the registered evaluators that
+eval.evaluators names; no other file keeps a list of evaluator names. Adding an evaluator is
+one file (listed in the config's `imports` when it lives outside mmjax).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, ClassVar, Dict, Hashable, List, Optional, Sequence, Tuple, Type
+
+from mmjax import config_lib, restore, sharding
+from mmjax.evaluators.common import Evaluated
+
+Results = Dict[str, Any]
+
+
+class EvalContext(Evaluated):
+  """A model and its params on a mesh (jitted stages: mmjax.evaluators.common.Evaluated), the
+  evaluation data, and caches that outlive one evaluation point."""
+
+  def __init__(self, config, model, params, mesh, step: Optional[int] = None):
+    super().__init__(config, model, params, mesh, sharding.batch_sharding(mesh))
+    self.step = step
+    self._cache: Dict[Hashable, Any] = {}
+    self._point: Dict[Hashable, Any] = {}
+
+  def update(self, params, step: Optional[int] = None) -> "EvalContext":
+    """The next evaluation point: new params (same structure and shardings), same caches."""
+    self.params, self.step = params, step
+    self._point.clear()
+    return self
+
+  def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
+    """make() once for the context's lifetime (data, prompts, jitted functions)."""
+    if key not in self._cache:
+      self._cache[key] = make()
+    return self._cache[key]
+
+  def per_point(self, key: Hashable, make: Callable[[], Any]) -> Any:
+    """make() once per evaluation point (results two evaluators share, e.g. mlm and mim)."""
+    if key not in self._point:
+      self._point[key] = make()
+    return self._point[key]
+
+  def batches(self, split: str, num_examples: int) -> List[Dict[str, Any]]:
+    """The first num_examples of `split` in eval.batch_size batches (read once)."""
+    return self.cached(("batches", split, num_examples), lambda: restore.split_batches(
+        self.config, split, self.config.eval.batch_size, num_examples, self.mesh.size))
+
+  def test_batches(self) -> List[Dict[str, Any]]:
+    """eval.num_examples of the test split: what the evaluators score."""
+    return self.batches("test", self.config.eval.num_examples)
+
+  @property
+  def labelled(self) -> bool:
+    return "label" in self.test_batches()[0]
+
+  @property
+  def text_second(self) -> bool:
+    """Prompts and hard-negative captions are text: they need the second modality as text."""
+    return self.config.model.modality(self.b).kind == "text"
+
+
+class Evaluator:
+  """One evaluation (module docstring). Subclasses set `name` and implement `run`."""
+  name: ClassVar[str] = ""
+
+  def applies(self, ctx: EvalContext) -> Optional[str]:  # pylint: disable=unused-argument
+    """None when this evaluator applies to ctx's model and data, else why it is skipped."""
+    return None
+
+  def run(self, ctx: EvalContext) -> Results:
+    raise NotImplementedError
+
+
+_REGISTRY: Dict[str, Type[Evaluator]] = {}
+
+
+def register(cls: Type[Evaluator]) -> Type[Evaluator]:
+  """Class decorator: makes `cls` available as eval.evaluators=(cls.name, ...)."""
+  if not cls.name:
+    raise ValueError(f"evaluator {cls.__name__} has no `name`")
+  if _REGISTRY.get(cls.name, cls) is not cls:
+    raise ValueError(f"evaluator {cls.name!r} is registered twice ({cls.__name__} and "
+                     f"{_REGISTRY[cls.name].__name__}); pick another name")
+  _REGISTRY[cls.name] = cls
+  return cls
+
+
+def names() -> Tuple[str, ...]:
+  """Every registered evaluator, in registration order."""
+  return tuple(_REGISTRY)
+
+
+def get(name: str) -> Evaluator:
+  """An instance of the evaluator registered as `name` (one-line ConfigError if none)."""
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise config_lib.ConfigError(
+        f"unknown evaluator {name!r}{hint}; registered: {', '.join(_REGISTRY)} (a new one is "
+        "registered by a module the config's `imports` names)")
+  return _REGISTRY[name]()
+
+
+def resolve(selected: Sequence[str]) -> List[Evaluator]:
+  """The evaluators of `selected` (eval.evaluators), each checked to be registered."""
+  return [get(n) for n in selected]
+
+
+def run_all(ctx: EvalContext, evaluators: Sequence[Evaluator],
+            keep_skipped: bool = True) -> Results:
+  """Each evaluator's results in order; one that does not apply gives '<name>/skipped'
+  (its reason) when keep_skipped."""
+  out: Results = {}
+  for e in evaluators:
+    why = e.applies(ctx)
+    if why is None:
+      out.update(e.run(ctx))
+    elif keep_skipped:
+      out[f"{e.name}/skipped"] = why
+  return out

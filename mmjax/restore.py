@@ -1,0 +1,150 @@
+"""What evaluation reads: a checkpoint restored onto the devices at hand, and its eval splits.
+
+Any mesh trained it, any process count: parameters are restored straight into this
+machine's shardings (mesh data=-1 over the local devices unless `overrides` change it).
+Used by mmjax.evaluate (eval.py), mmjax.generate (generate.py) and the benchmarks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Optional, Tuple
+
+import jax
+import numpy as np
+
+from mmjax import checkpoint as ckpt_lib
+from mmjax import cli, config_lib, models, sharding, train_lib
+from mmjax.data import pipeline
+
+
+def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, overrides=None,
+            devices=None):
+  """(config, model, params, mesh, step) restored onto `devices` (default: all present);
+  config is the typed Config of the checkpoint's config with `overrides` (a flat dict
+  {'data.source': 'jsonl', ...}; string values take the type of the key, see apply_overrides)."""
+  ckpt, step = ckpt_lib.find_checkpoint(workdir, checkpoint)
+  raw = ckpt.restore_config(step)
+  raw.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+  if overrides:
+    apply_overrides(raw, overrides)
+  config = config_lib.parse(raw)
+  model = models.build_model(config.model)
+  tx, _ = train_lib.make_optimizer(config)
+  mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices)
+  target, _ = train_lib.abstract_state(model, tx, mesh)
+  state = ckpt.restore(step, target)
+  ckpt.close()
+  return config, model, state.params, mesh, step
+
+
+# Sections whose keys may be missing from a saved config: the typed defaults give their type.
+_SECTIONS = {"eval": config_lib.EvalConfig, "optimizer": config_lib.OptimizerConfig,
+             "mesh": config_lib.MeshConfig, "checkpoint": config_lib.CheckpointConfig,
+             "objectives": config_lib.ObjectivesConfig}
+# Keys whose string value the data layer reads itself (a file path, 'a,b,c', a set name).
+_STRING_OR_LIST = ("data.class_names", "data.prompt_templates", "data.wds_shards",
+                   "data.wds_eval_shards", "data.array_record_paths",
+                   "data.array_record_eval_paths")
+_MISSING = object()
+
+
+def _default(path: Tuple[str, ...]):
+  """The default value of a key a saved config may lack (`_MISSING` if no section knows it)."""
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
+  if path[0] == "data":
+    node = data_config.get_config()
+    for p in path[1:]:
+      if not hasattr(node, "keys") or p not in node:
+        return "" if path[1:2] == ("feature_keys",) and len(path) == 3 else _MISSING
+      node = node[p]
+    return node
+  cls = _SECTIONS.get(path[0]) if len(path) == 2 else (config_lib.Config if len(path) == 1
+                                                       else None)
+  fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+  f = fields.get(path[-1])
+  if f is None or f.default is dataclasses.MISSING or f.name in ("data", "source"):
+    return _MISSING
+  return f.default
+
+
+def _known(section: Tuple[str, ...]) -> Tuple[str, ...]:
+  """Keys a section may hold beyond those saved (its defaults)."""
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
+  if section == ("data",):
+    return tuple(data_config.get_config().keys())
+  cls = _SECTIONS.get(section[0]) if len(section) == 1 else None
+  return tuple(f.name for f in dataclasses.fields(cls)) if cls else ()
+
+
+def apply_overrides(raw, overrides) -> None:
+  """Sets dotted keys on a saved config in place. A string value takes the type of the key's
+  current value (or, for a key the saved config lacks, of its default): bool, int, float,
+  tuple ('a,b' or '(1, 2)'), str. Unknown keys and bad values raise a one-line ConfigError."""
+  for key, value in overrides.items():
+    path = tuple(key.split("."))
+    node = raw
+    for i, p in enumerate(path[:-1]):
+      if p not in node:
+        if i == 0 and (p in _SECTIONS or p == "data"):
+          node[p] = {}
+        else:
+          raise config_lib.ConfigError(f"unknown config key {key} ({'.'.join(path[:i + 1])} "
+                                       "is not in the checkpoint's config); check its spelling")
+      node = node[p]
+      if not hasattr(node, "keys"):
+        raise config_lib.ConfigError(f"unknown config key {key} ({'.'.join(path[:i + 1])} is "
+                                     "a value, not a section); check its spelling")
+    last = path[-1]
+    like = node[last] if last in node else _default(path)
+    if like is _MISSING:
+      known = set(node.keys()) | set(_known(path[:-1]))
+      close = difflib.get_close_matches(last, sorted(known), n=1)
+      hint = f" (did you mean {'.'.join(path[:-1] + (close[0],))}?)" if close else ""
+      raise config_lib.ConfigError(f"unknown config key {key}{hint}; check it against the "
+                                   "checkpoint's saved config (CHECKPOINT/config)")
+    if hasattr(like, "keys"):  # a section: replaced whole by a dict ("{'cls': ''}")
+      value = cli.coerce(value, None, key) if isinstance(value, str) else value
+      if not isinstance(value, dict):
+        raise config_lib.ConfigError(f"config key {key} is a section; set one of its keys "
+                                     f"(--config.{key}.KEY=VALUE) or give a dict")
+    elif isinstance(value, str) and key not in _STRING_OR_LIST:
+      try:
+        value = cli.coerce(value, like, key)
+      except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    with node.ignore_type():
+      node[last] = value
+
+
+def split_batches(config, split: str, batch_size: int, num_examples: int, n_dev: int):
+  """The first num_examples examples of `split` (rounded down to a multiple of the device
+  count; fewer when the split is smaller), in batches whose size divides over the devices:
+  the same examples on any mesh. Every process reads them all (evaluation sets are small)."""
+  num_examples -= num_examples % n_dev
+  ds = pipeline.make_dataset(config.data, split, global_batch_size=n_dev, seed=config.seed,
+                             shuffle=False, repeat=False)
+  rows, seen = [], 0
+  for batch in ds:
+    rows.append({k: np.asarray(v) for k, v in batch.items()})
+    seen += n_dev
+    if seen >= num_examples:
+      break
+  data = {k: np.concatenate([r[k] for r in rows])[:num_examples] for k in rows[0]}
+  n = len(data["index"])
+  step = max(n_dev, batch_size - batch_size % n_dev)
+  return [{k: v[i:i + step] for k, v in data.items()} for i in range(0, n, step)]
+
+
+def eval_batches(config, batch_size: int, num_examples: int, n_dev: int):
+  """split_batches of the test split, the one every evaluator scores (a name pytest does not
+  collect when a test imports it)."""
+  return split_batches(config, "test", batch_size, num_examples, n_dev)
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process) global array as numpy on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
