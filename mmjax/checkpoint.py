@@ -109,13 +109,13 @@ def _await_tmp_cleanup(manager) -> None:
 
 
 class _DropOrbaxReadTasks(logging.Filter):
-  """asyncio's 'Task exception was never retrieved' for orbax's failed read tasks."""
+  """asyncio's 'Task (or Future) exception was never retrieved' for orbax's failed reads."""
 
   def filter(self, record):
     msg = record.getMessage()
-    if not msg.startswith("Task exception was never retrieved"):
+    if "exception was never retrieved" not in msg.split("\n", 1)[0]:
       return True
-    # The task's repr names orbax only sometimes; its traceback's frames always do.
+    # The repr names orbax only sometimes; the traceback's frames always do.
     tb = record.exc_info[2] if record.exc_info else None
     files = []
     while tb is not None:
