@@ -29,7 +29,7 @@ from mmjax import platforms  # noqa: E402,F401  (stdlib only, no side effects: n
 _LAZY = {"Config": ("mmjax.config_lib", "Config"),
          "ConfigError": ("mmjax.config_lib", "ConfigError"),
          "load_config": ("mmjax.config_lib", "load_config"),
-         "parse_config": ("mmjax.config_lib", "parse"),
+         "parse_config": ("mmjax.configure", "resolve"),
          "FusionDesign": ("mmjax.fusion", "FusionDesign"),
          "register_fusion": ("mmjax.fusion", "register"),
          "MultimodalModel": ("mmjax.models", "MultimodalModel"),
@@ -66,8 +66,8 @@ def init_params(model, rng) -> Dict[str, Any]:
 def example_batch(config, split: str = "train") -> Dict[str, Any]:
   """The first global batch of the configured data (the model's inputs only), as numpy."""
   from mmjax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from mmjax.config_lib import parse  # pylint: disable=import-outside-toplevel
-  cfg = parse(config)
+  from mmjax.configure import resolve  # pylint: disable=import-outside-toplevel
+  cfg = resolve(config)
   ds = pipeline.make_dataset(cfg.data, split, global_batch_size=cfg.batch_size, seed=cfg.seed,
                              shuffle=False, repeat=False)
   batch = next(iter(ds))

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.config_lib import CHUNK_SIZE
 from mmjax.kernels.common import KV_PAD_ID, MASK_VALUE, Q_PAD_ID
 
 IMPLS = ("auto", "xla", "chunked", "cudnn", "pallas_gpu", "pallas_tpu")
@@ -251,7 +252,7 @@ _chunked_flash.defvjp(_chunked_flash_fwd, _chunked_flash_bwd)
 
 
 def chunked_attention(q, k, v, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
-                      q_chunk: int = 512, kv_chunk: int = 512, causal: bool = False,
+                      q_chunk: int = CHUNK_SIZE, kv_chunk: int = CHUNK_SIZE, causal: bool = False,
                       q_positions=None, kv_positions=None):
   """Memory-efficient attention: online softmax over kv chunks inside a scan over q chunks.
 
@@ -379,7 +380,7 @@ def choose_impl(impl: str, q, k, platform: Optional[str] = None, causal: bool = 
 
 def attention_kernel(q, k, v, *, impl: str = "auto", kv_mask=None, q_segment_ids=None,
                      kv_segment_ids=None, return_weights: bool = False,
-                     chunk_size: int = 512, causal: bool = False, q_positions=None,
+                     chunk_size: int = CHUNK_SIZE, causal: bool = False, q_positions=None,
                      kv_positions=None):
   """The one dispatch point. Returns (out [B, Nq, H, D], weights [B, H, Nq, Nk] or None)."""
   if (q_positions is None) != (kv_positions is None):
@@ -441,7 +442,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   head_dim: int
   impl: str = "auto"
-  chunk_size: int = 512
+  chunk_size: int = CHUNK_SIZE
   capture_weights: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32

@@ -1,10 +1,16 @@
-"""One typed config: frozen dataclasses parsed once from the ConfigDict at the entry points.
+"""One typed config: frozen dataclasses parsed from the ConfigDict at the entry points.
 
 Config files stay plain Python returning an `ml_collections.ConfigDict` (configs/), and
-train.py / eval.py keep the `--config.KEY=VALUE` syntax. `parse(config_dict)` turns it into a
-`Config` once: every default not set in the file is the dataclass field's default below, and
-every check runs here, before anything compiles, as one line naming the problem and the fix
-(`ConfigError`). The rest of the code takes the typed objects:
+train.py / eval.py keep the `--config.KEY=VALUE` syntax. This module is a leaf: it imports
+no jax and no other mmjax module but the data layer's key table, so reading a config costs
+nothing. Each default is a dataclass field's default below, stated once; config files hold
+only what differs. Two steps, each failing with one line naming the problem and the fix
+(`ConfigError`):
+
+  parse(config)              the sections typed, unknown keys and bad values rejected
+  configure.resolve(config)  (mmjax/configure.py) parse, then the cross-layer checks against
+                             the registries: fusion design, objectives, embedders, attention
+                             backend, tokenizer ids, token lengths, the mesh
 
   Config
     model       ModelConfig: fusion (FusionConfig), block (BlockConfig), modalities
@@ -23,16 +29,12 @@ import math
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import jax.numpy as jnp
 import ml_collections
 
-from mmjax import fusion as fusion_lib
-from mmjax import objectives as objectives_lib
-from mmjax.attention import IMPLS
-from mmjax.layers import REMAT_POLICIES, BlockConfig
-from mmjax.tokenizers import EMBEDDERS, PATCH_KINDS, token_count  # noqa: F401 (PATCH_KINDS re-exported)
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The chunked attention path's chunk (attention.chunk_size): the one place it is stated.
+CHUNK_SIZE = 512
+# Compute / parameter dtypes by name (layers hand the names to flax and jax as they are).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # Modality-config keys that describe the data (not embedder options), and that size a tower.
 DATA_KEYS = ("kind", "input_shape", "channels", "feature_dim", "in_dim", "region_classes")
 TOWER_KEYS = ("width", "heads", "mlp_dim", "causal", "activation", "norm_eps", "key_bias")
@@ -40,6 +42,8 @@ TOWER_KEYS = ("width", "heads", "mlp_dim", "causal", "activation", "norm_eps", "
 HEAD_KEYS = ("pool", "proj", "proj_bias")
 MODALITY_POOLS = ("cls", "mean", "last", "map")
 DEPTH_KEYS = ("unimodal", "joint", "post", "cross")
+# Embedder dataclass fields that the model sets, not the modality config.
+EMBEDDER_OWN = ("parent", "name", "width", "dtype", "param_dtype")
 # Keys older configs carry, not fields of Config (eval_every_steps: read as eval.every_steps).
 IGNORED_KEYS = ("eval_every_steps",)
 # Keys that record where a config came from (mmjax.convert), for people, not for the code.
@@ -51,6 +55,68 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------ sections
+
+def dtype_name(dtype) -> str:
+  """'float32' for 'float32', jnp.float32, np.dtype('float32') or bfloat16's scalar type."""
+  if isinstance(dtype, str):
+    return dtype
+  return str(getattr(getattr(dtype, "dtype", dtype), "name", dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """What every transformer block needs to know (hashable, so modules can hold it)."""
+  width: int
+  num_heads: int
+  mlp_dim: int
+  attention_impl: str = "auto"  # a key of mmjax.attention.IMPLS
+  chunk_size: int = CHUNK_SIZE
+  capture_weights: bool = False
+  dtype: str = "float32"        # compute dtype, a name of DTYPE_NAMES (a dtype object is
+  param_dtype: str = "float32"  # accepted and stored by its name)
+  remat: str = "none"           # a key of mmjax.layers.REMAT_POLICIES
+  scan: bool = False
+  dropout: float = 0.0
+  # Options that published architectures need (CLIP, SigLIP, open_clip), defaults unchanged:
+  activation: str = "gelu_tanh"  # MLP nonlinearity, a key of mmjax.layers.ACTIVATIONS
+  norm_eps: float = 1e-6         # LayerNorm epsilon (CLIP: 1e-5)
+  key_bias: bool = False         # a bias on K (softmax ignores it; kept for exact imports)
+  causal: bool = False           # token i attends to tokens <= i only (CLIP's text tower)
+
+  def __post_init__(self):
+    for k in ("dtype", "param_dtype"):
+      object.__setattr__(self, k, dtype_name(getattr(self, k)))
+      if getattr(self, k) not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {getattr(self, k)!r} for model.{k}; choose one of "
+                         f"{', '.join(DTYPE_NAMES)}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+  """Stage depths are separate, so designs compare at matched parameters or FLOPs. The design
+  object of a config is `mmjax.fusion.design_of(config)`."""
+  name: str = "early_concat"
+  unimodal_depth: Tuple[Tuple[str, int], ...] = ()  # per-modality tower depth (Tf1, Tf2)
+  joint_depth: int = 0        # joint single stream (Tf / Tf3) or bottleneck fusion layers
+  post_depth: int = 0         # hier_one_to_multi's per-stream stage (Tf2, Tf3)
+  cross_depth: int = 0        # cross_attention / cross_to_concat co-attention layers
+  cross_mode: str = "pure"    # pure (cross -> FFN) | self_cross (self -> cross -> FFN)
+  share_cross: bool = False   # LXMERT: one cross-attention serves every direction
+  early_sum_weights: str = "fixed"  # fixed (a = b = 1) | learned
+  early_sum_align: str = "none"     # none (equal lengths required) | pad (to the longest)
+  num_bottlenecks: int = 4
+  pool: str = "cls"           # cls (first token of the stream) | mean (over valid tokens)
+  pool_combine: str = "concat"  # two-stream joint: concat | product | sum
+
+  def depth_of(self, modality: str) -> int:
+    return dict(self.unimodal_depth).get(modality, 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModalityConfig:
@@ -67,13 +133,20 @@ class ModalityConfig:
   pool: str = ""          # cls | mean | last | map (attention-pool head); '' = model.pool
   proj: bool = True       # contrastive projection proj_<m>; False: the pooled tower itself
   proj_bias: bool = True
+  # The embedder's own defaults for every option, filled in by configure.resolve.
+  defaults: Tuple[Tuple[str, Any], ...] = dataclasses.field(default=(), compare=False,
+                                                             repr=False)
 
   def option(self, key: str):
     """An embedder option: the config's value, else the embedder's own default."""
-    opts = dict(self.options)
-    if key in opts:
-      return opts[key]
-    return EMBEDDERS[self.kind].__dataclass_fields__[key].default
+    for table in (self.options, self.defaults):
+      for k, v in table:
+        if k == key:
+          return v
+    if not self.defaults:
+      raise ConfigError(f"modality {self.name!r} is not resolved, so its embedder's default "
+                        f"{key!r} is unknown; build the config with mmjax.configure.resolve")
+    raise ConfigError(f"modality {self.name!r} ({self.kind}) has no option {key!r}")
 
   @property
   def patch_dim(self) -> int:
@@ -91,12 +164,13 @@ class ModalityConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  fusion: fusion_lib.FusionConfig
+  fusion: FusionConfig
   block: BlockConfig
   modalities: Tuple[ModalityConfig, ...]
   embed_dim: int = 128
-  # The objectives whose heads are built (an imported CLIP: contrastive only); 'all' is every
-  # objective declaring default_head, the others are added when their loss weight is > 0.
+  # The objectives whose heads are built (an imported CLIP: contrastive only); 'all' (kept as
+  # ('all',) by parse) is every objective declaring default_head; resolve adds the others
+  # whose loss weight is > 0.
   objective_heads: Tuple[str, ...] = ("contrastive", "sigmoid", "itm", "mlm", "mim")
   decoder_depth: int = 2      # captioning decoder layers (mmjax.decoder), with 'caption'
   caption_from: str = ""      # the modality the decoder reads ('' = the first non-text one)
@@ -121,10 +195,6 @@ class ModelConfig:
   @property
   def tower_blocks(self) -> Tuple[Tuple[str, BlockConfig], ...]:
     return tuple((m.name, m.tower) for m in self.modalities if m.tower is not None)
-
-  @property
-  def design(self) -> fusion_lib.FusionDesign:
-    return self.fusion.design
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,13 +305,15 @@ class Config:
   init_from: str = ""  # a workdir or <workdir>/checkpoints/<step>: its parameters, when fresh
   freeze: Tuple[str, ...] = ()  # modality names or parameter path prefixes left untrained
   imports: Tuple[str, ...] = ()  # user modules imported first (mmjax.plugins): registrations
+  # True once configure.resolve has checked it against the registries and completed it.
+  resolved: bool = dataclasses.field(default=False, compare=False, repr=False)
 
 
 # ------------------------------------------------------------------------------ parsing
 
 def _fields(cls, node, path: str, skip=()) -> Dict[str, Any]:
   """The dataclass fields present in `node` (a ConfigDict section); unknown keys fail."""
-  names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+  names = {f.name for f in dataclasses.fields(cls)} - set(skip) - {"source", "resolved"}
   keys = list(node.keys()) if node is not None else []
   unknown = [k for k in keys if k not in names and k not in skip]
   if unknown:
@@ -260,54 +332,40 @@ def _plain(v):
   return v
 
 
-def _dtype(name: str, key: str):
-  if name not in DTYPES:
-    raise ConfigError(f"unknown dtype {name!r} for {key}; choose one of {', '.join(DTYPES)}")
-  return DTYPES[name]
+def _default(cls, field: str):
+  """A dataclass field's default: the one place each default is stated."""
+  return cls.__dataclass_fields__[field].default
+
+
+@dataclasses.dataclass(frozen=True)
+class _AttentionKeys:
+  """The keys of the attention section (their defaults are BlockConfig's)."""
+  impl: str = _default(BlockConfig, "attention_impl")
+  chunk_size: int = _default(BlockConfig, "chunk_size")
+  capture_weights: bool = _default(BlockConfig, "capture_weights")
 
 
 def _block(mc, att) -> BlockConfig:
   if mc.width % mc.heads:
     raise ConfigError(f"model.width={mc.width} is not divisible by model.heads={mc.heads}; "
                       "pick a width that is a multiple of heads")
-  a = _fields(_AttentionKeys, att, "attention")
-  if a.get("impl", _default(BlockConfig, "attention_impl")) not in IMPLS:
-    raise ConfigError(f"unknown attention.impl={a['impl']!r}; choose one of {', '.join(IMPLS)}")
-  remat = mc.get("remat", _default(BlockConfig, "remat"))
-  if remat not in REMAT_POLICIES:
-    raise ConfigError(f"unknown model.remat={remat!r}; choose one of "
-                      f"{', '.join(REMAT_POLICIES)}")
+  a = _AttentionKeys(**_fields(_AttentionKeys, att, "attention"))
   get = lambda key, field: mc.get(key, _default(BlockConfig, field))
   try:
     return BlockConfig(
         width=int(mc.width), num_heads=int(mc.heads), mlp_dim=int(mc.mlp_dim),
-        attention_impl=a.get("impl", _default(BlockConfig, "attention_impl")),
-        chunk_size=int(a.get("chunk_size", _default(BlockConfig, "chunk_size"))),
-        capture_weights=bool(a.get("capture_weights", _default(BlockConfig, "capture_weights"))),
-        dtype=_dtype(mc.get("dtype", "float32"), "model.dtype"),
-        param_dtype=_dtype(mc.get("param_dtype", "float32"), "model.param_dtype"),
-        remat=remat, scan=bool(get("scan", "scan")), dropout=float(get("dropout", "dropout")),
-        activation=get("activation", "activation"), norm_eps=float(get("norm_eps", "norm_eps")),
-        key_bias=bool(get("key_bias", "key_bias")))
+        attention_impl=a.impl, chunk_size=int(a.chunk_size),
+        capture_weights=bool(a.capture_weights),
+        dtype=get("dtype", "dtype"), param_dtype=get("param_dtype", "param_dtype"),
+        remat=get("remat", "remat"), scan=bool(get("scan", "scan")),
+        dropout=float(get("dropout", "dropout")), activation=get("activation", "activation"),
+        norm_eps=float(get("norm_eps", "norm_eps")), key_bias=bool(get("key_bias", "key_bias")))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class _AttentionKeys:
-  """The keys of the attention section (their defaults are BlockConfig's)."""
-  impl: str = BlockConfig.attention_impl
-  chunk_size: int = BlockConfig.chunk_size
-  capture_weights: bool = BlockConfig.capture_weights
-
-
-def _default(cls, field: str):
-  """A dataclass field's default: the one place each default is stated."""
-  return cls.__dataclass_fields__[field].default
-
-
 # model.* keys that go to FusionConfig as they are (the depths come from model.depth).
-FUSION_KEYS = tuple(f.name for f in dataclasses.fields(fusion_lib.FusionConfig)
+FUSION_KEYS = tuple(f.name for f in dataclasses.fields(FusionConfig)
                     if f.name not in ("name", "unimodal_depth", "joint_depth", "post_depth",
                                       "cross_depth"))
 _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
@@ -317,18 +375,14 @@ _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "par
 
 
 def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
+  """One modality section: data keys, tower keys, head keys; the rest are embedder options
+  (checked against the embedder by configure.resolve)."""
   o = _plain(o)
   kind = o.get("kind")
-  if kind not in EMBEDDERS:
-    raise ConfigError(f"modality {name!r} has unknown kind {kind!r}; choose one of "
-                      f"{', '.join(EMBEDDERS)}")
-  fields = set(EMBEDDERS[kind].__dataclass_fields__) - {"parent", "name", "width", "dtype",
-                                                        "param_dtype"}
+  if not isinstance(kind, str) or not kind:
+    raise ConfigError(f"modality {name!r} needs a kind (model.modalities.{name}.kind), such "
+                      "as 'image' or 'text'")
   options = {k: v for k, v in o.items() if k not in DATA_KEYS + TOWER_KEYS + HEAD_KEYS}
-  unknown = sorted(set(options) - fields)
-  if unknown:
-    raise ConfigError(f"modality {name!r} ({kind}) has unknown option(s) {unknown}; valid: "
-                      f"{sorted(fields)}")
   tower = None
   if any(k in o for k in TOWER_KEYS):
     width = int(o.get("width", base.width))
@@ -368,25 +422,14 @@ def _model(mc, att) -> ModelConfig:
   uni = d.get("unimodal", 0)
   per = {m.name: int(uni[m.name] if hasattr(uni, "keys") else uni) for m in mods}
   opts = {k: _plain(mc[k]) for k in FUSION_KEYS if k in mc}
-  try:
-    fcfg = fusion_lib.FusionConfig(
-        name=mc.fusion, unimodal_depth=tuple(sorted(per.items())),
-        joint_depth=int(d.get("joint", 0)), post_depth=int(d.get("post", 0)),
-        cross_depth=int(d.get("cross", 0)), **opts)
-    design = fcfg.design
-    design.validate(tuple(m.name for m in mods))
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  widths = {block.width} | {m.tower.width for m in mods if m.tower is not None}
-  if not design.projects_towers and len(widths) > 1 and fcfg.pool_combine != "concat":
-    raise ConfigError(f"towers of different widths {sorted(widths)} cannot be combined by "
-                      f"pool_combine={fcfg.pool_combine!r}; use pool_combine='concat'")
+  fcfg = FusionConfig(
+      name=mc.get("fusion", _default(FusionConfig, "name")),
+      unimodal_depth=tuple(sorted(per.items())),
+      joint_depth=int(d.get("joint", _default(FusionConfig, "joint_depth"))),
+      post_depth=int(d.get("post", _default(FusionConfig, "post_depth"))),
+      cross_depth=int(d.get("cross", _default(FusionConfig, "cross_depth"))), **opts)
   heads = mc.get("objective_heads", "all")
-  heads = objectives_lib.default_heads() if heads == "all" else tuple(_plain(heads))
-  bad = [h for h in heads if h not in objectives_lib.names()]
-  if bad:
-    raise ConfigError(f"unknown model.objective_heads {bad}; choose from "
-                      f"{', '.join(objectives_lib.names())} or 'all'")
+  heads = ("all",) if heads == "all" else tuple(_plain(heads))
   embed_dim = int(mc.get("embed_dim", _default(ModelConfig, "embed_dim")))
   for m in mods:
     width = (m.tower or block).width
@@ -394,39 +437,45 @@ def _model(mc, att) -> ModelConfig:
       raise ConfigError(f"model.modalities.{m.name}.proj=False needs the tower width {width} "
                         f"to equal model.embed_dim={embed_dim}; set one to the other")
   names = [m.name for m in mods]
-  caption_from = str(mc.get("caption_from", ""))
+  caption_from = str(mc.get("caption_from", _default(ModelConfig, "caption_from")))
   if caption_from and caption_from not in names:
     raise ConfigError(f"model.caption_from={caption_from!r} is not a modality; use one of "
                       f"{', '.join(names)}")
-  for k in ("decoder_depth", "order_segments"):
-    if int(mc.get(k, 1)) < 1:
-      raise ConfigError(f"model.{k}={mc.get(k)} must be >= 1")
+  rest = {k: int(mc.get(k, _default(ModelConfig, k))) for k in ("decoder_depth", "order_segments")}
+  for k, v in rest.items():
+    if v < 1:
+      raise ConfigError(f"model.{k}={v} must be >= 1")
   return ModelConfig(fusion=fcfg, block=block, modalities=mods, embed_dim=embed_dim,
-                     objective_heads=heads,
-                     decoder_depth=int(mc.get("decoder_depth",
-                                              _default(ModelConfig, "decoder_depth"))),
-                     caption_from=caption_from,
-                     order_segments=int(mc.get("order_segments",
-                                               _default(ModelConfig, "order_segments"))))
+                     objective_heads=heads, caption_from=caption_from, **rest)
 
 
-def _objectives(config, model: ModelConfig) -> ObjectivesConfig:
-  """The objectives section and loss weights, checked against the model by every active
-  objective (mmjax.objectives.check: design capabilities, heads, each one's own rules)."""
+def _objectives(config) -> ObjectivesConfig:
+  """The objectives section and the positive loss weights (configure.resolve checks them
+  against the model: design capabilities, heads, each objective's own rules)."""
   weights = {k: float(v) for k, v in config.loss_weights.items()}
   o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
-  try:
-    objectives_lib.check_weights(model.design, weights)
-    out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
-    objectives_lib.check(model, out)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
   if not 0.0 <= out.cappa_fraction <= 1.0:
     raise ConfigError(f"objectives.cappa_fraction={out.cappa_fraction} must be in [0, 1]")
   for k in ("frame_order_ratio", "mrm_ratio"):
     v = getattr(out, k)
     if not (math.isfinite(v) and 0.0 < v <= 1.0):
       raise ConfigError(f"objectives.{k}={v} must be in (0, 1]")
+  for k in ("mlm_prob", "mim_ratio"):
+    v = getattr(out, k)
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+      raise ConfigError(f"objectives.{k}={v} must be in (0, 1)")
+  mp = out.multi_positive
+  if mp not in ("none", "text", "label"):
+    raise ConfigError(f"unknown objectives.multi_positive={mp!r}; use 'none', 'text' (identical "
+                      "captions are positives) or 'label' (equal labels are positives)")
+  if mp != "none" and out.weight("sigmoid") > 0:
+    raise ConfigError(f"objectives.multi_positive={mp!r} applies to the contrastive loss only; "
+                      "set loss_weights.sigmoid=0 or objectives.multi_positive='none'")
+  t = out.temperature
+  if not (math.isfinite(t) and (t == 0 or t >= 0.01)):
+    raise ConfigError(f"objectives.temperature={t} must be 0 (learned) or >= 0.01 (the logit "
+                      "scale is capped at 100)")
   return out
 
 
@@ -457,15 +506,32 @@ def _eval(config) -> EvalConfig:
   return EvalConfig(**e)
 
 
+def _data(config):
+  """The data section, resolved by the data layer's own key table (mmjax/data/config.py)."""
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel  (a leaf)
+  try:
+    return data_config.resolve(config.get("data"))
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(str(e)) from None
+
+
+def parse_model(config) -> ModelConfig:
+  """The typed ModelConfig of a full config's model and attention sections (not resolved:
+  configure.resolve_model checks it against the registries and completes it)."""
+  if isinstance(config, Config):
+    return config.model
+  if isinstance(config, ModelConfig):
+    return config
+  if "model" not in config:
+    raise ConfigError("config lacks ['model']; start from configs/default.py")
+  return _model(config.model, config.get("attention"))
+
+
 def parse(config) -> Config:
-  """The typed Config of a ConfigDict, every check applied (one-line ConfigError)."""
+  """The typed Config of a ConfigDict: every section's keys and values checked, one line per
+  problem (ConfigError). Not yet checked across layers: see configure.resolve."""
   if isinstance(config, Config):
     return config
-  from mmjax import plugins  # pylint: disable=import-outside-toplevel  (stdlib only)
-  try:
-    plugins.load(config)
-  except plugins.PluginError as e:
-    raise ConfigError(str(e)) from None
   required = ("model", "loss_weights")
   missing = [k for k in required if k not in config]
   if missing:
@@ -474,21 +540,16 @@ def parse(config) -> Config:
               "checkpoint", "data", "eval")
   top = _fields(Config, config, "config", skip=sections + IGNORED_KEYS + INFO_KEYS)
   top.update(_init_and_freeze(top))
-  model = parse_model(config)
-  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
-  try:
-    data = data_config.resolve(config.get("data"))
-  except (ValueError, FileNotFoundError) as e:
-    raise ConfigError(str(e)) from None
+  if isinstance(top.get("imports"), str):
+    top["imports"] = (top["imports"],)
   cfg = Config(
-      model=model, objectives=_objectives(config, model),
+      model=parse_model(config), objectives=_objectives(config),
       optimizer=OptimizerConfig(**_fields(OptimizerConfig, config.get("optimizer"),
                                            "optimizer")),
       mesh=MeshConfig(**_fields(MeshConfig, config.get("mesh"), "mesh")),
       checkpoint=CheckpointConfig(**_fields(CheckpointConfig, config.get("checkpoint"),
                                             "checkpoint")),
-      eval=_eval(config),
-      data=data, source=config, **top)
+      eval=_eval(config), data=_data(config), source=config, **top)
   if cfg.batch_size <= 0 or cfg.total_steps <= 0:
     raise ConfigError("batch_size and total_steps must be positive")
   if cfg.batch_size % cfg.grad_accum_steps:
@@ -496,22 +557,6 @@ def parse(config) -> Config:
                       f"grad_accum_steps={cfg.grad_accum_steps}")
   if cfg.nan_policy not in ("stop", "skip"):
     raise ConfigError(f"unknown nan_policy {cfg.nan_policy!r}; use 'stop' or 'skip'")
-  mp = cfg.objectives.multi_positive
-  if mp not in ("none", "text", "label"):
-    raise ConfigError(f"unknown objectives.multi_positive={mp!r}; use 'none', 'text' (identical "
-                      "captions are positives) or 'label' (equal labels are positives)")
-  if mp != "none" and cfg.objectives.weight("sigmoid") > 0:
-    raise ConfigError(f"objectives.multi_positive={mp!r} applies to the contrastive loss only; "
-                      "set loss_weights.sigmoid=0 or objectives.multi_positive='none'")
-  t = cfg.objectives.temperature
-  if not (math.isfinite(t) and (t == 0 or t >= 0.01)):
-    raise ConfigError(f"objectives.temperature={t} must be 0 (learned) or >= 0.01 (the logit "
-                      "scale is capped at 100)")
-  for k in ("mlm_prob", "mim_ratio"):
-    v = getattr(cfg.objectives, k)
-    if not (math.isfinite(v) and 0.0 < v < 1.0):
-      raise ConfigError(f"objectives.{k}={v} must be in (0, 1)")
-  check_packing(cfg)
   return cfg
 
 
@@ -520,157 +565,37 @@ def pack_rows(cfg: Config) -> int:
   return cfg.objectives.pack_rows or cfg.batch_size
 
 
-def check_packing(cfg: Config) -> None:
-  """objectives.pack_text: one-line errors where packing would not be exact."""
-  o, model = cfg.objectives, cfg.model
-  if not o.pack_text:
-    return
-  design = model.design
-  if not design.independent_streams:
-    raise ConfigError(f"objectives.pack_text needs a fusion whose text tower is encoded on its "
-                      f"own (dual_encoder); {model.fusion.name} mixes text with other tokens, "
-                      "so the other modality would have to be packed too; set pack_text=False")
-  if o.weight("mlm") <= 0:
-    raise ConfigError("objectives.pack_text packs the MLM pass; set loss_weights.mlm > 0 or "
-                      "objectives.pack_text=False")
-  if cfg.grad_accum_steps != 1:
-    raise ConfigError(f"objectives.pack_text packs whole steps; it needs grad_accum_steps=1, "
-                      f"got {cfg.grad_accum_steps}")
-  if not 0 <= o.pack_rows <= cfg.batch_size:
-    raise ConfigError(f"objectives.pack_rows={o.pack_rows} must be in [0, batch_size="
-                      f"{cfg.batch_size}] (0 = batch_size)")
-  for m in model.modalities:
-    if m.kind != "text":
-      continue
-    if m.option("key_mask") not in ("pad", "eos"):
-      raise ConfigError(f"objectives.pack_text needs model.modalities.{m.name}.key_mask 'pad' "
-                        f"or 'eos', got {m.option('key_mask')!r} (its padding is attended to)")
-    if m.option("add_cls"):
-      raise ConfigError(f"objectives.pack_text needs model.modalities.{m.name}.add_cls=False "
-                        "(the tokenizer's [CLS] starts each example)")
-
-
-def parse_model(config) -> ModelConfig:
-  """The typed ModelConfig of a full config (its model and attention sections), checked."""
-  if isinstance(config, Config):
-    return config.model
-  if isinstance(config, ModelConfig):
-    return config
-  model = _model(config.model, config.get("attention"))
-  weights = config.get("loss_weights") or {}
-  extra = objectives_lib.extra_heads(weights, model.objective_heads)
-  if extra:  # the heads of the objectives that train (Objective.default_head False)
-    model = dataclasses.replace(model, objective_heads=model.objective_heads + extra)
-  if "data" in config:  # data and model meet: the text ids come from the tokenizer
-    mlm = float(weights.get("mlm", 0.0)) > 0
-    model = text_ids(model, config.data, mlm)
-  if type(model.design).validate_lengths is not fusion_lib.FusionDesign.validate_lengths:
-    try:
-      model.design.validate_lengths(token_counts(model))
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
-  return model
-
-
-def text_ids(model: ModelConfig, data, mlm: bool) -> ModelConfig:
-  """Each text modality's ids from the data's tokenizer (mmjax.data.text.from_config):
-  pad_id, mask_id, special_ids, vocab_size (and key_mask='eos' / eos_id where padding reuses a
-  real token), written where they differ from the embedder's defaults and the config does not
-  set them; a set value that contradicts the tokenizer, or a vocab smaller than the ids the
-  run produces (the mask id only with MLM), is a ConfigError. Without a data section
-  parse_model keeps the embedder's defaults, the bytes tokenizer's ids."""
-  if not any(m.kind == "text" for m in model.modalities):
-    return model
-  from mmjax.data import text as text_lib  # pylint: disable=import-outside-toplevel
-  try:
-    spec = text_lib.spec_from_config(data)
-    tok = text_lib.get_tokenizer(spec)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    raise ConfigError(str(e)) from None
-  where = f"data.tokenizer={spec.spec}"
-  if mlm and tok.mask_id is None:
-    raise ConfigError(f"loss_weights.mlm > 0 needs a [MASK] token, and {where} has none "
-                      "(data.tokenizer_specials.mask=''); name one or set loss_weights.mlm=0")
-  fields = EMBEDDERS["text"].__dataclass_fields__
-  want = {"pad_id": tok.pad_id, "mask_id": -1 if tok.mask_id is None else tok.mask_id}
-  if tok.pad_is_token and "key_mask" in fields:
-    want["key_mask"] = "eos"
-  need = tok.ids_needed(mlm)
-  mods = []
-  for m in model.modalities:
-    if m.kind != "text":
-      mods.append(m)
-      continue
-    opts, key = dict(m.options), f"model.modalities.{m.name}"
-    for k, v in want.items():
-      if k not in opts:
-        if m.option(k) != v:
-          opts[k] = v
-      elif k == "key_mask" and opts[k] == "pad":
-        raise ConfigError(f"{key}.key_mask='pad' hides real tokens: {where} pads with id "
-                          f"{tok.pad_id}, a real token; use key_mask='eos' or leave it unset")
-      elif k != "key_mask" and opts[k] != v:
-        raise ConfigError(f"{key}.{k}={opts[k]} contradicts the tokenizer's {k}={v} ({where}); "
-                          f"set it to {v} or leave it unset")
-    if "special_ids" in opts:
-      lack = sorted(set(tok.role_ids) - {int(i) for i in opts["special_ids"]})
-      if lack:
-        raise ConfigError(f"{key}.special_ids={tuple(opts['special_ids'])} lacks the "
-                          f"tokenizer's special id(s) {lack} ({where}); add them or leave "
-                          "special_ids unset")
-    elif tuple(m.option("special_ids")) != tok.special_ids:
-      opts["special_ids"] = tok.special_ids
-    if "eos_id" in fields and (opts.get("key_mask") or m.option("key_mask")) == "eos":
-      if tok.sep_id is None:
-        raise ConfigError(f"{key}.key_mask='eos' needs an end token, and {where} has none "
-                          "(data.tokenizer_specials.sep=''); name one or use key_mask='pad'")
-      if "eos_id" not in opts:
-        opts["eos_id"] = tok.sep_id
-      elif opts["eos_id"] != tok.sep_id:
-        raise ConfigError(f"{key}.eos_id={opts['eos_id']} contradicts the tokenizer's end "
-                          f"token {tok.sep_id} ({where}); set it to {tok.sep_id} or leave it "
-                          "unset")
-    if "vocab_size" not in opts:
-      if m.option("vocab_size") != need:
-        opts["vocab_size"] = need
-    elif int(opts["vocab_size"]) < need:
-      raise ConfigError(f"{key}.vocab_size={opts['vocab_size']} is smaller than the "
-                        f"tokenizer's {need} ids ({where}); set {key}.vocab_size={need}")
-    mods.append(dataclasses.replace(m, options=tuple(opts.items())))
-  return dataclasses.replace(model, modalities=tuple(mods))
-
-
-def check_mesh(cfg: Config, num_devices: int) -> Tuple[int, int, int]:
-  """(data, fsdp, tensor) for `num_devices`; the batch must split over data x fsdp."""
-  from mmjax import sharding  # pylint: disable=import-outside-toplevel
-  try:
-    d, f, t = sharding.mesh_shape(dataclasses.asdict(cfg.mesh), num_devices)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  micro = cfg.batch_size // cfg.grad_accum_steps
-  if micro % (d * f):
-    raise ConfigError(f"batch_size={cfg.batch_size} (per micro-batch {micro}) is not "
-                      f"divisible by the {d * f} batch shards (mesh.data x mesh.fsdp); change "
-                      "batch_size or the mesh")
-  if cfg.objectives.pack_text and pack_rows(cfg) % (d * f):
-    raise ConfigError(f"objectives.pack_rows={pack_rows(cfg)} is not divisible by the {d * f} "
-                      "batch shards (mesh.data x mesh.fsdp); change pack_rows")
-  return d, f, t
-
-
-def validate(config, num_devices: int = 1) -> Config:
-  """parse + check_mesh: everything train.py checks before it builds anything."""
-  cfg = parse(config)
-  check_mesh(cfg, num_devices)
-  return cfg
-
-
-def token_counts(model: ModelConfig) -> Dict[str, int]:
-  """Tokens each modality's embedder produces for the configured input shapes."""
-  return {m.name: token_count(m, model.block) for m in model.modalities}
-
-
 # ------------------------------------------------------------------------------ loading
+
+def _defaults(cls, skip=()) -> Dict[str, Any]:
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING and f.name not in skip}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a config can set, at its dataclass default: a config file starts here and sets
+  only what differs, and `--config.KEY=VALUE` can override any key. A config states what has
+  no default: model.width / heads / mlp_dim, model.modalities and loss_weights."""
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel  (a leaf)
+  c = ml_collections.ConfigDict(_defaults(Config, ("freeze", "resolved")))
+  c.freeze = ""  # a modality, 'image,text', or parameter path prefixes (see freeze_entries)
+  block = _defaults(BlockConfig, ("attention_impl", "chunk_size", "capture_weights", "causal"))
+  fusion = _defaults(FusionConfig, ("unimodal_depth", "joint_depth", "post_depth",
+                                    "cross_depth"))
+  model = _defaults(ModelConfig, ("objective_heads",))
+  c.model = ml_collections.ConfigDict({"fusion": fusion.pop("name"), **fusion, **block, **model})
+  c.model.depth = ml_collections.ConfigDict(
+      {"unimodal": 0, "joint": _default(FusionConfig, "joint_depth"),
+       "post": _default(FusionConfig, "post_depth"),
+       "cross": _default(FusionConfig, "cross_depth")})
+  c.attention = ml_collections.ConfigDict(_defaults(_AttentionKeys))
+  c.objectives = ml_collections.ConfigDict(_defaults(ObjectivesConfig, ("weights",)))
+  for name, cls in (("optimizer", OptimizerConfig), ("mesh", MeshConfig),
+                    ("checkpoint", CheckpointConfig), ("eval", EvalConfig)):
+    c[name] = ml_collections.ConfigDict(_defaults(cls))
+  c.data = data_config.get_config()
+  return c
+
 
 def load_config(path: str = "default", overrides: Optional[Mapping[str, Any]] = None
                 ) -> ml_collections.ConfigDict:

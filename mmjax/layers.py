@@ -7,15 +7,14 @@ train step); evaluation passes none and is deterministic. Parameters carry logic
 """
 from __future__ import annotations
 
-import dataclasses
-
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmjax.attention import MultiHeadAttention
+from mmjax.config_lib import BlockConfig
 
 # x -> f(x) of the MLP. gelu_tanh: GELU's tanh approximation (flax's nn.gelu default, SigLIP);
 # gelu: exact x * Phi(x) (open_clip, ViT); quick_gelu: x * sigmoid(1.702 x) (OpenAI CLIP).
@@ -32,38 +31,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockConfig:
-  """What every transformer block needs to know (hashable, so modules can hold it)."""
-  width: int
-  num_heads: int
-  mlp_dim: int
-  attention_impl: str = "auto"
-  chunk_size: int = 512
-  capture_weights: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  remat: str = "none"
-  scan: bool = False
-  dropout: float = 0.0
-  # Options that published architectures need (CLIP, SigLIP, open_clip), defaults unchanged:
-  activation: str = "gelu_tanh"  # MLP nonlinearity, a key of ACTIVATIONS
-  norm_eps: float = 1e-6         # LayerNorm epsilon (CLIP: 1e-5)
-  key_bias: bool = False         # a bias on K (softmax ignores it; kept for exact imports)
-  causal: bool = False           # token i attends to tokens <= i only (CLIP's text tower)
-
-  def __post_init__(self):
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"unknown activation {self.activation!r}; choose one of "
-                       f"{', '.join(ACTIVATIONS)}")
-
-  @property
-  def head_dim(self) -> int:
-    return self.width // self.num_heads
 
 
 def layer_norm(cfg: BlockConfig, name: str):

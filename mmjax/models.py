@@ -10,7 +10,7 @@ pretraining objective needs from one forward of them.
   pretraining_outputs(batch, rng, objectives)   everything the objectives consume (below)
 
 Heads: `contrastive_embedding` (unimodal pooled -> projection), `mlm_logits`,
-`mim_prediction`, `itm_logits`; with their objectives (config_lib.EXTRA_HEADS) the captioning
+`mim_prediction`, `itm_logits`; with their objectives (model.objective_heads) the captioning
 decoder `caption_logits` (mmjax.decoder, reading `caption_memory`), `lm_logits` (prefix-LM),
 `frame_order_logits`, the sentence-order and masked-region heads. The batch maps each modality name to its input (text: int
 ids; image/video/audio: float arrays; regions/features: dicts), with an optional
@@ -40,7 +40,8 @@ from mmjax import fusion as fusion_lib
 from mmjax import objectives as objectives_lib
 from mmjax import ordering, packing
 from mmjax.layers import MAPHead, l2_normalize
-from mmjax.config_lib import ModelConfig, ObjectivesConfig, parse_model
+from mmjax.config_lib import ModelConfig, ObjectivesConfig
+from mmjax.configure import resolve_model
 from mmjax.tokenizers import (dummy_input, modality_embedder, patchify_image,
                               patchify_spectrogram, patchify_video)
 
@@ -265,9 +266,9 @@ class MultimodalModel(nn.Module):
 def build_model(config) -> MultimodalModel:
   """MultimodalModel from a Config, a ModelConfig or a ConfigDict (its model and attention
   sections parsed and checked)."""
-  return MultimodalModel(parse_model(config))
+  return MultimodalModel(resolve_model(config))
 
 
 def dummy_batch(config, batch_size: int = 2) -> Dict[str, np.ndarray]:
   """A zero batch with the shapes the modalities expect (for init and summaries)."""
-  return {mod.name: dummy_input(mod, batch_size) for mod in parse_model(config).modalities}
+  return {mod.name: dummy_input(mod, batch_size) for mod in resolve_model(config).modalities}

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import cli, config_lib, models, sharding, train_lib
+from mmjax import cli, config_lib, configure, models, sharding, train_lib
 from mmjax.data import pipeline
 
 
@@ -28,7 +28,7 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, ove
   raw.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
   if overrides:
     apply_overrides(raw, overrides)
-  config = config_lib.parse(raw)
+  config = configure.resolve(raw)
   model = models.build_model(config.model)
   tx, _ = train_lib.make_optimizer(config)
   mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import models
-from mmjax.config_lib import parse_model
+from mmjax.configure import resolve_model
 
 
 def shape_tree(tree):
@@ -87,7 +87,7 @@ def sown_attention_flops(model, params, batch) -> float:
 def summarize(config, batch_size: int = 1) -> Dict[str, Any]:
   """Everything the table shows, per example (batch_size 1 by default). `config`: a
   ConfigDict, Config or ModelConfig."""
-  mc = parse_model(config)
+  mc = resolve_model(config)
   model = models.build_model(mc)
   batch = models.dummy_batch(mc, batch_size)
   variables = param_shapes(model, batch)

@@ -25,6 +25,7 @@ Optional arguments every embedder takes:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence, Tuple, Union
 
 import einops
@@ -118,6 +119,14 @@ class _Embedder(nn.Module):
   mim_token: bool = True
   norm_eps: float = 1e-6  # of the pre_norm LayerNorm
 
+  def num_tokens(self, shape: Sequence[int]) -> int:
+    """Tokens it produces for one example of input shape `shape` (no batch axis), by
+    arithmetic: its own tokens, + 1 with add_cls. No module is built."""
+    return self._own_tokens(tuple(int(s) for s in shape)) + int(self.add_cls)
+
+  def _own_tokens(self, shape) -> int:
+    return shape[0]  # one token per element (text ids, regions, feature vectors)
+
   def _param(self, name, shape, axes, init=nn.initializers.normal(0.02)):
     return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
 
@@ -185,7 +194,7 @@ class TextEmbedder(_Embedder):
   Learned table (logical axes vocab x embed) + 1D positions (the first L of max_len; longer
   text interpolates the table) + type. The text tokenizer already puts [CLS] first, so add_cls defaults to False.
   """
-  # The ids default to the bytes tokenizer's; config_lib.text_ids fills them (and vocab_size,
+  # The ids default to the bytes tokenizer's; configure.text_ids fills them (and vocab_size,
   # key_mask, eos_id where needed) from data.tokenizer, so they are never assumed.
   vocab_size: int = 261
   max_len: int = 64
@@ -242,6 +251,13 @@ class ImagePatchEmbedder(_Embedder):
   patch: int = 16
   grid: Sequence[int] = (14, 14)
 
+  def _own_tokens(self, shape) -> int:  # (H, W, C)
+    if len(shape) != 3:
+      raise ValueError(f"image input_shape must be (height, width, channels), got {shape}; "
+                       "set model.modalities.<name>.input_shape")
+    _check_divisible("image", shape[:2], (self.patch, self.patch))
+    return (shape[0] // self.patch) * (shape[1] // self.patch)
+
   @nn.compact
   def __call__(self, x, *, valid=None, mim_mask=None):
     if x.ndim != 4:
@@ -259,6 +275,13 @@ class VideoTubeletEmbedder(_Embedder):
   tubelet: Sequence[int] = (2, 16, 16)
   grid: Sequence[int] = (4, 14, 14)
 
+  def _own_tokens(self, shape) -> int:  # (T, H, W, C)
+    if len(shape) != 4:
+      raise ValueError(f"video input_shape must be (time, height, width, channels), got "
+                       f"{shape}; set model.modalities.<name>.input_shape")
+    _check_divisible("video", shape[:3], self.tubelet)
+    return math.prod(s // t for s, t in zip(shape[:3], self.tubelet))
+
   @nn.compact
   def __call__(self, x, *, valid=None, mim_mask=None):
     if x.ndim != 5:
@@ -275,6 +298,13 @@ class AudioSpectrogramEmbedder(_Embedder):
   (interpolated along time for longer clips) + type (+ [CLS]) (AST, MBT)."""
   patch: Sequence[int] = (16, 16)
   grid: Sequence[int] = (8, 8)
+
+  def _own_tokens(self, shape) -> int:  # (T, F)
+    if len(shape) != 2:
+      raise ValueError(f"audio input_shape must be (time, mel), got {shape}; set "
+                       "model.modalities.<name>.input_shape")
+    _check_divisible("audio", shape[:2], self.patch)
+    return (shape[0] // self.patch[0]) * (shape[1] // self.patch[1])
 
   @nn.compact
   def __call__(self, x, *, valid=None, mim_mask=None):
@@ -381,9 +411,22 @@ def dummy_input(mod, batch_size: int):
   return np.zeros((batch_size, n, mod.in_dim), np.float32)
 
 
+def input_shape(mod) -> Tuple[int, ...]:
+  """The shape of one example of a modality config's input, without the batch axis (the
+  array of dummy_input; regions and feature vectors: their element count)."""
+  x = dummy_input(mod, 1)
+  return tuple((x["features"] if isinstance(x, dict) else x).shape[1:])
+
+
 def token_count(mod, block) -> int:
-  """Tokens the modality's embedder produces for its configured input shape (shapes only:
-  jax.eval_shape, nothing computed)."""
+  """Tokens the modality's embedder produces for its configured input shape, stated by the
+  embedder (`num_tokens`, arithmetic: no model built, nothing traced)."""
+  return modality_embedder(mod, block).num_tokens(input_shape(mod))
+
+
+def traced_token_count(mod, block) -> int:
+  """token_count the long way: the embedder's output shape under jax.eval_shape (what the
+  arithmetic is tested against)."""
   emb = modality_embedder(mod, block)
   x = dummy_input(mod, 1)
   shape = jax.eval_shape(lambda b: emb.init_with_output(jax.random.key(0), b)[0], x)

@@ -27,7 +27,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import attention, models, objectives, sharding
-from mmjax.config_lib import Config, ConfigError, parse
+from mmjax.config_lib import Config, ConfigError
+from mmjax.configure import resolve
 from mmjax.perf import step_flops
 
 NO_DECAY = re.compile(r"(bias|scale|embedding|cls|cls_pos|probe|mask_token|bottleneck_tokens|"
@@ -48,7 +49,7 @@ class TrainState:
 # ------------------------------------------------------------------------------ optimizer
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:
-  config = parse(config)
+  config = resolve(config)
   o = config.optimizer
   total = max(int(config.total_steps), 1)
   warmup = min(int(o.warmup_steps), total - 1) if total > 1 else 0
@@ -79,7 +80,7 @@ def freeze_groups(config: Config) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
   """(entry, path prefixes) per config.freeze entry: a modality is its unimodal side
   (embed_<m>, fusion/tower_<m>, fusion/tower_proj_<m>, its pooling head map_<m>, proj_<m>),
   anything else a path prefix."""
-  config = parse(config)
+  config = resolve(config)
   out = []
   for entry in config.freeze:
     e = entry.strip("/")
@@ -92,7 +93,7 @@ def freeze_groups(config: Config) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
 def frozen_mask(config: Config, params):
   """True for every parameter config.freeze names (a tree like `params`); an entry that
   matches no parameter is a one-line ConfigError."""
-  config = parse(config)
+  config = resolve(config)
   groups = freeze_groups(config)
   hit = set()
 
@@ -119,7 +120,7 @@ def frozen_mask(config: Config, params):
 def make_optimizer(config: Config) -> Tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (+ clipping) with the schedule; with config.freeze the frozen parameters get
   set_to_zero (no update, no weight decay, no Adam moments) and clipping sees the rest."""
-  config = parse(config)
+  config = resolve(config)
   o = config.optimizer
   schedule = learning_rate_schedule(config)
   tx = optax.chain(
@@ -166,7 +167,7 @@ def create_state(config: Config, model, tx, mesh) -> Tuple[TrainState, Any]:
   """Initialize parameters and optimizer state directly into their shardings.
 
   The functions here take a Config, or a ConfigDict that they parse (library use)."""
-  config = parse(config)
+  config = resolve(config)
   _, shard = state_shardings(model, tx, mesh)
   init = init_fn(model, tx)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -189,7 +190,7 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -
   freezes the state from the first such step on (state.first_skipped), so the loop can stop
   at its next look at the state without anything having moved meanwhile.
   """
-  config = parse(config)
+  config = resolve(config)
   accum = config.grad_accum_steps
   stop = config.nan_policy == "stop"
   # Frozen parameters: no gradient flows into them (their backward is dead code) and they are
@@ -260,7 +261,7 @@ def lower_forward_loss(config: Config, model, mesh, state_sharding, state, batch
   """The lowered forward of the step's loss (no gradient, no optimizer): the program whose
   FLOPs, times 3, are the step's model FLOPs (perf.model_flops). Remat changes only the
   backward, so this count is the same with and without it."""
-  config = parse(config)
+  config = resolve(config)
 
   def forward(params, batch, step):
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
@@ -288,7 +289,7 @@ def flop_counts(config: Config, mesh, batch, lowered_step=None) -> Tuple[float, 
   recomputation and the optimizer included) -> HFU. A scanned stack is counted unrolled (XLA
   counts a loop body once); `lowered_step` (the step already lowered) is reused when unscanned.
   `batch`: arrays or ShapeDtypeStructs."""
-  config = parse(config)
+  config = resolve(config)
   scanned = config.model.block.scan or any(t.scan for _, t in config.model.tower_blocks)
   if scanned:
     config, lowered_step = _unscanned(config), None

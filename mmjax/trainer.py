@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import config_lib, models, packing, sharding, train_lib
+from mmjax import config_lib, configure, models, packing, sharding, train_lib
 from mmjax import evaluators as evaluators_lib
 from mmjax.perf import chip_peak
 from mmjax.data import pipeline
@@ -299,8 +299,8 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
 def _validate(config, workdir: str, n_devices: int) -> config_lib.Config:
   """The typed config, checked against the devices, workdir and evaluators before anything
   is built (one-line ConfigError)."""
-  cfg = config_lib.parse(config)
-  config_lib.check_mesh(cfg, n_devices)
+  cfg = configure.resolve(config)
+  configure.check_mesh(cfg, n_devices)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise config_lib.ConfigError(f"workdir {workdir} is a file, not a folder; pass a new folder "
                                  "or a training run's workdir")

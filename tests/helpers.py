@@ -59,6 +59,15 @@ def subprocess_env(devices: int = 1, **extra) -> dict:
               XLA_FLAGS=process.with_cpu_xla_flags(flags), **extra)
 
 
+def run_entry(args, devices: int = 1, timeout: int = 600):
+  """An entry point (train.py, eval.py, -m mmjax.x) run as a user runs it, from the repository
+  root: the CompletedProcess with its stdout and stderr as text."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=subprocess_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+
+
 def grad(fn, *args, **kwargs):
   """jax.grad(fn, ...) as one compiled program (an eager grad compiles each of its ops alone)."""
   import jax  # pylint: disable=import-outside-toplevel

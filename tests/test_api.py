@@ -47,7 +47,7 @@ def test_parse_config_is_typed_and_rejects_unknown_keys():
   cfg = mmjax.parse_config(mmjax.load_config("default"))
   assert cfg.model.fusion.name == "hier_multi_to_one" and cfg.model.names == ("image", "text")
   assert cfg.objectives.weight("mlm") == 0.5 and cfg.objectives.weight("sigmoid") == 0.0
-  assert cfg.model.design.has_towers(cfg.model.names)
+  assert mmjax.fusion.design_of(cfg.model).has_towers(cfg.model.names)
   raw = mmjax.load_config("default")
   raw.optimizer.lerning_rate = 1.0
   with pytest.raises(mmjax.ConfigError, match="unknown config key optimizer.lerning_rate") as e:

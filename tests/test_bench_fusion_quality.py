@@ -51,12 +51,12 @@ def test_quick_matched_compute(tmp_path):
 
 
 def test_quality_config_adds_describing_objectives_where_the_design_can_train_them():
-  from mmjax import config_lib  # pylint: disable=import-outside-toplevel
+  from mmjax import configure  # pylint: disable=import-outside-toplevel
   extra = {"caption": 1.0, "prefix_lm": 1.0}
   for name, prefix in (("early_concat", 1.0), ("dual_encoder", 0.0), ("cross_attention", 0.0)):
     c = fq.quality_config(name, quick=True, extra=extra)
     assert c.loss_weights.caption == 1.0 and c.loss_weights.prefix_lm == prefix, name
     assert "caption" in c.eval.evaluators
-    heads = config_lib.parse(c).model.objective_heads
+    heads = configure.resolve(c).model.objective_heads
     assert "caption" in heads and ("prefix_lm" in heads) == bool(prefix)
   assert "caption" not in fq.quality_config("early_concat", quick=True).eval.evaluators

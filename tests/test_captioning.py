@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import attention, config_lib, decoder, generate, models, objectives, sharding
+from mmjax import attention, config_lib, configure, decoder, generate, models, objectives, sharding
 from tests.helpers import apply, init, random_batch, tiny_config
 from tests.test_train_step import _run as run_steps
 
@@ -28,8 +28,8 @@ def _coca(fusion="dual_encoder", vocab=None, **kw):
 
 @functools.lru_cache(maxsize=None)
 def _model(fusion="dual_encoder", vocab=None):
-  cfg = config_lib.parse(_coca(fusion, vocab)) if not vocab else None
-  model_cfg = cfg.model if cfg else config_lib.parse_model(_coca(fusion, vocab))
+  cfg = configure.resolve(_coca(fusion, vocab)) if not vocab else None
+  model_cfg = cfg.model if cfg else configure.resolve_model(_coca(fusion, vocab))
   model = models.MultimodalModel(model_cfg)
   batch = random_batch(_coca(fusion), batch_size=3)
   params = init(model, jax.random.key(0), batch, method=model.init_all)
@@ -147,7 +147,7 @@ def test_parallel_decoding_is_one_pass_over_mask_inputs():
 
 def test_caption_loss_is_next_token_cross_entropy():
   model, params, batch = _model()
-  cfg = config_lib.parse(_coca())
+  cfg = configure.resolve(_coca())
   outs = apply(model, params, batch, jax.random.key(3), cfg.objectives,
                      method=model.pretraining_outputs)
   logits, targets, weights = outs["caption"]
@@ -165,7 +165,7 @@ def test_caption_loss_is_next_token_cross_entropy():
 
 def test_cappa_rows_read_only_mask_tokens():
   model, params, batch = _model()
-  cfg = config_lib.parse(_coca(**{"objectives.cappa_fraction": 1.0}))
+  cfg = configure.resolve(_coca(**{"objectives.cappa_fraction": 1.0}))
   logits = apply(model, params, batch, jax.random.key(3), cfg.objectives,
                        method=model.pretraining_outputs)["caption"][0]
   memory, mask = apply(model, params, batch, method=model.caption_memory)
@@ -246,7 +246,7 @@ def test_prefix_lm_mask_reaches_every_backend(impl, monkeypatch):
 def test_prefix_lm_joint_stream_never_sees_the_future(fusion):
   cfg = _coca(fusion, **{"loss_weights.caption": 0.0, "loss_weights.prefix_lm": 1.0,
                          "loss_weights.contrastive": 0.0 if fusion == "early_concat" else 1.0})
-  model = models.build_model(config_lib.parse(cfg))
+  model = models.build_model(configure.resolve(cfg))
   batch = random_batch(cfg, batch_size=2)
   batch["text"][:, 10:] = PAD
   params = init(model, jax.random.key(0), batch, method=model.init_all)
@@ -270,7 +270,7 @@ def test_prefix_lm_joint_stream_never_sees_the_future(fusion):
     else:  # a prefix token: the image tokens see it
       assert np.abs(np.asarray(out["tokens"]["image"] - base["tokens"]["image"])).max() > 1e-4
   # The objective's targets and weights: next tokens, suffix only.
-  o = config_lib.parse(cfg).objectives
+  o = configure.resolve(cfg).objectives
   logits, targets, weights = apply(model, params, batch, jax.random.key(5), o,
                                          method=model.pretraining_outputs)["prefix_lm"]
   assert logits.shape == (2, 11, cfg.model.modalities.text.vocab_size)
@@ -282,7 +282,7 @@ def test_prefix_lm_joint_stream_never_sees_the_future(fusion):
 def test_prefix_lm_needs_a_joint_stream():
   with pytest.raises(config_lib.ConfigError, match="prefix_lm.*not available with fusion "
                      "'dual_encoder'"):
-    config_lib.parse(_coca(**{"loss_weights.prefix_lm": 1.0}))
+    configure.resolve(_coca(**{"loss_weights.prefix_lm": 1.0}))
 
 
 # ---------------------------------------------------------------------------- sharded step
@@ -308,7 +308,7 @@ def test_coca_step_is_the_same_on_one_and_eight_devices():
 def test_prefix_lm_model_generates_greedily_through_its_joint_stream():
   cfg = _coca("early_concat", **{"loss_weights.caption": 0.0, "loss_weights.prefix_lm": 1.0,
                                  "loss_weights.contrastive": 0.0})
-  model = models.build_model(config_lib.parse(cfg))
+  model = models.build_model(configure.resolve(cfg))
   batch = random_batch(cfg, batch_size=2)
   params = init(model, jax.random.key(0), batch, method=model.init_all)
   x = {"image": batch["image"]}

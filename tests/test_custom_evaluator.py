@@ -4,20 +4,16 @@ eval.py into results.json, each as a subprocess; a name registered twice and an 
 are one-line errors."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from mmjax import config_lib, evaluators
-from tests.helpers import subprocess_env, tiny_config
+from mmjax import config_lib, configure, evaluators
+from tests.helpers import run_entry, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args):
-  return subprocess.run([sys.executable, *args], cwd=ROOT, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=600)
+_run = run_entry
 
 
 @pytest.fixture(scope="module")
@@ -70,5 +66,5 @@ def test_registry_errors_are_one_line():
 def test_legacy_eval_every_steps_is_read_as_eval_every_steps():
   c = tiny_config()
   c.eval_every_steps = 3
-  assert config_lib.parse(c).eval.every_steps == 3
-  assert config_lib.parse(tiny_config()).eval.every_steps == 0
+  assert configure.resolve(c).eval.every_steps == 3
+  assert configure.resolve(tiny_config()).eval.every_steps == 0

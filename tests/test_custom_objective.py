@@ -4,24 +4,20 @@ checkpoints its head, eval.py restores that model, and a fusion without the capa
 declares is refused with one line, each as a subprocess."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from mmjax import objectives
 from mmjax.restore import restore
 from tests import custom_objective_config
-from tests.helpers import subprocess_env
+from tests.helpers import run_entry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=tests/custom_objective_config.py"
 WEIGHTS = dict(custom_objective_config.get_config().loss_weights)
 
 
-def _run(args):
-  return subprocess.run([sys.executable, *args], cwd=ROOT, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=600)
+_run = run_entry
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax import config_lib, evaluate, restore, trainer
+from mmjax import config_lib, configure, evaluate, restore, trainer
 from mmjax.data import builtin, prompts, sources
 from mmjax.evaluators import zero_shot
 from mmjax.evaluators.common import Evaluated
@@ -140,7 +140,7 @@ def tfds_dir(tmp_path_factory):
 def test_zero_shot_on_tfds_takes_classlabel_names(workdir, base, tfds_dir):
   tfds_keys = {"data.source": "tfds", "data.tfds_name": "mmjax_builtin_test",
                "data.tfds_data_dir": tfds_dir}
-  cfg = config_lib.parse(apply_overrides(tiny.get_config(), tfds_keys)).data
+  cfg = configure.resolve(apply_overrides(tiny.get_config(), tfds_keys)).data
   assert sources.source_class_names(cfg) == tuple(NAMES)
   names, templates, _ = evaluate.zero_shot_classes(cfg)
   assert names == tuple(NAMES) and len(templates) == 80  # external default: openai_imagenet
@@ -210,6 +210,6 @@ def test_class_name_and_template_forms(tmp_path):
     with pytest.raises(ValueError, match=needle):
       prompts.parse_templates(bad)
   with pytest.raises(config_lib.ConfigError, match="data.class_names file not found"):
-    config_lib.parse(apply_overrides(tiny.get_config(), {"data.class_names": "none.txt"}))
+    configure.resolve(apply_overrides(tiny.get_config(), {"data.class_names": "none.txt"}))
   with pytest.raises(config_lib.ConfigError, match="data.prompt_templates"):
-    config_lib.parse(apply_overrides(tiny.get_config(), {"data.prompt_templates": ["x"]}))
+    configure.resolve(apply_overrides(tiny.get_config(), {"data.prompt_templates": ["x"]}))

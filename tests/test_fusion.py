@@ -237,11 +237,11 @@ def test_three_modalities(name):
 
 def test_validate_errors():
   with pytest.raises(ValueError, match="unknown model.fusion='late'"):
-    fusion.FusionConfig(name="late").design  # pylint: disable=expression-not-assigned
+    fusion.design_of(fusion.FusionConfig(name="late"))  # pylint: disable=expression-not-assigned
   with pytest.raises(ValueError, match="needs a unimodal tower"):
-    fusion.FusionConfig(name="dual_encoder").design.validate(("a", "b"))
+    fusion.design_of(fusion.FusionConfig(name="dual_encoder")).validate(("a", "b"))
   with pytest.raises(ValueError, match="two or more modalities"):
-    fusion.FusionConfig(name="early_concat").design.validate(("a",))
+    fusion.design_of(fusion.FusionConfig(name="early_concat")).validate(("a",))
 
 
 def _attn_flops(name, image_shape=(32, 32, 3), text_len=32, **depth):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax import checkpoint, config_lib, models, sharding, train_lib, trainer
+from mmjax import checkpoint, config_lib, configure, models, sharding, train_lib, trainer
 from tests import tiny_config as tiny
 from tests.helpers import apply_overrides, subprocess_env
 
@@ -35,7 +35,7 @@ def _params(tree):
 def _init_from(cfg, path):
   """cfg's model restored from `path` the way train() starts a fresh run (nothing compiled
   when the checkpoint has every parameter)."""
-  c = config_lib.parse(cfg)
+  c = configure.resolve(cfg)
   model = models.build_model(c.model)
   tx, _ = train_lib.make_optimizer(c)
   mesh = sharding.make_mesh(dataclasses.asdict(c.mesh), jax.devices()[:1])
@@ -115,9 +115,9 @@ def test_freeze_image_and_resume_precedence(run_a, tmp_path, capsys):
 def test_freeze_errors():
   with pytest.raises(config_lib.ConfigError, match="freeze entry 'imag' matches no parameter; "
                      "use a modality name \\(image, text\\)"):
-    c = config_lib.parse(_cfg(freeze="text,imag"))
+    c = configure.resolve(_cfg(freeze="text,imag"))
     train_lib.frozen_mask(c, {"params": {"embed_text": {"w": np.zeros(2)}}})
-  c = config_lib.parse(_cfg(freeze="image, fusion/joint"))
+  c = configure.resolve(_cfg(freeze="image, fusion/joint"))
   assert c.freeze == ("image", "fusion/joint")
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mmjax.configs import default
-from mmjax import config_lib, fusion, models
+from mmjax import config_lib, configure, fusion, models
 import jax.numpy as jnp
 from tests.helpers import apply, init, tiny_config
 
@@ -102,13 +102,13 @@ def test_tower_width_errors():
 def test_pretraining_outputs_cover_every_pair_and_objective():
   """Three modalities: alignment on each of the 3 pairs, MLM on the text, MIM on the image;
   the loss is the weighted sum, and each pair's loss is InfoNCE on the model's embeddings."""
-  from mmjax import config_lib, objectives  # pylint: disable=import-outside-toplevel
+  from mmjax import configure, objectives  # pylint: disable=import-outside-toplevel
   c = _cfg("hier_multi_to_one")
   c.model.modalities.feat = {"kind": "features", "in_dim": 8, "input_shape": (5,),
                              "max_len": 5}
   c.loss_weights.update({"contrastive": 1.0, "sigmoid": 0.5, "mlm": 0.5, "mim": 0.25,
                          "itm": 1.0})
-  cfg = config_lib.parse(c)
+  cfg = configure.resolve(c)
   model = models.build_model(cfg)
   rng = np.random.RandomState(0)
   batch = models.dummy_batch(cfg, 4)
@@ -162,4 +162,4 @@ def test_objective_heads_build_only_what_they_name():
   assert "type_embedding" not in params["params"]["embed_image"]
   cfg.loss_weights.contrastive = 1.0
   with pytest.raises(config_lib.ConfigError, match="no contrastive head"):
-    config_lib.parse(cfg)
+    configure.resolve(cfg)

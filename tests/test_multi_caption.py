@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import config_lib, evaluate, models, train_lib
+from mmjax import configure, evaluate, models, train_lib
 from mmjax.data import decode, pipeline
 from mmjax.data import text as text_lib
 from mmjax.evaluators import retrieval
@@ -223,7 +223,7 @@ def init_checkpoint(workdir: str, **overrides) -> str:
   apply_overrides(c, {"model.fusion": "dual_encoder", "loss_weights.itm": 0.0,
                       "loss_weights.mlm": 0.0, "loss_weights.mim": 0.0, "mesh.data": 1,
                       **overrides})
-  cfg = config_lib.parse(c)
+  cfg = configure.resolve(c)
   model = models.build_model(cfg.model)
   tx, _ = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), DEV)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from mmjax import config_lib, sharding
+from mmjax import config_lib, configure, sharding
 from mmjax import objectives as O
 from tests.helpers import grad, value_and_grad
 
@@ -108,7 +108,7 @@ def test_tighter_class_clusters_lower_only_the_multi_positive_loss():
 
 
 def test_positive_keys_from_the_batch():
-  cfg = config_lib.parse_model(_config())
+  cfg = configure.resolve_model(_config())
   _, _, labels, ids = _data(2, n=8)
   batch = {"image": np.zeros((8, 8, 8, 3), np.float32), "text": ids, "label": labels}
   assert O.positive_keys(batch, cfg, "none") is None
@@ -134,16 +134,16 @@ def _config(**objectives):
 
 
 def test_config_option_is_checked():
-  assert config_lib.parse(_config()).objectives.multi_positive == "none"
-  assert config_lib.parse(_config(multi_positive="label")).objectives.multi_positive == "label"
+  assert configure.resolve(_config()).objectives.multi_positive == "none"
+  assert configure.resolve(_config(multi_positive="label")).objectives.multi_positive == "label"
   for bad, match in (({"multi_positive": "yes"}, "unknown objectives.multi_positive"),):
     with pytest.raises(config_lib.ConfigError, match=match) as e:
-      config_lib.parse(_config(**bad))
+      configure.resolve(_config(**bad))
     assert "\n" not in str(e.value)
   c = _config(multi_positive="text")
   c.loss_weights.sigmoid = 1.0
   with pytest.raises(config_lib.ConfigError, match="contrastive loss only"):
-    config_lib.parse(c)
+    configure.resolve(c)
 
 
 # ------------------------------------------------------------------------------ 1 vs 8 devices

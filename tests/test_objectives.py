@@ -224,8 +224,8 @@ def test_combine_losses_weights_prefixes_and_drops_zero():
 
 
 def _design(name, towers=True):
-  return fusion_lib.FusionConfig(name=name, unimodal_depth=(("a", int(towers)),
-                                                            ("b", int(towers)))).design
+  return fusion_lib.design_of(fusion_lib.FusionConfig(
+      name=name, unimodal_depth=(("a", int(towers)), ("b", int(towers)))))
 
 
 def _check(design, weights):

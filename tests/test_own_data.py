@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from mmjax import config_lib, evaluate, trainer  # noqa: E402
+from mmjax import config_lib, configure, evaluate, trainer  # noqa: E402
 from mmjax.bench import own_data as bench  # noqa: E402
 from mmjax.configs import own_data  # noqa: E402
 from mmjax.data import examples, sources  # noqa: E402
@@ -65,12 +65,12 @@ def test_bench_variants_parse(digits):
   for name in bench.VARIANTS:
     if name.endswith("augment_4"):
       continue
-    cfg = config_lib.parse(bench.variant_config(name, digits, 10, 0))
+    cfg = configure.resolve(bench.variant_config(name, digits, 10, 0))
     assert cfg.data.source == "jsonl" and cfg.total_steps == 10, name
   assert bench.describe("multi_positive_label").startswith("contrastive_only + ")
 
 
 def test_missing_data_is_one_line(tmp_path):
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.parse(own_data.get_config(str(tmp_path / "nowhere")))
+    configure.resolve(own_data.get_config(str(tmp_path / "nowhere")))
   assert "\n" not in str(e.value) and "JSONL manifest not found" in str(e.value)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from mmjax import config_lib, models, objectives, packing, sharding, train_lib
+from mmjax import config_lib, configure, models, objectives, packing, sharding, train_lib
 from mmjax.tokenizers import TextEmbedder
 from tests.helpers import apply, apply_overrides, random_batch, tiny_config
 
@@ -157,7 +157,7 @@ def test_text_tower_packed_equals_unpacked(impl, causal):
 
 
 def _with_index(config, batch, num_rows=None):
-  cfg = config_lib.parse(config)
+  cfg = configure.resolve(config)
   rows = num_rows or config_lib.pack_rows(cfg)
   return packing.add_pack_index(batch, cfg.model, rows)
 
@@ -169,7 +169,7 @@ def test_packed_losses_and_gradients_equal_unpacked():
   bias, (1/N) sum_masked (softmax - onehot(target)), pin the same masked tokens and count."""
   config = _dual(**{"loss_weights.contrastive": 0.0})  # (contrastive: the CLI check, README)
   model, params, batch = _setup(config)
-  obj = config_lib.parse(config).objectives
+  obj = configure.resolve(config).objectives
   need = packing.pack(batch["text"], batch["text"] != 0).ids.shape[0]
   packed_batch = _with_index(config, batch, need)  # the fewest rows: the most sharing
   assert packed_batch["text_pack_index"].shape[0] < batch["text"].shape[0]
@@ -220,23 +220,23 @@ def test_packed_losses_and_gradients_equal_unpacked():
 def test_config_errors(fusion, overrides, match):
   c = apply_overrides(tiny_config(fusion), dict(overrides, **{"objectives.pack_text": True}))
   with pytest.raises(config_lib.ConfigError, match=match) as e:
-    config_lib.parse(c)
+    configure.resolve(c)
   assert "\n" not in str(e.value)
   c.objectives.pack_text = False  # the same config without packing is fine
   if fusion == "dual_encoder" and "loss_weights.mlm" not in overrides:
-    config_lib.parse(c)
+    configure.resolve(c)
 
 
 def test_config_ok_and_mesh_check():
   c = tiny_config("dual_encoder")
   c.objectives.pack_text, c.objectives.pack_rows = True, 6
-  cfg = config_lib.parse(c)
+  cfg = configure.resolve(c)
   assert cfg.objectives.pack_text and config_lib.pack_rows(cfg) == 6
   c.mesh.data = 4
   with pytest.raises(config_lib.ConfigError, match="pack_rows=6 is not divisible"):
-    config_lib.check_mesh(config_lib.parse(c), 4)
+    configure.check_mesh(configure.resolve(c), 4)
   c.objectives.pack_rows = 0
-  assert config_lib.check_mesh(config_lib.parse(c), 4)[0] == 4
+  assert configure.check_mesh(configure.resolve(c), 4)[0] == 4
   with pytest.raises(config_lib.ConfigError, match="unknown config key objectives.pack"):
     c.objectives.pack = True
-    config_lib.parse(c)
+    configure.resolve(c)

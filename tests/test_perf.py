@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from mmjax import config_lib, sharding, train_lib, trainer
+from mmjax import configure, sharding, train_lib, trainer
 from mmjax.bench import step as bench_step
 from tests.helpers import tiny_config
 
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _counts(**overrides):
-  cfg = config_lib.parse(tiny_config(**{"mesh.data": 1, **overrides}))
+  cfg = configure.resolve(tiny_config(**{"mesh.data": 1, **overrides}))
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), jax.devices()[:1])
   batch = jax.device_put(bench_step.synthetic_batch(cfg), sharding.batch_sharding(mesh))
   return train_lib.flop_counts(cfg, mesh, batch)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import config_lib, models, objectives, ordering
+from mmjax import config_lib, configure, models, objectives, ordering
 from mmjax.configs import default
 from tests.helpers import apply, apply_overrides, init, tiny_config
 
@@ -31,7 +31,7 @@ def _batch(seed=0, b=4):
 
 
 def test_frame_order_targets_are_the_applied_permutation():
-  cfg = config_lib.parse(_video_config(**{"objectives.frame_order_ratio": 0.75}))
+  cfg = configure.resolve(_video_config(**{"objectives.frame_order_ratio": 0.75}))
   model = models.build_model(cfg)
   batch = _batch()
   params = init(model, jax.random.key(0), batch, method=model.init_all)
@@ -58,7 +58,7 @@ def test_frame_order_targets_are_the_applied_permutation():
 
 
 def test_sentence_order_shuffles_segments_and_predicts_them():
-  cfg = config_lib.parse(_video_config(**{"loss_weights.frame_order": 0.0,
+  cfg = configure.resolve(_video_config(**{"loss_weights.frame_order": 0.0,
                                           "loss_weights.sentence_order": 1.0,
                                           "model.order_segments": 2}))
   model = models.build_model(cfg)
@@ -78,13 +78,13 @@ def test_sentence_order_shuffles_segments_and_predicts_them():
 def test_ordering_needs_its_stream():
   c = tiny_config("hier_multi_to_one", **{"loss_weights.frame_order": 1.0})
   with pytest.raises(config_lib.ConfigError, match="frame_order needs a video modality"):
-    config_lib.parse(c)
+    configure.resolve(c)
   c = _video_config()
   c.model.modalities.video.tubelet = (8, 8, 8)
   with pytest.raises(config_lib.ConfigError, match="at least 2 tubelet groups"):
-    config_lib.parse(c)
+    configure.resolve(c)
   with pytest.raises(config_lib.ConfigError, match="frame_order_ratio=0.0 must be in"):
-    config_lib.parse(_video_config(**{"objectives.frame_order_ratio": 0.0}))
+    configure.resolve(_video_config(**{"objectives.frame_order_ratio": 0.0}))
 
 
 # ---------------------------------------------------------------------------- regions
@@ -100,7 +100,7 @@ def _region_model(**weights):
       "text": {"kind": "text", "vocab_size": 261, "max_len": 12}}
   c.loss_weights = {"contrastive": 0.0, "mlm": 0.0, "mim": 0.0, "itm": 0.0, **weights}
   del c["data"]
-  cfg = config_lib.parse_model(c)
+  cfg = configure.resolve_model(c)
   obj = config_lib.ObjectivesConfig(weights=tuple(weights.items()), mrm_ratio=0.4)
   objectives.check(cfg, obj)
   return models.MultimodalModel(cfg), obj
@@ -164,14 +164,14 @@ def test_region_objectives_need_regions():
                                     for x in m.cfg.modalities)),
         config_lib.ObjectivesConfig(weights=(("mrc", 1.0),)))
   with pytest.raises(config_lib.ConfigError, match="masked region modelling.*needs a regions"):
-    config_lib.parse(tiny_config("hier_multi_to_one", **{"loss_weights.mrfr": 1.0}))
+    configure.resolve(tiny_config("hier_multi_to_one", **{"loss_weights.mrfr": 1.0}))
 
 
 def test_frame_order_evaluator_counts_the_shuffled_groups_it_gets_right():
   from mmjax import sharding  # pylint: disable=import-outside-toplevel
   from mmjax.evaluators import ordering as ordering_eval  # pylint: disable=import-outside-toplevel
   from mmjax.evaluators.common import Evaluated  # pylint: disable=import-outside-toplevel
-  cfg = config_lib.parse(_video_config(**{"objectives.frame_order_ratio": 1.0}))
+  cfg = configure.resolve(_video_config(**{"objectives.frame_order_ratio": 1.0}))
   model = models.build_model(cfg)
   batches = [_batch(0), _batch(1)]
   params = init(model, jax.random.key(0), batches[0], method=model.init_all)

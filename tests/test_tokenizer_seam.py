@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mmjax
-from mmjax import config_lib, masking, models, tokenizers
+from mmjax import config_lib, configure, masking, models, tokenizers
 from mmjax.data import builtin, text as text_lib
 from tests.helpers import tiny_config
 
@@ -73,7 +73,7 @@ def _first_end(ids, sep):
 @pytest.mark.parametrize("which", ["spm", "hf"])
 def test_mlm_uses_the_tokenizers_mask_and_specials(which, spm_spec, hf_spec, monkeypatch):
   spec = {"spm": spm_spec, "hf": hf_spec}[which]
-  cfg = config_lib.parse(_config(spec))
+  cfg = configure.resolve(_config(spec))
   tok = text_lib.from_config(cfg.data)
   assert tok.mask_id != text_lib.MASK_ID
   text = cfg.model.modality("text")
@@ -131,27 +131,27 @@ def test_vocab_too_small_and_contradictions_are_one_line(spm_spec):
   tok = text_lib.get_tokenizer(spm_spec)
   need = tok.ids_needed(True)
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.parse(_config(spm_spec, **{"model.modalities.text.vocab_size": need - 1}))
+    configure.resolve(_config(spm_spec, **{"model.modalities.text.vocab_size": need - 1}))
   assert str(e.value) == (
       f"model.modalities.text.vocab_size={need - 1} is smaller than the tokenizer's {need} ids "
       f"(data.tokenizer={spm_spec}); set model.modalities.text.vocab_size={need}")
   c = _config(spm_spec)
   c.model.modalities.text.mask_id = 3  # the byte [MASK]: here the SentencePiece EOS
   with pytest.raises(config_lib.ConfigError, match="mask_id=3 contradicts") as e:
-    config_lib.parse(c)
+    configure.resolve(c)
   assert "\n" not in str(e.value)
   c = _config(spm_spec)
   c.model.modalities.text.special_ids = (0, 1, 2, 3)
   with pytest.raises(config_lib.ConfigError, match=r"lacks the tokenizer's special id\(s\) \[4\]"):
-    config_lib.parse(c)
+    configure.resolve(c)
   del c.model.modalities.text["vocab_size"]
   del c.model.modalities.text["special_ids"]
-  assert config_lib.parse(c).model.modality("text").option("vocab_size") == need  # filled
+  assert configure.resolve(c).model.modality("text").option("vocab_size") == need  # filled
 
 
 def test_bytes_default_is_unchanged():
   c = tiny_config()
-  text = config_lib.parse(c).model.modality("text")
+  text = configure.resolve(c).model.modality("text")
   assert dict(text.options) == {"vocab_size": 261, "max_len": 12}
   assert (text.option("pad_id"), text.option("mask_id"), text.option("special_ids")) == (
       0, 3, (0, 1, 2, 3))
@@ -174,7 +174,7 @@ def test_clip_framing(clip_path):
                                     "model.modalities.text.vocab_size": 7})
   c.data.tokenizer_specials = {**clip, "pad": 0}
   c.data.lowercase = True
-  text = config_lib.parse(c).model.modality("text")  # 7 ids suffice without MLM
+  text = configure.resolve(c).model.modality("text")  # 7 ids suffice without MLM
   keys = ("pad_id", "key_mask", "eos_id")
   assert tuple(text.option(k) for k in keys) == (0, "eos", 6)
   emb = tokenizers.TextEmbedder(width=8, **{k: text.option(k) for k in keys})
@@ -183,7 +183,7 @@ def test_clip_framing(clip_path):
   with pytest.raises(config_lib.ConfigError, match="vocab_size=7 is smaller than the "
                      "tokenizer's 8 ids"):
     c.loss_weights.mlm = 0.5  # with MLM the appended [MASK] (id 7) needs a row
-    config_lib.parse(c)
+    configure.resolve(c)
 
 
 def test_siglip_framing(tmp_path):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax import checkpoint, config_lib, evaluate, trainer
+from mmjax import checkpoint, config_lib, configure, evaluate, trainer
 from tests import tiny_config as tiny
 from tests.helpers import apply_overrides, subprocess_env
 
@@ -172,13 +172,13 @@ def test_restore_onto_other_meshes_gives_identical_metrics(tmp_path):
 
 def test_config_errors():
   with pytest.raises(config_lib.ConfigError, match="early_sum needs aligned tokens") as e:
-    config_lib.validate(_cfg(**{"model.fusion": "early_sum", "loss_weights.contrastive": 0.0}))
+    configure.validate(_cfg(**{"model.fusion": "early_sum", "loss_weights.contrastive": 0.0}))
   assert "early_sum_align='pad'" in str(e.value)
   with pytest.raises(config_lib.ConfigError, match="'itm' is not available with fusion "
                      "'dual_encoder'"):
-    config_lib.validate(_cfg(**{"model.fusion": "dual_encoder"}))
+    configure.validate(_cfg(**{"model.fusion": "dual_encoder"}))
   with pytest.raises(config_lib.ConfigError, match="not divisible by the 8 batch shards"):
-    config_lib.validate(_cfg(**{"batch_size": 12, "mesh.data": -1}), num_devices=8)
+    configure.validate(_cfg(**{"batch_size": 12, "mesh.data": -1}), num_devices=8)
   for e in (config_lib.ConfigError,):
     assert issubclass(e, ValueError)
 

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mmjax import config_lib, models, objectives, sharding, train_lib
+from mmjax import configure, models, objectives, sharding, train_lib
 from tests.helpers import apply, init, random_batch, tiny_config
 
 
@@ -107,7 +107,7 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
   for i in range(2):
     micro = jax.tree.map(lambda x: x[i * 4:(i + 1) * 4], batch)
     g = jax.jit(jax.grad(lambda p: objectives.pretraining_loss(
-        model, p, micro, jax.random.fold_in(rng, i), config_lib.parse(cfg), mesh)[0]))(params0)
+        model, p, micro, jax.random.fold_in(rng, i), configure.resolve(cfg), mesh)[0]))(params0)
     grads.append(g)
   g = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
   updates, _ = tx.update(g, opt0, params0)

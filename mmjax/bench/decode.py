@@ -36,13 +36,13 @@ def main(argv=None) -> int:
   p.add_argument("--beams", default="1,4")
   p.add_argument("--repeats", type=int, default=5)
   args = p.parse_args(argv)
-  from mmjax import config_lib, generate, models, sharding  # pylint: disable=import-outside-toplevel
+  from mmjax import config_lib, configure, generate, models, sharding  # pylint: disable=import-outside-toplevel
   from mmjax.data import text as text_lib  # pylint: disable=import-outside-toplevel
   if args.workdir:
     from mmjax import evaluate  # pylint: disable=import-outside-toplevel
     cfg, model, params, mesh, _ = evaluate.restore(args.workdir, devices=jax.devices()[:1])
   else:
-    cfg = config_lib.parse(config_lib.load_config(args.config))
+    cfg = configure.resolve(config_lib.load_config(args.config))
     model = models.build_model(cfg)
     params = model.init(jax.random.key(0), models.dummy_batch(cfg, 2), method=model.init_all)
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])

@@ -11,8 +11,10 @@ from typing import Mapping
 
 import numpy as np
 
-from mmjax.config_lib import PATCH_KINDS, ModelConfig, parse_model
-from mmjax.fusion import block_flops
+from mmjax.config_lib import ModelConfig
+from mmjax.configure import resolve_model
+from mmjax.fusion import block_flops, design_of
+from mmjax.tokenizers import PATCH_KINDS
 
 
 def embed_tower_flops(model: ModelConfig, n: Mapping[str, float]) -> float:
@@ -20,7 +22,7 @@ def embed_tower_flops(model: ModelConfig, n: Mapping[str, float]) -> float:
   width d_m (model width D, MLP M unless the modality sets its own): the patch projection
   2 (n_m - [CLS]) P d_m (P = values per patch; text is a gather: 0), the tower's layers
   block_flops(n_m, d_m, M_m) each, and 2 n_m d_m D where tower_proj maps d_m to D."""
-  design, d = model.design, model.block.width
+  design, d = design_of(model), model.block.width
   f = 0.0
   for mod in model.modalities:
     tb, k = mod.tower or model.block, n[mod.name]
@@ -39,15 +41,15 @@ def analytic_forward_flops(config, n: Mapping[str, float]) -> float:
   """Matmul FLOPs (2 per multiply-add) of model.apply (embed + encode + interact, no heads)
   per example: embed_tower_flops, then the design's interaction stages, design.stage_flops
   at model width and MLP width. `config`: a ConfigDict, Config or ModelConfig."""
-  model = parse_model(config)
+  model = resolve_model(config)
   blk = model.block
-  return float(embed_tower_flops(model, n) + model.design.stage_flops(n, blk.width, blk.mlp_dim))
+  return float(embed_tower_flops(model, n) + design_of(model).stage_flops(n, blk.width, blk.mlp_dim))
 
 
 def survey_cost(config, n: Mapping[str, float]) -> float:
   """The survey's per-layer attention cost of the config's design as a formula of the token
   counts, weighted by its stage depths (design.attention_cost)."""
-  return float(parse_model(config).design.attention_cost(n))
+  return float(design_of(resolve_model(config)).attention_cost(n))
 
 
 def interaction_attention_flops(design, by_path: Mapping[str, float]) -> float:

@@ -43,11 +43,11 @@ from absl import app, flags, logging
 
 from mmjax.configs import default as default_config
 from mmjax import checkpoint as ckpt_lib
-from mmjax import config_lib, evaluate, models, sharding, summary, train_lib, trainer
+from mmjax import configure, evaluate, models, sharding, summary, train_lib, trainer
 from mmjax.bench.fusion_sweep import shipped_config, valid_loss_weights
 from mmjax.bench.step import synthetic_batch
 from mmjax.data import builtin
-from mmjax.fusion import names
+from mmjax.fusion import design_of, names
 from mmjax.perf import step_flops
 
 METRICS = {  # column -> results.json key
@@ -81,7 +81,7 @@ def quality_config(name: str, quick: bool = False, seed: int = 0, extra=None):
     valid_loss_weights(c)
   c.model.early_sum_align = "pad"  # read only by designs that sum the modalities
   for k, w in (extra or {}).items():
-    if k == "prefix_lm" and not config_lib.parse_model(c).design.prefix_lm:
+    if k == "prefix_lm" and not design_of(configure.resolve_model(c)).prefix_lm:
       w = 0.0
     c.loss_weights[k] = float(w)
   if any(float(c.loss_weights.get(k, 0.0)) > 0 for k in ("caption", "prefix_lm")):

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 
-from mmjax import config_lib, models, objectives, sharding, summary, train_lib
+from mmjax import configure, models, objectives, sharding, summary, train_lib
 from mmjax import fusion as fusion_lib
 from mmjax.bench import fusion_cost, fusion_report
 from mmjax.bench.step import synthetic_batch
@@ -41,8 +41,8 @@ def valid_loss_weights(config) -> None:
   """Zero the loss weights the config's design cannot serve: those of every objective that
   requires a design capability the design lacks (Objective.requires: itm without a joint
   output, contrastive / sigmoid without unimodal towers)."""
-  model = config_lib.parse_model(config)
-  design, lw = model.design, config.loss_weights
+  model = configure.resolve_model(config)
+  design, lw = fusion_lib.design_of(model), config.loss_weights
   drop = [o.name for o in objectives.registered(objectives.names())
           if not all(objectives.capability(design, c, model.names) for c in o.requires)]
   for k in drop:
@@ -97,12 +97,12 @@ def measure(config, steps: int, train: bool = True) -> Dict[str, Any]:
   """One row: parameters, forward FLOPs per example (XLA; analytic), attention-core FLOPs
   (total; interaction), the survey cost at the row's token counts, and with `train` the
   train step's compile time, median step time and compiled memory on one device."""
-  mc = config_lib.parse_model(config)
-  design = mc.design
+  mc = configure.resolve_model(config)
+  design = fusion_lib.design_of(mc)
   model = models.build_model(mc)
   batch1 = models.dummy_batch(mc, 1)
   params = {"params": summary.param_shapes(model, batch1)["params"]}
-  tokens = config_lib.token_counts(mc)
+  tokens = configure.token_counts(mc)
   n = {m: tokens[m] for m in mc.names}
   counted = config.copy_and_resolve_references()
   counted.attention.impl = "xla"  # the chunked kernel's loop body is counted once by XLA
@@ -123,7 +123,7 @@ def measure(config, steps: int, train: bool = True) -> Dict[str, Any]:
   row["analytic_over_xla"] = row["analytic_forward_flops"] / row["forward_flops"]
   row["survey_cost"] = fusion_cost.survey_cost(mc, n)
   if train:
-    cfg = config_lib.parse(config)
+    cfg = configure.resolve(config)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     tx, schedule = train_lib.make_optimizer(cfg)
     state, shard = train_lib.create_state(cfg, model, tx, mesh)

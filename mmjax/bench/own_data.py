@@ -244,7 +244,7 @@ def run_variant(name: str, data_dir: str, workdir: str, steps: int, seed: int, f
                 log=print) -> Dict[str, Any]:
   """Train one variant (cached in workdir/result.json) and evaluate it."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mmjax import config_lib, models, sharding, trainer  # pylint: disable=import-outside-toplevel
+  from mmjax import configure, models, sharding, trainer  # pylint: disable=import-outside-toplevel
   cache = os.path.join(workdir, "result.json")
   res = None if force else cached(workdir, steps, seed)
   if res:
@@ -252,7 +252,7 @@ def run_variant(name: str, data_dir: str, workdir: str, steps: int, seed: int, f
   if os.path.isdir(workdir):
     shutil.rmtree(workdir)
   config = variant_config(name, data_dir, steps, seed)
-  cfg = config_lib.parse(config)
+  cfg = configure.resolve(config)
   devices = jax.devices()[:1]
   t0 = time.perf_counter()
   out = trainer.train(cfg, workdir, log_to_stdout=False, devices=devices)

@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mmjax import attention, config_lib, models, sharding, train_lib  # noqa: E402
+from mmjax import attention, configure, models, sharding, train_lib  # noqa: E402
 from mmjax.perf import memory_bytes, step_flops  # noqa: E402
 
 GIB = 2 ** 30
@@ -94,7 +94,7 @@ def step_flop_counts(config, batch_size: int):
   batch = abstract_batch(c, batch_size, mesh)
   model_flops, hw_flops = train_lib.flop_counts(c, mesh, batch)
   loop_scale = 1.0
-  pm = config_lib.parse(c).model
+  pm = configure.resolve(c).model
   if pm.block.scan or any(t.scan for _, t in pm.tower_blocks):
     model = models.build_model(c)
     tx, schedule = train_lib.make_optimizer(c)

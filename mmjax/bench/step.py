@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import config_lib, models, sharding, train_lib
+from mmjax import configure, models, sharding, train_lib
 from mmjax.perf import chip_peak, time_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
@@ -46,7 +46,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps; t
 def synthetic_batch(config, seed: int = 0):
   """Random inputs of the config's shapes and batch size (text: valid ids with padding).
   `config`: a ConfigDict or a Config."""
-  cfg = config_lib.parse(config)
+  cfg = configure.resolve(config)
   rng = np.random.RandomState(seed)
   batch = models.dummy_batch(cfg, cfg.batch_size)
   for m, x in batch.items():
@@ -66,7 +66,7 @@ def synthetic_batch(config, seed: int = 0):
 
 
 def benchmark(config, steps: int, warmup: int, repeats: int = 3):
-  cfg = config_lib.parse(config)
+  cfg = configure.resolve(config)
   model = models.build_model(cfg)
   tx, schedule = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))

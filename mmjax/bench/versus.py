@@ -152,11 +152,11 @@ def run_mmjax(args, module: str) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from mmjax import config_lib, models, sharding, train_lib  # pylint: disable=import-outside-toplevel
+  from mmjax import configure, models, sharding, train_lib  # pylint: disable=import-outside-toplevel
   from mmjax.bench import versus_torch  # pylint: disable=import-outside-toplevel
   from mmjax.bench.step import synthetic_batch  # pylint: disable=import-outside-toplevel
 
-  cfg = config_lib.parse(mmjax_config(module, args.batch, args.set))
+  cfg = configure.resolve(mmjax_config(module, args.batch, args.set))
   model = models.build_model(cfg)
   tx, schedule = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))

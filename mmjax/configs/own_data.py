@@ -43,65 +43,39 @@ import os
 
 import ml_collections
 
-from mmjax.data import config as data_config
+from mmjax import config_lib
 
 
 def get_config(data_dir: str = "runs/digits"):
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_steps = 400
-  c.batch_size = 64            # global; >= 4 examples per class per batch for the positives
-  c.grad_accum_steps = 1
-  c.nan_policy = "stop"
-  c.log_every_steps = 25
+  c = config_lib.base_config()  # every key at its default; below, what this recipe sets
+  c.total_steps = 400          # batch_size 64 (global): >= 4 examples per class for positives
 
-  c.model = ml_collections.ConfigDict()
   c.model.fusion = "dual_encoder"  # default.py: hier_multi_to_one (its joint stream only serves ITM/MLM/MIM)
-  c.model.width = 128
-  c.model.heads = 4
-  c.model.mlp_dim = 512
-  c.model.embed_dim = 128
-  c.model.dtype = "float32"
-  c.model.param_dtype = "float32"
-  c.model.remat = "none"
-  c.model.scan = False
-  c.model.dropout = 0.0
-  c.model.pool = "cls"
-  c.model.depth = ml_collections.ConfigDict(
-      {"unimodal": 2, "joint": 0, "post": 0, "cross": 0})  # default.py: joint 2
+  c.model.width, c.model.heads, c.model.mlp_dim = 128, 4, 512
+  c.model.depth.unimodal = 2  # default.py: joint 2 as well
   c.model.modalities = ml_collections.ConfigDict({
       # default.py: patch 4, grid (8, 8): 16 tokens of 2x2 source pixels, not 64 of 1x1
       "image": {"kind": "image", "patch": 8, "grid": (4, 4), "input_shape": (32, 32, 3)},
       "text": {"kind": "text", "vocab_size": 261, "max_len": 48},  # default.py: max_len 32
   })
 
-  c.attention = ml_collections.ConfigDict(
-      {"impl": "auto", "chunk_size": 512, "capture_weights": False})
-
   # default.py: contrastive 1, mlm 0.5, mim 0.5, itm 1 (see 3. above)
   c.loss_weights = ml_collections.ConfigDict(
       {"contrastive": 1.0, "sigmoid": 0.0, "mlm": 0.0, "mim": 0.0, "itm": 0.0})
-  c.objectives = ml_collections.ConfigDict(
-      {"mlm_prob": 0.15, "mim_ratio": 0.5, "norm_pix": True,
-       "multi_positive": "label",   # default.py: none (InfoNCE; see 2. above)
-       "temperature": 0.03})        # default.py: learned from 1/0.07 (see 6. above)
+  c.objectives.multi_positive = "label"  # default: none (InfoNCE; see 2. above)
+  c.objectives.temperature = 0.03        # default: learned from 1/0.07 (see 6. above)
 
-  c.optimizer = ml_collections.ConfigDict({
-      "learning_rate": 1e-3, "warmup_steps": 50, "weight_decay": 0.05, "b1": 0.9,
-      "b2": 0.98, "eps": 1e-8, "grad_clip": 1.0, "end_lr_ratio": 0.0})
+  c.optimizer.update({"warmup_steps": 50, "weight_decay": 0.05, "b2": 0.98, "grad_clip": 1.0})
+  c.checkpoint.update({"every_steps": 200, "keep": 2})
 
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  c.checkpoint = ml_collections.ConfigDict({"every_steps": 200, "keep": 2, "async_save": True})
-
-  c.data = data_config.get_config()
   c.data.update({
       "source": "jsonl",                                      # default.py: builtin
       "jsonl_path": os.path.join(data_dir, "train.jsonl"),
       "jsonl_eval_path": os.path.join(data_dir, "test.jsonl"),
       "class_names": os.path.join(data_dir, "class_names.txt"),         # see 5. above
       "prompt_templates": os.path.join(data_dir, "prompt_templates.txt"),
-      "image_size": 32, "text_len": 48, "tokenizer": "bytes"})  # default.py: text_len 32
-  c.eval = ml_collections.ConfigDict({
-      "evaluators": ("zero_shot", "linear_probe", "retrieval"), "batch_size": 150,
-      "num_examples": 1000})  # default.py: + itm, mlm, mim (no heads trained for them here)
+      "text_len": 48})  # default.py: text_len 32 (32 px images, bytes tokenizer)
+  c.eval.update({
+      "evaluators": ("zero_shot", "linear_probe", "retrieval"), "batch_size": 150})
+  # default.py: + itm, mlm, mim (no heads trained for them here)
   return c

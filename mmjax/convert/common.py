@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 import ml_collections
 import numpy as np
 
-from mmjax import config_lib
+from mmjax import config_lib, configure
 
 
 class ConvertError(ValueError):
@@ -288,7 +288,7 @@ def write_workdir(config: ml_collections.ConfigDict, params, workdir: str,
     raise ConvertError(f"{workdir} already holds checkpoints; pass a new --out folder")
   if source:
     config.converted_from = source
-  cfg = config_lib.parse(config)
+  cfg = configure.resolve(config)
   model = models.build_model(cfg)
   tx, _ = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])

@@ -18,11 +18,11 @@ one file (listed in the config's `imports` when it lives outside mmjax).
 """
 from __future__ import annotations
 
-import difflib
-from typing import Any, Callable, ClassVar, Dict, Hashable, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Hashable, List, Optional, Sequence
 
 from mmjax import config_lib, restore, sharding
 from mmjax.evaluators.common import Evaluated
+from mmjax.registry import Registry
 
 Results = Dict[str, Any]
 
@@ -86,34 +86,14 @@ class Evaluator:
     raise NotImplementedError
 
 
-_REGISTRY: Dict[str, Type[Evaluator]] = {}
-
-
-def register(cls: Type[Evaluator]) -> Type[Evaluator]:
-  """Class decorator: makes `cls` available as eval.evaluators=(cls.name, ...)."""
-  if not cls.name:
-    raise ValueError(f"evaluator {cls.__name__} has no `name`")
-  if _REGISTRY.get(cls.name, cls) is not cls:
-    raise ValueError(f"evaluator {cls.name!r} is registered twice ({cls.__name__} and "
-                     f"{_REGISTRY[cls.name].__name__}); pick another name")
-  _REGISTRY[cls.name] = cls
-  return cls
-
-
-def names() -> Tuple[str, ...]:
-  """Every registered evaluator, in registration order."""
-  return tuple(_REGISTRY)
+_EVALUATORS = Registry("evaluator", "eval.evaluators", Evaluator, config_lib.ConfigError)
+register = _EVALUATORS.register  # class decorator: eval.evaluators=(cls.name, ...)
+names = _EVALUATORS.names        # every registered evaluator, in registration order
 
 
 def get(name: str) -> Evaluator:
   """An instance of the evaluator registered as `name` (one-line ConfigError if none)."""
-  if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise config_lib.ConfigError(
-        f"unknown evaluator {name!r}{hint}; registered: {', '.join(_REGISTRY)} (a new one is "
-        "registered by a module the config's `imports` names)")
-  return _REGISTRY[name]()
+  return _EVALUATORS.get(name)()
 
 
 def resolve(selected: Sequence[str]) -> List[Evaluator]:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import models
+from mmjax.fusion import design_of
 from mmjax.layers import l2_normalize
 from mmjax.restore import to_host
 
@@ -58,12 +59,12 @@ class Evaluated:
   @property
   def has_towers(self) -> bool:
     """Alignment embeddings are meaningful (the design has per-modality towers)."""
-    return self.model.cfg.design.has_towers(self.model.modalities)
+    return design_of(self.model.cfg).has_towers(self.model.modalities)
 
   @property
   def has_itm(self) -> bool:
     """The design has a joint output for the matching head."""
-    return self.model.cfg.design.joint_output
+    return design_of(self.model.cfg).joint_output
 
 
 RESOLUTION = 1e-4

@@ -7,14 +7,14 @@ import dataclasses
 import jax
 
 from mmjax import objectives
-from mmjax.config_lib import PATCH_KINDS
+from mmjax.tokenizers import PATCH_KINDS
 from mmjax.evaluators import base
 
 
 def evaluate(ev, batches, seed: int = 1234) -> dict:
   mods = [ev.config.model.modality(m) for m in ev.model.modalities]
   kinds = {m.kind for m in mods}
-  # [MASK] is the tokenizer's id (config_lib.text_ids); a vocab trained without MLM may lack it.
+  # [MASK] is the tokenizer's id (configure.text_ids); a vocab trained without MLM may lack it.
   no_mask = [m.name for m in mods if m.kind == "text"
              and not 0 <= m.option("mask_id") < m.option("vocab_size")]
   skipped = ({"mlm/skipped": f"the text vocab of {no_mask[0]} has no [MASK] id (trained "
@@ -37,7 +37,7 @@ def evaluate(ev, batches, seed: int = 1234) -> dict:
 
 
 def _no_mask_id(ctx):
-  """The text modalities whose vocab lacks a [MASK] id (config_lib.text_ids)."""
+  """The text modalities whose vocab lacks a [MASK] id (configure.text_ids)."""
   mods = [ctx.config.model.modality(m) for m in ctx.model.modalities]
   return [m.name for m in mods if m.kind == "text"
           and not 0 <= m.option("mask_id") < m.option("vocab_size")]

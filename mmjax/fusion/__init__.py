@@ -15,12 +15,12 @@ design is a subclass with `@register` anywhere: `model.fusion=<its name>` then t
 evaluates and benchmarks it.
 """
 from mmjax.fusion.base import (Fusion, FusionConfig, FusionDesign, Tokens, block_flops,
-                               combine_pooled, concat, cross_block_flops, get, joint_encoder,
+                               combine_pooled, concat, cross_block_flops, design_of, get, joint_encoder,
                                names, pool_tokens, pool_unimodal, register, split)
 from mmjax.fusion import early, hierarchical, cross, late, bottleneck  # noqa: F401  (register)
 
 BUILTIN = names()  # the designs this package ships (a snapshot of the registry at import)
 
 __all__ = ["BUILTIN", "Fusion", "FusionConfig", "FusionDesign", "Tokens", "block_flops", "combine_pooled",
-           "concat", "cross_block_flops", "get", "joint_encoder", "names", "pool_tokens",
+           "concat", "cross_block_flops", "design_of", "get", "joint_encoder", "names", "pool_tokens",
            "pool_unimodal", "register", "split"]

@@ -30,69 +30,19 @@ outputs (attention with no valid key outputs zeros; pooled means over no token a
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.layers import BlockConfig, Encoder, masked_mean
+from mmjax.config_lib import BlockConfig, FusionConfig
+from mmjax.layers import Encoder, masked_mean
+from mmjax.registry import Registry
 
 Tokens = Tuple[Any, Any]  # (tokens [B, N, D], mask [B, N])
 
 POOLS = ("cls", "mean")
 POOL_COMBINES = ("concat", "product", "sum")
-
-
-@dataclasses.dataclass(frozen=True)
-class FusionConfig:
-  """Stage depths are separate, so designs compare at matched parameters or FLOPs."""
-  name: str = "early_concat"
-  unimodal_depth: Tuple[Tuple[str, int], ...] = ()  # per-modality tower depth (Tf1, Tf2)
-  joint_depth: int = 2        # joint single stream (Tf / Tf3) or bottleneck fusion layers
-  post_depth: int = 0         # hier_one_to_multi's per-stream stage (Tf2, Tf3)
-  cross_depth: int = 2        # cross_attention / cross_to_concat co-attention layers
-  cross_mode: str = "pure"    # pure (cross -> FFN) | self_cross (self -> cross -> FFN)
-  share_cross: bool = False   # LXMERT: one cross-attention serves every direction
-  early_sum_weights: str = "fixed"  # fixed (a = b = 1) | learned
-  early_sum_align: str = "none"     # none (equal lengths required) | pad (to the longest)
-  num_bottlenecks: int = 4
-  pool: str = "cls"           # cls (first token of the stream) | mean (over valid tokens)
-  pool_combine: str = "concat"  # two-stream joint: concat | product | sum
-
-  def depth_of(self, modality: str) -> int:
-    return dict(self.unimodal_depth).get(modality, 0)
-
-  @property
-  def design(self) -> "FusionDesign":
-    return get(self.name)(self)
-
-
-# ------------------------------------------------------------------------------ registry
-
-_REGISTRY: Dict[str, Type["FusionDesign"]] = {}
-
-
-def register(cls: Type["FusionDesign"]) -> Type["FusionDesign"]:
-  """Class decorator: make a design available as model.fusion=<cls.name>."""
-  if not cls.name:
-    raise ValueError(f"{cls.__name__} needs a `name`")
-  if _REGISTRY.get(cls.name, cls) is not cls:
-    raise ValueError(f"fusion design {cls.name!r} is registered twice ({cls.__name__} and "
-                     f"{_REGISTRY[cls.name].__name__}); pick another name")
-  _REGISTRY[cls.name] = cls
-  return cls
-
-
-def names() -> Tuple[str, ...]:
-  """Every registered design, in registration order."""
-  return tuple(_REGISTRY)
-
-
-def get(name: str) -> Type["FusionDesign"]:
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown model.fusion={name!r}; choose one of {', '.join(_REGISTRY)}")
-  return _REGISTRY[name]
 
 
 # ------------------------------------------------------------------------------ FLOP counts
@@ -237,6 +187,18 @@ class FusionDesign:
             "pooled": pooled, "joint": combine_pooled(pooled, self.cfg.pool_combine)}
 
 
+_DESIGNS = Registry("fusion design", "model.fusion", FusionDesign)
+register = _DESIGNS.register  # class decorator: model.fusion=<cls.name>
+names = _DESIGNS.names        # every registered design, in registration order
+get = _DESIGNS.get            # the design class registered as a name
+
+
+def design_of(cfg) -> "FusionDesign":
+  """The design object of a FusionConfig (or of a ModelConfig's fusion)."""
+  cfg = getattr(cfg, "fusion", cfg)
+  return get(cfg.name)(cfg)
+
+
 def joint_encoder(module: "Fusion") -> Encoder:
   """The joint single stream Tf (Tf3) at model width, `model.depth.joint` layers."""
   return Encoder(module.block, module.cfg.joint_depth, name="joint")
@@ -254,7 +216,7 @@ class Fusion(nn.Module):
 
   @property
   def design(self) -> FusionDesign:
-    return self.cfg.design
+    return design_of(self.cfg)
 
   def setup(self):
     blk, mods, design = self.block, self.modalities, self.design

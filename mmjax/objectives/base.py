@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 
 from mmjax.objectives.losses import LossAndMetrics, Metrics, combine_losses
+from mmjax.registry import Registry
+from mmjax.fusion import design_of
 from mmjax.tokenizers import PATCH_KINDS
 
 
@@ -58,7 +60,8 @@ class Objective:
     raise NotImplementedError
 
 
-_REGISTRY: Dict[str, Objective] = {}
+_CLASSES = Registry("objective", "objective", Objective)
+_REGISTRY: Dict[str, Objective] = {}  # one instance of each registered class, by name
 
 
 def dense(model, features: int, name: str, axes=("embed", None), bias: bool = True):
@@ -78,22 +81,19 @@ def layer_norm(model, name: str):
 
 def register(cls):
   """Class decorator: adds an Objective subclass to the registry under `cls.name`."""
-  if not (isinstance(cls, type) and issubclass(cls, Objective)) or not cls.name:
-    raise ValueError(f"register takes an Objective subclass with a name; got {cls!r}")
-  if cls.name in _REGISTRY:
-    raise ValueError(f"objective {cls.name!r} is registered twice; pick another name")
-  _REGISTRY[cls.name] = cls()
+  _CLASSES.register(cls)
+  if not isinstance(_REGISTRY.get(cls.name), cls):
+    _REGISTRY[cls.name] = cls()
   return cls
 
 
 def get(name: str) -> Objective:
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown objective {name!r}; registered: {', '.join(_REGISTRY)}")
-  return _REGISTRY[name]
+  """The objective registered as `name` (its one instance)."""
+  return _REGISTRY[_CLASSES.get(name).name]
 
 
 def names() -> Tuple[str, ...]:
-  return tuple(_REGISTRY)
+  return _CLASSES.names()
 
 
 def default_heads() -> Tuple[str, ...]:
@@ -141,7 +141,7 @@ def check_weights(design, weights: Mapping[str, float]) -> Tuple[str, ...]:
 def check(model, objectives) -> None:
   """Every active objective against the model (a ModelConfig) and its settings: the design
   capabilities it requires, its head, then its own rules. ValueError, one line."""
-  design, name = model.design, model.fusion.name
+  design, name = design_of(model), model.fusion.name
   for o in registered(objectives.active):
     for cap, why in o.requires.items():
       if not capability(design, cap, model.names):
@@ -215,7 +215,7 @@ def mask_batch(model, batch, objectives, kinds, rng_text, rng_patches) -> Masked
   patches = [m for m in mods if kind(m) in PATCH_KINDS and "patches" in kinds]
   regions = [m for m in mods if kind(m) == "regions" and "regions" in kinds]
   packed = [m for m in text if f"{m}_pack_index" in batch]
-  if packed and not cfg.design.independent_streams:
+  if packed and not design_of(cfg).independent_streams:
     raise ValueError(f"packed text needs a fusion whose text tower is encoded on its own "
                      f"(dual_encoder); {cfg.fusion.name} mixes text with other tokens")
   masked, targets, masks, images = dict(batch), {}, {}, {}
@@ -225,7 +225,7 @@ def mask_batch(model, batch, objectives, kinds, rng_text, rng_patches) -> Masked
     masked[m], t, w = masking.bert_mask(
         jax.random.fold_in(rng_text, mods.index(m)), ids, mask_prob=objectives.mlm_prob,
         mask_id=emb.mask_id, vocab_size=emb.vocab_size, special_ids=emb.special_ids,
-        valid_mask=emb.token_mask(ids))  # the tokenizer's ids (config_lib.text_ids)
+        valid_mask=emb.token_mask(ids))  # the tokenizer's ids (configure.text_ids)
     targets[m] = (t, w)
   for m in patches:
     target = model.mim_target(m, batch[m])
