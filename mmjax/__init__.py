@@ -29,6 +29,7 @@ from mmjax import platforms  # noqa: E402,F401  (stdlib only, no side effects: n
 _LAZY = {"Config": ("mmjax.config_lib", "Config"),
          "ConfigError": ("mmjax.config_lib", "ConfigError"),
          "load_config": ("mmjax.config_lib", "load_config"),
+         "load": ("mmjax.inference", "load"),
          "parse_config": ("mmjax.configure", "resolve"),
          "FusionDesign": ("mmjax.fusion", "FusionDesign"),
          "register_fusion": ("mmjax.fusion", "register"),
@@ -48,7 +49,7 @@ def __getattr__(name: str):
   raise AttributeError(f"module 'mmjax' has no attribute {name!r}")
 
 __all__ = ["Config", "ConfigError", "FusionDesign", "MultimodalModel", "Objective",
-           "build_model", "dummy_batch", "example_batch", "init_params", "load_config",
+           "build_model", "dummy_batch", "example_batch", "init_params", "load", "load_config",
            "parse_config", "pretraining_loss", "register_fusion", "register_objective", "train"]
 
 

@@ -1,7 +1,10 @@
 """Small configs, batches, jitted init/apply and subprocess environments shared by the tests."""
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from mmjax.configs import default
 from tests import process
@@ -62,10 +65,32 @@ def subprocess_env(devices: int = 1, **extra) -> dict:
 def run_entry(args, devices: int = 1, timeout: int = 600):
   """An entry point (train.py, eval.py, -m mmjax.x) run as a user runs it, from the repository
   root: the CompletedProcess with its stdout and stderr as text."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=subprocess_env(devices),
                         capture_output=True, text=True, timeout=timeout)
+
+
+# The reference venv (torch, transformers, open_clip; `make .venv-ref/.stamp`, which make test
+# builds) that tests/reference/make_reference.py runs in.
+REF_PY = os.environ.get("MMJAX_REFERENCE_PYTHON", os.path.join(ROOT, ".venv-ref", "bin", "python"))
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+  """layout -> folder with the reference checkpoint, tokenizer and reference.npz."""
+  if not os.path.exists(REF_PY):
+    pytest.fail(f"reference venv missing ({REF_PY}); build it with `make .venv-ref/.stamp` "
+                "(make test does)")
+  made = {}
+
+  def get(layout):
+    if layout not in made:
+      out = tmp_path_factory.mktemp(layout)
+      r = subprocess.run([REF_PY, os.path.join(ROOT, "tests", "reference", "make_reference.py"),
+                          layout, str(out)], capture_output=True, text=True, timeout=600)
+      assert r.returncode == 0, r.stderr[-3000:]
+      made[layout] = out
+    return made[layout]
+  return get
 
 
 def grad(fn, *args, **kwargs):

@@ -13,31 +13,11 @@ import pytest
 
 from mmjax import evaluate, models
 from mmjax.convert import common, hf, open_clip
-from tests.helpers import apply
+from tests.helpers import REF_PY, apply, reference  # noqa: F401  (reference: a fixture)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REF_PY = os.environ.get("MMJAX_REFERENCE_PYTHON", str(ROOT / ".venv-ref" / "bin" / "python"))
 SMALL = ("hf_clip", "hf_siglip", "open_clip_clip", "open_clip_siglip")
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-  """layout -> folder with the reference checkpoint, tokenizer and reference.npz."""
-  if not os.path.exists(REF_PY):
-    pytest.fail(f"reference venv missing ({REF_PY}); build it with `make .venv-ref/.stamp` "
-                "(make test does)")
-  made = {}
-
-  def get(layout):
-    if layout not in made:
-      out = tmp_path_factory.mktemp(layout)
-      r = subprocess.run([REF_PY, str(ROOT / "tests" / "reference" / "make_reference.py"),
-                          layout, str(out)], capture_output=True, text=True, timeout=600)
-      assert r.returncode == 0, r.stderr[-3000:]
-      made[layout] = out
-    return made[layout]
-  return get
 
 
 def _convert(layout, folder, reference):

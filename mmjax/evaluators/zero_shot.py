@@ -24,17 +24,25 @@ def _chunks(ev, ids: np.ndarray, chunk: int):
   return [pad_rows(ids[i:i + chunk], chunk) for i in range(0, len(ids), chunk)]
 
 
-def evaluate(ev, batches, prompts: np.ndarray) -> dict:
-  """prompts: int ids [C, T, L] (class x template x length). batches yield 'label'.
+def classifier(ev, prompts: np.ndarray, text: Optional[str] = None) -> np.ndarray:
+  """[C, E] class embeddings of prompt ids [C, T, L] (class x template x length) in the text
+  modality `text` (default: the second): z_c = normalize(mean_t normalize(f(prompt_ct))).
   Prompts are encoded eval.batch_size at a time (C x T can be large: 1000 classes x 80)."""
   c, t, l = prompts.shape
+  text = text or ev.b
+  z = np.concatenate([ev.embeddings(ev.encode({text: ids}))[text]
+                      for ids in _chunks(ev, prompts.reshape(c * t, l), ev.config.eval.batch_size)])
+  z = z[:c * t].reshape(c, t, -1).mean(1)
+  return z / np.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
+
+
+def evaluate(ev, batches, prompts: np.ndarray) -> dict:
+  """prompts: int ids [C, T, L] (class x template x length). batches yield 'label'."""
+  c = prompts.shape[0]
   chunk = ev.config.eval.batch_size
   correct = total = 0
   if ev.has_towers:
-    z = np.concatenate([ev.embeddings(ev.encode({ev.b: ids}))[ev.b]
-                        for ids in _chunks(ev, prompts.reshape(c * t, l), chunk)])
-    z = z[:c * t].reshape(c, t, -1).mean(1)
-    z = z / np.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
+    z = classifier(ev, prompts)
     for batch in batches:
       za = ev.embeddings(ev.encode({ev.a: batch[ev.a]}))[ev.a]
       correct += int(np.sum(strictly_best(za @ z.T, batch["label"])))

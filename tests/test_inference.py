@@ -1,0 +1,139 @@
+"""mmjax.load: the README's example on a converted CLIP predicts what eval.py predicts, image by
+image; images of any size and mode are preprocessed as the data pipeline does; the learned
+scale in similarity; one-line errors for a missing modality, wrong inputs, no checkpoint."""
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmjax
+from mmjax.checkpoint import CheckpointError
+from mmjax.data import decode
+from mmjax.inference import LoadError
+from tests.helpers import reference, run_entry  # noqa: F401  (reference: a fixture)
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+NAMES = ["w10", "w11 w12", "w13", "w14 w15 w16"]  # words of the reference's tokenizer
+TEMPLATES = ["w5 {}", "w6 w7 {} w8"]
+# (size, mode): square, landscape, portrait, grayscale, RGBA, palette, smaller than the model.
+SHAPES = [((32, 32), "RGB"), ((48, 32), "RGB"), ((24, 40), "RGB"), ((36, 36), "L"),
+          ((40, 40), "RGBA"), ((33, 29), "P"), ((16, 20), "RGB")]
+
+
+@pytest.fixture(scope="module")
+def clip(reference, tmp_path_factory):  # pylint: disable=redefined-outer-name
+  """A tiny Hugging Face CLIP (random init, tests/reference) converted to a workdir."""
+  work = tmp_path_factory.mktemp("inference") / "clip"
+  r = run_entry(["-m", "mmjax.convert", "hf", f"--src={reference('hf_clip')}", f"--out={work}"])
+  assert r.returncode == 0, r.stderr[-2000:]
+  return work
+
+
+@pytest.fixture(scope="module")
+def loaded(clip):  # pylint: disable=redefined-outer-name
+  return mmjax.load(str(clip))
+
+
+def _photos(folder, n=24, seed=1):
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    (w, h), mode = SHAPES[i % len(SHAPES)]
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode).save(
+        folder / f"{i:02d}.png")
+  return sorted(folder.glob("*.png"))
+
+
+def _readme_example() -> str:
+  m = re.search(r"<!-- load example -->\s*```python\n(.*?)```", README.read_text(), re.S)
+  assert m, "README.md lost its load example"
+  return m.group(1)
+
+
+def _eval_accuracy(clip, tmp_path, files, labels, templates, name):  # pylint: disable=redefined-outer-name
+  manifest = tmp_path / f"{name}.jsonl"
+  manifest.write_text("".join(json.dumps({"image": str(f), "caption": "w5", "label": int(l)})
+                              + "\n" for f, l in zip(files, labels)))
+  (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+  (tmp_path / "templates.txt").write_text("\n".join(templates) + "\n")
+  out = tmp_path / f"eval_{name}"
+  r = run_entry(["eval.py", f"--workdir={clip}", "--evaluators=zero_shot", f"--out={out}",
+                 "--config.data.source=jsonl", f"--config.data.jsonl_path={manifest}",
+                 f"--config.data.class_names={tmp_path / 'names.txt'}",
+                 f"--config.data.prompt_templates={tmp_path / 'templates.txt'}",
+                 f"--config.eval.num_examples={len(files)}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((out / "results.json").read_text())
+  assert res["zero_shot/examples"] == len(files)
+  return res["zero_shot/accuracy"]
+
+
+def test_readme_example_predicts_what_eval_py_predicts(clip, tmp_path):  # pylint: disable=redefined-outer-name
+  """The README block, run with this workdir, these photos and these class names: its
+  predictions as labels score 1.0 in eval.py's zero-shot, shifted by one class 0.0."""
+  code = _readme_example()
+  assert len(code.strip().splitlines()) <= 10
+  files = _photos(tmp_path / "photos")
+  for old, new in (('"runs/clip_b16"', repr(str(clip))),
+                   ('"photos/*.jpg"', repr(str(tmp_path / "photos" / "*.png"))),
+                   ('["cat", "dog", "car"]', repr(NAMES)),
+                   ('["a photo of a {}.", "a blurry photo of a {}."]', repr(TEMPLATES))):
+    assert old in code, f"the README example no longer has {old}"
+    code = code.replace(old, new)
+  scope = {}
+  exec(compile(code, "README.md", "exec"), scope)  # pylint: disable=exec-used
+  pred = np.asarray(scope["pred"])
+  assert pred.shape == (len(files),) and len(set(pred.tolist())) > 1, pred
+  assert _eval_accuracy(clip, tmp_path, files, pred, TEMPLATES, "same") == 1.0
+  assert _eval_accuracy(clip, tmp_path, files, (pred + 1) % len(NAMES), TEMPLATES,
+                        "shifted") == 0.0
+
+
+def test_every_kind_of_image_input_is_the_pipelines_preprocessing(loaded, tmp_path):  # pylint: disable=redefined-outer-name
+  files = _photos(tmp_path / "photos", n=len(SHAPES))
+  pre = decode.Preprocessor(loaded.config.data)
+  want = np.stack([pre.decode(0, {"image": str(f)})["image"] for f in files])
+  assert want.shape == (len(files),) + tuple(loaded.config.model.modality("image").input_shape)
+  np.testing.assert_array_equal(loaded.preprocess("image", files), want)
+  z = loaded.encode_image(files)
+  assert z.shape == (len(files), loaded.config.model.embed_dim)
+  np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, atol=1e-5)
+  pil = [Image.open(f) for f in files]
+  arrays = [np.asarray(p.convert("RGB")) for p in pil]
+  raw_bytes = [f.read_bytes() for f in files]
+  for other in (pil, arrays, raw_bytes, [str(f) for f in files]):
+    np.testing.assert_allclose(loaded.encode_image(other), z, atol=1e-6)
+  raw = loaded.encode_image(files, normalize=False)
+  np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=-1, keepdims=True), z, atol=1e-5)
+  assert not np.allclose(np.linalg.norm(raw, axis=-1), 1.0)
+  # One row alone gives that row's embedding (batching and padding change nothing).
+  np.testing.assert_allclose(loaded.encode_image(files[3]), z[3:4], atol=1e-5)
+
+
+def test_text_similarity_and_the_classifier(loaded):  # pylint: disable=redefined-outer-name
+  texts = ["w5 w10", "w6 w7 w13 w8", "w11 w12"]
+  zt = loaded.encode_text(texts)
+  ids = np.stack([loaded._pre.tokenizer.encode(t, loaded.config.data.text_len) for t in texts])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(loaded.preprocess("text", texts), ids)
+  img = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  zi = loaded.encode_image(list(img))
+  scale = float(np.minimum(np.exp(np.asarray(loaded.params["params"]["logit_scale"])), 100.0))
+  np.testing.assert_allclose(loaded.similarity(zi, zt), scale * zi @ zt.T, rtol=1e-5, atol=1e-5)
+  # The classifier of one template is its normalized prompt embedding.
+  clf = loaded.zero_shot_classifier(["w10", "w13"], templates=["w5 {}"])
+  np.testing.assert_allclose(clf, loaded.encode_text(["w5 w10", "w5 w13"]), atol=1e-5)
+
+
+def test_errors_are_one_line(loaded, tmp_path):  # pylint: disable=redefined-outer-name
+  cases = [(LoadError, "no audio modality", lambda: loaded.encode(loaded.modality("audio"), [])),
+           (LoadError, "no modality 'depth'", lambda: loaded.encode("depth", [1])),
+           (LoadError, "takes strings", lambda: loaded.encode_text([3])),
+           (LoadError, "takes PIL images", lambda: loaded.encode_image([object()])),
+           (CheckpointError, "no checkpoint", lambda: mmjax.load(str(tmp_path / "nothing")))]
+  for error, match, call in cases:
+    with pytest.raises(error, match=match) as e:
+      call()
+    assert "\n" not in str(e.value), str(e.value)
