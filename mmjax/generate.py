@@ -260,24 +260,16 @@ def for_config(config, model, params, mesh) -> Generator:
 
 def _folder_images(config, folder: str, limit: int):
   """Every image file in `folder` (sorted), preprocessed as the model's training data was."""
-  from mmjax.data import builtin, decode  # pylint: disable=import-outside-toplevel
+  from mmjax.data import decode  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"--images={folder} is not a folder; give a folder of image files")
   exts = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
   files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))[:limit or None]
   if not files:
     raise ValueError(f"--images={folder} has no image files ({', '.join(exts)})")
-  d = config.data
-  out = []
-  for f in files:
-    img = decode.resize_center_crop(decode.load_image(os.path.join(folder, f), f"({f})"),
-                                    d.image_size)
-    if d.source == "builtin":  # the built-in scenes' own pixel statistics
-      mean, std = builtin.PIXEL_STATS[d.task]
-      out.append(((img - mean) / std).astype(np.float32))
-    else:
-      out.append(decode.normalize_image(img, d.image_mean, d.image_std))
-  return files, np.stack(out)
+  stats = restore.trained_on_builtin(config)
+  return files, np.stack([decode.model_image(os.path.join(folder, f), config.data, stats,
+                                             f"({f})") for f in files])
 
 
 def main(argv=None) -> int:

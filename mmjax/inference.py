@@ -8,9 +8,10 @@
   predictions = (model.encode_image(files) @ classes.T).argmax(-1)
 
 Inputs are preprocessed exactly as the data pipeline preprocesses the checkpoint's data
-(mmjax.data.decode.Preprocessor on its data config): an image of any size and mode is
-converted to RGB, resized (shorter side, bicubic) and centre-cropped to data.image_size, and
-normalized with data.image_mean / data.image_std; a text is tokenized by the checkpoint's
+(mmjax.data.decode on its data config): an image of any size and mode is converted to RGB,
+resized (shorter side, bicubic) and centre-cropped to data.image_size, and normalized with
+data.image_mean / data.image_std (a model trained on the built-in set: with that set's own
+pixel statistics, as its training batches were); a text is tokenized by the checkpoint's
 tokenizer with its framing at data.text_len. Inputs go through in eval.batch_size rows sharded
 over the local devices (the last chunk padded): one compile per modality and chunk size.
 """
@@ -69,9 +70,12 @@ class Loaded:
         raise LoadError(f"encode_text takes strings; got {bad[0]}")
       tok, length = self._pre.tokenizer, self.config.data.text_len
       return np.stack([tok.encode(t, length) for t in inputs]).astype(np.int32)
-    if kind in ("image", "video", "audio"):
-      return np.stack([self._pre.decode(i, {kind: _plain_image(x) if kind == "image" else x})
-                       [kind] for i, x in enumerate(inputs)])
+    if kind == "image":
+      stats = restore_lib.trained_on_builtin(self.config)
+      return np.stack([decode.model_image(_plain_image(x), self.config.data, stats)
+                       for x in inputs])
+    if kind in ("video", "audio"):
+      return np.stack([self._pre.decode(i, {kind: x})[kind] for i, x in enumerate(inputs)])
     return np.stack([np.asarray(x) for x in inputs])
 
   def _kind(self, modality: str) -> str:

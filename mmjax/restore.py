@@ -38,6 +38,14 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, ove
   return config, model, state.params, mesh, step
 
 
+def trained_on_builtin(config) -> bool:
+  """The model trained on the built-in generated set (data.source='builtin' and not imported
+  by mmjax.convert, whose configs keep the default source): its images were normalized with
+  the built-in scenes' pixel statistics, not data.image_mean / image_std."""
+  source = config.source if hasattr(config, "source") else config
+  return config.data.source == "builtin" and "converted_from" not in (source or {})
+
+
 # Sections whose keys may be missing from a saved config: the typed defaults give their type.
 _SECTIONS = {"eval": config_lib.EvalConfig, "optimizer": config_lib.OptimizerConfig,
              "mesh": config_lib.MeshConfig, "checkpoint": config_lib.CheckpointConfig,

@@ -90,6 +90,9 @@ def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
   want = generate.decode_texts(text.from_config(config.data), ids)
   assert [x["caption"] for x in rows] == want
   assert any(x["caption"].strip() for x in rows), rows
+  # mmjax.load(...).caption is the same greedy decoding of the same files.
+  import mmjax  # pylint: disable=import-outside-toplevel
+  assert mmjax.load(str(workdir)).caption(sorted(folder.glob("*.png"))) == want
 
 
 def test_generate_mistakes_are_one_line(workdir, tmp_path):

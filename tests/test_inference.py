@@ -137,3 +137,20 @@ def test_errors_are_one_line(loaded, tmp_path):  # pylint: disable=redefined-out
     with pytest.raises(error, match=match) as e:
       call()
     assert "\n" not in str(e.value), str(e.value)
+
+
+def test_a_sigmoid_model_adds_its_learned_bias(reference, tmp_path):  # pylint: disable=redefined-outer-name
+  """A converted SigLIP: similarity = exp(t) cos(a, b) + b, with its own t and b."""
+  work = tmp_path / "siglip"
+  r = run_entry(["-m", "mmjax.convert", "hf", f"--src={reference('hf_siglip')}",
+                 f"--out={work}"])
+  assert r.returncode == 0, r.stderr[-2000:]
+  model = mmjax.load(str(work))
+  zi = model.encode_image(list(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3),
+                                                                   dtype=np.uint8)))
+  zt = model.encode_text(["w5 w10", "w11"])
+  p = model.params["params"]
+  t, b = float(np.asarray(p["sigmoid_t"])), float(np.asarray(p["sigmoid_b"]))
+  assert b != 0.0
+  np.testing.assert_allclose(model.similarity(zi, zt), np.exp(t) * zi @ zt.T + b, rtol=1e-5,
+                             atol=1e-4)

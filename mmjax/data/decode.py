@@ -76,6 +76,19 @@ def normalize_image(x: np.ndarray, mean, std) -> np.ndarray:
   return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
+def model_image(obj, cfg, builtin_stats: bool = False, where: str = "") -> np.ndarray:
+  """An external image (bytes | path | array) as a model trained on `cfg`'s data sees one:
+  resized and centre-cropped to data.image_size, then normalized with data.image_mean /
+  image_std, or with the built-in scenes' own pixel statistics when builtin_stats (a model
+  trained on data.source='builtin' saw those)."""
+  img = resize_center_crop(load_image(obj, where), cfg.image_size)
+  if builtin_stats:
+    from mmjax.data import builtin  # pylint: disable=import-outside-toplevel
+    mean, std = builtin.PIXEL_STATS[cfg.task]
+    return ((img - mean) / std).astype(np.float32)
+  return normalize_image(img, cfg.image_mean, cfg.image_std)
+
+
 # ----------------------------------------------------------------------------- video
 
 def frame_indices(total: int, num_frames: int) -> np.ndarray:
