@@ -62,7 +62,10 @@ class Loaded:
   def preprocess(self, modality: str, inputs: Sequence[Any]) -> np.ndarray:
     """Model-ready host inputs [N, ...] of one modality, as the data pipeline makes them."""
     kind = self._kind(modality)
-    if isinstance(inputs, (str, bytes, os.PathLike)) or not hasattr(inputs, "__len__"):
+    one_array = (kind == "image" and isinstance(inputs, np.ndarray)
+                 and inputs.ndim in (2, 3))  # one [H, W(, C)] image, not a batch of rows
+    if (isinstance(inputs, (str, bytes, os.PathLike)) or not hasattr(inputs, "__len__")
+        or one_array):
       inputs = [inputs]
     if kind == "text":
       bad = [type(t).__name__ for t in inputs if not isinstance(t, str)]

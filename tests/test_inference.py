@@ -106,10 +106,11 @@ def test_every_kind_of_image_input_is_the_pipelines_preprocessing(loaded, tmp_pa
   raw_bytes = [f.read_bytes() for f in files]
   for other in (pil, arrays, raw_bytes, [str(f) for f in files]):
     np.testing.assert_allclose(loaded.encode_image(other), z, atol=1e-6)
+  # One image alone, as a path or as one [H, W, C] array, is a batch of one.
+  np.testing.assert_allclose(loaded.encode_image(arrays[1]), z[1:2], atol=1e-5)
   raw = loaded.encode_image(files, normalize=False)
   np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=-1, keepdims=True), z, atol=1e-5)
   assert not np.allclose(np.linalg.norm(raw, axis=-1), 1.0)
-  # One row alone gives that row's embedding (batching and padding change nothing).
   np.testing.assert_allclose(loaded.encode_image(files[3]), z[3:4], atol=1e-5)
 
 
