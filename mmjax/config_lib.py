@@ -540,8 +540,11 @@ def parse(config) -> Config:
               "checkpoint", "data", "eval")
   top = _fields(Config, config, "config", skip=sections + IGNORED_KEYS + INFO_KEYS)
   top.update(_init_and_freeze(top))
-  if isinstance(top.get("imports"), str):
-    top["imports"] = (top["imports"],)
+  from mmjax import plugins  # pylint: disable=import-outside-toplevel  (stdlib only)
+  try:
+    top["imports"] = plugins.entries(config)
+  except plugins.PluginError as e:
+    raise ConfigError(str(e)) from None
   cfg = Config(
       model=parse_model(config), objectives=_objectives(config),
       optimizer=OptimizerConfig(**_fields(OptimizerConfig, config.get("optimizer"),

@@ -42,8 +42,7 @@ def trained_on_builtin(config) -> bool:
   """The model trained on the built-in generated set (data.source='builtin' and not imported
   by mmjax.convert, whose configs keep the default source): its images were normalized with
   the built-in scenes' pixel statistics, not data.image_mean / image_std."""
-  source = config.source if hasattr(config, "source") else config
-  return config.data.source == "builtin" and "converted_from" not in (source or {})
+  return config.data.source == "builtin" and "converted_from" not in (config.source or {})
 
 
 # Sections whose keys may be missing from a saved config: the typed defaults give their type.

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import wave
 
@@ -17,19 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import subprocess_env
+from tests.helpers import run_entry
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--config=tests/tiny_config.py", "--config.mesh.data=-1")
 
 
-def _env():
-  return subprocess_env(devices=1)
-
-
 def _run(args):
-  return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  return run_entry(args, timeout=300)
 
 
 def _hashes(root):

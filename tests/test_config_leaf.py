@@ -14,7 +14,8 @@ from mmjax import config_lib, configure, fusion
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mmjax modules that parsing may import: the config itself and the data layer's key table
 # (the data modules are numpy only). Everything else (models, fusion, layers, ...) is not.
-ALLOWED = ("mmjax", "mmjax.config_lib", "mmjax.platforms", "mmjax.data", "mmjax.configs")
+ALLOWED = ("mmjax", "mmjax.config_lib", "mmjax.platforms", "mmjax.plugins", "mmjax.data",
+           "mmjax.configs")
 
 
 def test_parsing_every_shipped_config_imports_no_jax_and_no_model_code():

@@ -2,17 +2,13 @@
 evaluator, and generate.py on the test split (`python -m mmjax.generate` on a folder of
 images), each as a subprocess; mistakes end in one line."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import subprocess_env
+from tests.helpers import run_entry
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCA = ("--config=tests/tiny_config.py", "--config.mesh.data=-1",
         "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
         "--config.loss_weights.mlm=0", "--config.loss_weights.mim=0",
@@ -20,10 +16,7 @@ COCA = ("--config=tests/tiny_config.py", "--config.mesh.data=-1",
         "--config.checkpoint.every_steps=3")
 
 
-def _run(args, devices=1):
-  env = subprocess_env(devices)
-  return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+_run = run_entry
 
 
 def _special_ids(config):
