@@ -272,6 +272,12 @@ class EvalConfig:
   caption_beam: int = 1
   caption_alpha: float = 0.0
   caption_max_len: int = 0
+  # robustness: these metrics ('<evaluator>/<metric>') with each modality absent and corrupted
+  # by each corruption of its kind (all when empty) at these severities (1..3)
+  robustness_metrics: Tuple[str, ...] = ("zero_shot/accuracy", "retrieval/a2b_R@10",
+                                         "retrieval/b2a_R@10", "itm/pairwise_accuracy")
+  robustness_corruptions: Tuple[str, ...] = ()
+  robustness_severities: Tuple[int, ...] = (1, 2, 3)
 
   def __post_init__(self):
     if self.caption_beam < 1 or self.caption_max_len < 0:
@@ -282,6 +288,13 @@ class EvalConfig:
     if not self.probe_l2 or min(self.probe_l2) <= 0:
       raise ConfigError(f"eval.probe_l2={self.probe_l2} must be a non-empty list of positive "
                         "numbers")
+    if not self.robustness_severities or any(
+        s not in (1, 2, 3) for s in self.robustness_severities):
+      raise ConfigError(f"eval.robustness_severities={self.robustness_severities} must be "
+                        "severities among 1, 2, 3")
+    if not self.robustness_metrics or any("/" not in m for m in self.robustness_metrics):
+      raise ConfigError(f"eval.robustness_metrics={self.robustness_metrics} must name metrics "
+                        "as '<evaluator>/<metric>', e.g. zero_shot/accuracy")
     if not 0.0 < self.probe_holdout < 1.0:
       raise ConfigError(f"eval.probe_holdout={self.probe_holdout} must be in (0, 1)")
 

@@ -4,6 +4,7 @@
       [--reference=hier_multi_to_one] [--reference_steps=300] [--budget_pflops=...]
       [--points=3] [--fusions=early_concat,...] [--seed=0] [--quick]
       [--objectives=caption=1,prefix_lm=1]   # add describing objectives to every design
+      [--robustness]   # also: each modality absent / corrupted at the last point (robustness.md)
 
 Every registered fusion design (mmjax.fusion.names(), or --fusions) trains on the built-in
 image-text set with its mmjax/configs/fusion/<name>.py (early_sum too, with
@@ -121,21 +122,23 @@ def plan(fusions, budget_flops: float, flops_per_step: Dict[str, float], points:
   return out
 
 
-def _evaluate(workdir: str, step: int) -> Dict[str, Any]:
-  cache = os.path.join(workdir, "eval", f"step_{step}.json")
+def _evaluate(workdir: str, step: int, evaluators=None, tag: str = "") -> Dict[str, Any]:
+  cache = os.path.join(workdir, "eval", f"step_{step}{tag}.json")
   if os.path.exists(cache):
     with open(cache, encoding="utf-8") as fh:
       return json.load(fh)
   path = os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step))
-  res = evaluate.run(checkpoint=path, devices=jax.devices()[:1])
+  res = evaluate.run(checkpoint=path, evaluators=evaluators, devices=jax.devices()[:1])
   os.makedirs(os.path.dirname(cache), exist_ok=True)
   with open(cache, "w", encoding="utf-8") as fh:
     json.dump(res, fh, indent=1)
   return res
 
 
-def run_fusion(config, workdir: str, steps: int, eval_steps: List[int], log) -> Dict[str, Any]:
-  """Train `config` for `steps` in `workdir` (resuming), keeping `eval_steps`; evaluate them."""
+def run_fusion(config, workdir: str, steps: int, eval_steps: List[int], log,
+               robustness: bool = False) -> Dict[str, Any]:
+  """Train `config` for `steps` in `workdir` (resuming), keeping `eval_steps`; evaluate them
+  (and, with `robustness`, run the robustness evaluator on the last)."""
   config = config.copy_and_resolve_references()
   config.total_steps = steps
   config.checkpoint.every_steps = eval_steps[0]
@@ -164,7 +167,56 @@ def run_fusion(config, workdir: str, steps: int, eval_steps: List[int], log) -> 
     log(f"  step {s}: " + ", ".join(f"{k}={evals[-1][k]:.3f}" for k in METRICS
                                      if evals[-1][k] is not None)
         + f" ({time.perf_counter() - t0:.0f} s)")
-  return {"train_s": train_s, "trained_now": trained_now, "evals": evals}
+  out = {"train_s": train_s, "trained_now": trained_now, "evals": evals}
+  if robustness:
+    t0 = time.perf_counter()
+    res = _evaluate(workdir, eval_steps[-1], ["robustness"], "_robustness")
+    out["robustness"] = {k[len("robustness/"):]: v for k, v in res.items()
+                         if k.startswith("robustness/")}
+    log(f"  robustness at step {eval_steps[-1]}: {len(out['robustness'])} values "
+        f"({time.perf_counter() - t0:.0f} s)")
+  return out
+
+
+# The robustness tables: (metric, label, [(condition, column)]) at severity 3 and absent.
+ROBUSTNESS_TABLES = (
+    ("zero_shot/accuracy", "zero-shot accuracy",
+     [("image_absent", "image absent"), ("image_noise3", "noise 3"), ("image_blur3", "blur 3"),
+      ("image_occlusion3", "occlusion 3"), ("image_noise1", "noise 1"), ("image_blur1", "blur 1"),
+      ("image_occlusion1", "occlusion 1")]),
+    ("retrieval/b2a_R@10", "text→image R@10",
+     [("image_absent", "image absent"), ("text_absent", "text absent"),
+      ("image_noise3", "image noise 3"), ("image_blur3", "image blur 3"),
+      ("image_occlusion3", "image occl. 3"), ("text_drop3", "text drop 3"),
+      ("text_shuffle3", "text shuffle 3"), ("text_misspell3", "text misspell 3")]),
+    ("itm/pairwise_accuracy", "hard-negative ITM pairwise accuracy",
+     [("image_absent", "image absent"), ("text_absent", "text absent"),
+      ("image_noise3", "image noise 3"), ("image_occlusion3", "image occl. 3"),
+      ("text_drop3", "text drop 3"), ("text_shuffle3", "text shuffle 3"),
+      ("text_misspell3", "text misspell 3")]),
+)
+
+
+def robustness_markdown(rows: List[Dict[str, Any]]) -> str:
+  """One table per ROBUSTNESS_TABLES metric: clean value, then each condition's value and its
+  drop from clean, in percent (n/a where the run has no such value)."""
+  out = []
+  for metric, label, conds in ROBUSTNESS_TABLES:
+    head = "| fusion | clean | " + " | ".join(c for _, c in conds) + " |"
+    lines = [f"**{label}** (value, drop from clean in points)", "", head,
+             "|" + "---|" * (len(conds) + 2)]
+    for r in rows:
+      rob = r.get("robustness") or {}
+      clean = rob.get(f"clean/{metric}")
+      cells = []
+      for cond, _ in conds:
+        v = rob.get(f"{cond}/{metric}")
+        cells.append("n/a" if v is None or clean is None
+                     else f"{100 * v:.1f} ({100 * (clean - v):+.1f})")
+      lines.append(f"| {r['fusion']} | {'n/a' if clean is None else f'{100 * clean:.1f}'} | "
+                   + " | ".join(cells) + " |")
+    out.append("\n".join(lines))
+  return "\n\n".join(out)
 
 
 def markdown(rows: List[Dict[str, Any]], chance: Dict[str, float]) -> str:
@@ -215,7 +267,8 @@ def plot(rows, chance, path):
 
 def run(out_dir: str, workdir: str, fusions=None, reference: str = "hier_multi_to_one",
         reference_steps: int = 300, budget_pflops: float = 0.0, points: int = 3,
-        quick: bool = False, seed: int = 0, log=None, extra=None) -> Dict[str, Any]:
+        quick: bool = False, seed: int = 0, log=None, extra=None,
+        robustness: bool = False) -> Dict[str, Any]:
   log = log or (lambda *a, **k: print(*a, flush=True, **k))
   fusions = tuple(fusions) if fusions else names()
   t_start = time.perf_counter()
@@ -230,7 +283,7 @@ def run(out_dir: str, workdir: str, fusions=None, reference: str = "hier_multi_t
   for f in fusions:
     steps, eval_steps = schedule[f]
     log(f"{f}: {flops[f] / 1e9:.1f} GFLOPs/step x {steps} steps")
-    res = run_fusion(configs[f], os.path.join(workdir, f), steps, eval_steps, log)
+    res = run_fusion(configs[f], os.path.join(workdir, f), steps, eval_steps, log, robustness)
     model = models.build_model(configs[f])
     variables = summary.param_shapes(model, models.dummy_batch(configs[f], 1))
     rows.append({"fusion": f, "params": summary.count_params({"params": variables["params"]})["total"],
@@ -261,7 +314,14 @@ def run(out_dir: str, workdir: str, fusions=None, reference: str = "hier_multi_t
              f"{meta['device']}, {e0.num_examples} held-out examples, wall "
              f"{meta['wall_s']:.0f} s. Percentages; * = ITM by embedding similarity.\n\n"
              f"{table}\n")
-  return {"rows": rows, "table": table, "plot": png, "meta": meta, "budget": budget}
+  out = {"rows": rows, "table": table, "plot": png, "meta": meta, "budget": budget}
+  if robustness:
+    out["robustness_table"] = robustness_markdown(rows)
+    with open(os.path.join(out_dir, "robustness.md"), "w", encoding="utf-8") as fh:
+      fh.write(f"Budget {budget / 1e15:.4g} PFLOPs per design, seed {seed}, device "
+               f"{meta['device']}, {e0.num_examples} held-out examples. Percentages.\n\n"
+               f"{out['robustness_table']}\n")
+  return out
 
 
 def _define_flags():
@@ -274,6 +334,8 @@ def _define_flags():
   flags.DEFINE_integer("points", 3, "Evaluated checkpoints per run, evenly spaced.")
   flags.DEFINE_integer("seed", 0, "Seed of every run.")
   flags.DEFINE_boolean("quick", False, "Width 32, one layer per stage, batch 8, 40 eval examples.")
+  flags.DEFINE_boolean("robustness", False, "Also run the robustness evaluator at each run's "
+                       "last point; writes robustness.md.")
   flags.DEFINE_list("objectives", None, "Extra objectives on every design, e.g. caption=1,"
                     f"prefix_lm=1 (from {', '.join(EXTRA_OBJECTIVES)}).")
 
@@ -293,8 +355,10 @@ def main(argv):
                            f"{', '.join(EXTRA_OBJECTIVES)}")
     extra[k] = float(w)
   res = run(f.out, f.workdir, f.fusions, f.reference, f.reference_steps, f.budget_pflops,
-            f.points, f.quick, f.seed, extra=extra)
+            f.points, f.quick, f.seed, extra=extra, robustness=f.robustness)
   print(res["table"])
+  if f.robustness:
+    print(res["robustness_table"])
 
 
 if __name__ == "__main__":

@@ -92,6 +92,12 @@ def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
 
+def inputs(batch, *modalities):
+  """The batch's inputs of `modalities`, with their `<m>_valid` flags where the batch has them
+  (an absent modality stays absent when an evaluator encodes one side alone)."""
+  return {k: batch[k] for m in modalities for k in (m, f"{m}_valid") if k in batch}
+
+
 def take(tree, idx):
   return jax.tree.map(lambda t: jnp.take(t, jnp.asarray(idx), axis=0), tree)
 

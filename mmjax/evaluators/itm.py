@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmjax.evaluators import base
-from mmjax.evaluators.common import quantize, take
+from mmjax.evaluators.common import inputs, quantize, take
 
 
 def evaluate(ev, batches) -> dict:
@@ -18,9 +18,12 @@ def evaluate(ev, batches) -> dict:
   for batch in batches:
     neg = batch["neg_text"]  # [B, K, L]
     n, k, l = neg.shape
-    enc_x = ev.encode({ev.a: batch[ev.a]})
+    enc_x = ev.encode(inputs(batch, ev.a))
     texts = np.concatenate([batch[ev.b][:, None], neg], axis=1).reshape(n * (k + 1), l)
-    enc_t = ev.encode({ev.b: texts})
+    text_in = {ev.b: texts}
+    if f"{ev.b}_valid" in batch:
+      text_in[f"{ev.b}_valid"] = np.repeat(batch[f"{ev.b}_valid"], k + 1)
+    enc_t = ev.encode(text_in)
     if ev.has_itm:
       idx = np.repeat(np.arange(n), k + 1)
       scores = ev.itm_scores({ev.a: take(enc_x[ev.a], idx), ev.b: enc_t[ev.b]})

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from mmjax.evaluators import base
-from mmjax.evaluators.common import strictly_best
+from mmjax.evaluators.common import inputs, strictly_best
 
 MAX_STEPS = 500
 TOL = 1e-5  # gradient norm at which L-BFGS stops
@@ -104,7 +104,7 @@ def select_and_fit(x, y, l2_grid: Sequence[float], holdout: float = 0.2, seed: i
 
 
 def _embed(ev, modality: str, batches) -> np.ndarray:
-  return np.concatenate([ev.embeddings(ev.encode({modality: b[modality]}))[modality]
+  return np.concatenate([ev.embeddings(ev.encode(inputs(b, modality)))[modality]
                          for b in batches])
 
 

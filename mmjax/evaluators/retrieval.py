@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmjax.evaluators import base
-from mmjax.evaluators.common import concat, pad_rows, quantize, take
+from mmjax.evaluators.common import concat, inputs, pad_rows, quantize, take
 
 
 def recall_at_k(sim: np.ndarray, ks=(1, 5, 10)) -> dict:
@@ -79,7 +79,7 @@ def _evaluate_multi(ev, batches, max_itm_pairs_n: int) -> dict:
   ids, owner, n = _flat_captions(batches)
   chunk = max(len(b[ev.a]) for b in batches)
   if ev.has_towers:
-    za = np.concatenate([ev.embeddings(ev.encode({ev.a: b[ev.a]}))[ev.a] for b in batches])
+    za = np.concatenate([ev.embeddings(ev.encode(inputs(b, ev.a)))[ev.a] for b in batches])
     zb = ev.embeddings(_encode_rows(ev, ev.b, ids, chunk))[ev.b][:len(ids)]
     sim, method = za @ zb.T, "embedding similarity"
   else:

@@ -13,7 +13,7 @@ import numpy as np
 
 from mmjax.data import builtin, prompts as prompts_lib, sources, text as text_lib
 from mmjax.evaluators import base
-from mmjax.evaluators.common import concat, pad_rows, strictly_best, take
+from mmjax.evaluators.common import concat, inputs, pad_rows, strictly_best, take
 
 
 def _chunks(ev, ids: np.ndarray, chunk: int):
@@ -44,14 +44,14 @@ def evaluate(ev, batches, prompts: np.ndarray) -> dict:
   if ev.has_towers:
     z = classifier(ev, prompts)
     for batch in batches:
-      za = ev.embeddings(ev.encode({ev.a: batch[ev.a]}))[ev.a]
+      za = ev.embeddings(ev.encode(inputs(batch, ev.a)))[ev.a]
       correct += int(np.sum(strictly_best(za @ z.T, batch["label"])))
       total += len(za)
     method = "embedding similarity"
   else:
     enc_prompts = concat(*(ev.encode({ev.b: ids}) for ids in _chunks(ev, prompts[:, 0], chunk)))
     for batch in batches:
-      enc_x = ev.encode({ev.a: batch[ev.a]})
+      enc_x = ev.encode(inputs(batch, ev.a))
       n = len(batch["label"])
       scores = np.zeros((n, c))
       for k in range(c):
