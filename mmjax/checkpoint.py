@@ -12,9 +12,11 @@ commit, so a step that was being written when the process died is never listed o
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -47,6 +49,8 @@ class Checkpointer:
                 "data": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    self._pending: Optional[int] = None  # the step of the last save started
+    self._failed = False  # a save failed and was reported: close() does not wait again
     _await_tmp_cleanup(self.manager)
 
   def latest_step(self) -> Optional[int]:
@@ -56,12 +60,56 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None, config=None, force: bool = False):
+    """Start saving `step` (asynchronously unless async_save=False). A storage error of this
+    save or of the one before it (no space, file too large, no permission, a read-only or
+    vanished directory) is a one-line CheckpointError naming the step, path and cause."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
       items["config"] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    _quiet_failed_writes()
+    with self._saving(step):
+      return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _saving(self, step: Optional[int]):
+    """Context for a save or a wait: orbax's storage errors as a CheckpointError (once)."""
+    ckpt = self
+
+    class _Guard:
+      def __enter__(self):
+        return self
+
+      def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, Exception):
+          if step is not None:
+            ckpt._pending = step  # pylint: disable=protected-access
+          return False
+        failed = ckpt._pending if ckpt._pending is not None else step  # pylint: disable=protected-access
+        cause = storage_error(exc)
+        if cause is None:
+          return False
+        ckpt._failed = True  # pylint: disable=protected-access
+        raise CheckpointError(ckpt._save_failure(failed, cause)) from None  # pylint: disable=protected-access
+    return _Guard()
+
+  def _save_failure(self, step: Optional[int], cause: str) -> str:
+    committed = _committed_steps(self.directory)
+    kept = (f"the last committed checkpoint, step {committed[-1]}, is intact and a rerun "
+            "resumes from it" if committed else "no checkpoint was committed yet")
+    fix = ("free space (or raise the file size limit) and rerun" if any(
+        w in cause for w in ("space", "too large", "quota")) else
+           f"make {self.directory} writable and rerun" if any(
+               w in cause for w in ("ermission", "ead-only", "not permitted")) else
+           "check the storage and rerun")
+    return f"saving checkpoint step {step} failed: {cause}; {kept}; {fix}"
+
+  def wait(self) -> None:
+    """Wait for the save in flight (its storage error as a CheckpointError)."""
+    if self._failed:
+      return
+    with self._saving(None):
+      self.manager.wait_until_finished()
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restore `state` into abstract_state's shapes and shardings (and the data iterator)."""
@@ -92,8 +140,17 @@ class Checkpointer:
                             "move it aside or pick another step") from None
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Wait for the save in flight, then close (a failed save was reported already)."""
+    try:
+      self.wait()
+    finally:
+      if self._failed:
+        try:
+          self.manager.close()
+        except Exception:  # pylint: disable=broad-except  (the failed save, reported)
+          pass
+      else:
+        self.manager.close()
 
 
 def _await_tmp_cleanup(manager) -> None:
@@ -146,6 +203,63 @@ def _quiet_closed_loop_callbacks() -> None:
   hook._mmjax_quiet = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
   logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())
+
+
+_STORAGE_WORDS = ("No space left", "File too large", "Permission denied", "Read-only file system",
+                  "Disk quota exceeded", "Operation not permitted", "No such file or directory")
+
+
+def storage_error(e: BaseException) -> Optional[str]:
+  """'<cause> (<path>)' when `e` (or what caused it) is a storage fault of a write, else None.
+  tensorstore reports errno as os_error_code='N' inside a ValueError's text."""
+  seen = 0
+  while e is not None and seen < 8:
+    if isinstance(e, OSError) and e.errno and e.errno != errno.EEXIST:
+      where = f" ({e.filename})" if e.filename else ""
+      return f"{os.strerror(e.errno)}{where}"
+    text = str(e)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    path = re.search(r'(?:Failed writing|Error writing[^"]*"[^"]*" in OCDBT database at local '
+                     r'file): "([^"]+)"', text)
+    words = next((w for w in _STORAGE_WORDS if w in text), None)
+    if code or words:
+      cause = os.strerror(int(code.group(1))) if code else words
+      return f"{cause}" + (f" ({path.group(1)})" if path else "")
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
+
+
+def _committed_steps(directory: str):
+  """The committed step directories (orbax renames a step's temporary directory on commit)."""
+  try:
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    return []
+
+
+class _DropFailedWrites(logging.Filter):
+  """orbax's ERROR records (and their tracebacks) of a write that failed on storage: save()
+  reports that failure once, as a CheckpointError."""
+
+  def filter(self, record):
+    if record.levelno < logging.ERROR or "orbax" not in (record.pathname or ""):
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return storage_error(exc) is None and not any(
+        w in record.getMessage() for w in ("os_error_code", *_STORAGE_WORDS))
+
+
+def _quiet_failed_writes() -> None:
+  """Install _DropFailedWrites on the loggers orbax writes to (once), and the restore's
+  closed-loop quieting (a failed write leaves the same unretrieved tasks behind)."""
+  for name in ("absl", ""):
+    log = logging.getLogger(name)
+    if not any(isinstance(f, _DropFailedWrites) for f in log.filters):
+      log.addFilter(_DropFailedWrites())
+    for h in log.handlers:
+      if not any(isinstance(f, _DropFailedWrites) for f in h.filters):
+        h.addFilter(_DropFailedWrites())
+  _quiet_closed_loop_callbacks()
 
 
 def _first_line(e: BaseException) -> str:

@@ -17,7 +17,8 @@ _FS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirecto
               PermissionError)
 # One-line error classes of the library, by module (checked only once their module is loaded).
 _USER_ERRORS = {"mmjax.config_lib": ("ConfigError",), "mmjax.checkpoint": ("CheckpointError",),
-                "mmjax.trainer": ("TrainingError",), "mmjax.convert.common": ("ConvertError",)}
+                "mmjax.trainer": ("TrainingError",), "mmjax.convert.common": ("ConvertError",),
+                "mmjax.workdir_lock": ("WorkdirLocked",)}
 
 
 def one_line(error: BaseException) -> str:

@@ -1,7 +1,8 @@
 """The training loop: data -> sharded step -> metrics and checkpoints, resumable, preemptible.
 
 train(config, workdir):
-  * validates the config (one-line errors) before anything compiles;
+  * validates the config (one-line errors) before anything compiles, and takes the workdir's
+    lock (mmjax.workdir_lock: a second writer is refused, a dead one's lock taken over);
   * builds the mesh, initializes (or restores the latest committed checkpoint: state and the
     data iterator), compiles the step and prints a summary (params, FLOPs, mesh, shardings);
   * a fresh run with config.init_from starts from that checkpoint's parameters (fresh
@@ -19,6 +20,7 @@ train(config, workdir):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +37,7 @@ from mmjax import checkpoint as ckpt_lib
 from mmjax import config_lib, configure, models, packing, sharding, train_lib
 from mmjax import evaluators as evaluators_lib
 from mmjax.perf import chip_peak
+from mmjax.workdir_lock import WorkdirLock
 from mmjax.data import pipeline
 
 
@@ -61,17 +64,30 @@ class MetricWriter:
   def write(self, step: int, metrics: Dict[str, float]):
     if not self.enabled:
       return
-    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self.jsonl.flush()
-    if self.tb is not None:
-      for k, v in metrics.items():
-        self.tb.add_scalar(k, v, step)
+    with self._storage():
+      self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+      self.jsonl.flush()
+      if self.tb is not None:
+        for k, v in metrics.items():
+          self.tb.add_scalar(k, v, step)
 
   def close(self):
-    if self.jsonl:
-      self.jsonl.close()
-    if self.tb is not None:
-      self.tb.close()
+    with self._storage():
+      if self.jsonl:
+        self.jsonl.close()
+      if self.tb is not None:
+        self.tb.close()
+
+  @contextlib.contextmanager
+  def _storage(self):
+    """A storage fault of a metrics write as one TrainingError line (checkpoints go on)."""
+    try:
+      yield
+    except OSError as e:
+      path = e.filename or (self.jsonl.name if self.jsonl else "metrics.jsonl")
+      raise TrainingError(f"writing metrics to {path} failed: {os.strerror(e.errno or 0)}; "
+                          "the committed checkpoints are intact and a rerun resumes from the "
+                          "last; free space and rerun") from None
 
 
 def _progress(total, initial, enabled):
@@ -273,10 +289,19 @@ def train(config, workdir: str, *, stop_after: Optional[int] = None,
   logging and checkpoint steps (nothing is saved after a non-finite step under 'stop')."""
   devices = list(devices) if devices is not None else jax.devices()
   cfg = _validate(config, workdir, len(devices))
+  # One writer per workdir (process 0 holds it for the whole run; mmjax.workdir_lock)
+  with (WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()) as lock:
+    return _train(cfg, workdir, stop_after, log_to_stdout, devices, lock)
+
+
+def _train(cfg, workdir, stop_after, log_to_stdout, devices, lock) -> Dict[str, Any]:
   run = _set_up(cfg, workdir, devices)
   verbose = jax.process_index() == 0 and log_to_stdout
   if verbose:
     _print_summary(run)
+    if lock is not None and lock.taken_over:
+      print(f"  lock        took over the stale lock of a run that is gone "
+            f"(host {lock.taken_over.get('host')}, pid {lock.taken_over.get('pid')})", flush=True)
   prog = _Progress(step=run.start, last_saved=run.start or None)
   with _StopSignal() as stop:
     writer = MetricWriter(workdir)
