@@ -31,6 +31,11 @@ class CheckpointError(RuntimeError):
   """A missing or unreadable checkpoint, with a one-line message naming the fix."""
 
 
+class StepVanished(CheckpointError):
+  """The step was deleted while it was read: the writer's keep policy removed it (a reader of
+  a live run retries on the new latest step)."""
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -120,6 +125,7 @@ class Checkpointer:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore errors are long; keep the cause's first line
+      self._check_still_there(step)
       first = _first_line(e)
       others = [s for s in self.all_steps() if s != step]
       hint = (f"move {self.directory}/{step} aside (out of {self.directory}) to fall back to "
@@ -135,9 +141,16 @@ class Checkpointer:
       out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
       return ml_collections.ConfigDict(_tuples(out["config"]))
     except Exception as e:
+      self._check_still_there(step)
       raise CheckpointError(f"cannot read the config of checkpoint step {step} at {path} "
                             f"({type(e).__name__}); the checkpoint is incomplete or corrupt: "
                             "move it aside or pick another step") from None
+
+  def _check_still_there(self, step: int) -> None:
+    if not os.path.isdir(os.path.join(self.directory, str(step))):
+      raise StepVanished(f"checkpoint step {step} in {self.directory} was deleted while it was "
+                         "read (the run writing there keeps only its last checkpoint.keep "
+                         "steps); read the latest step again")
 
   def close(self):
     """Wait for the save in flight, then close (a failed save was reported already)."""

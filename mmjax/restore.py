@@ -22,7 +22,28 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, ove
             devices=None):
   """(config, model, params, mesh, step) restored onto `devices` (default: all present);
   config is the typed Config of the checkpoint's config with `overrides` (a flat dict
-  {'data.source': 'jsonl', ...}; string values take the type of the key, see apply_overrides)."""
+  {'data.source': 'jsonl', ...}; string values take the type of the key, see apply_overrides).
+  A workdir's latest step that a live run deletes while it is read (its keep policy) is
+  retried on the new latest step: a reader of a live run only ever sees committed steps."""
+  for attempt in range(5):
+    try:
+      return _restore_once(workdir, checkpoint, overrides, devices)
+    except ckpt_lib.CheckpointError as e:
+      if checkpoint or attempt == 4 or not _moved_on(workdir, e):
+        raise
+  raise AssertionError("unreachable")
+
+
+def _moved_on(workdir: str, error: Exception) -> bool:
+  """The failed read was of a step the writer deleted, or a newer step was committed since."""
+  if isinstance(error, ckpt_lib.StepVanished):
+    return True
+  ckpt, latest = ckpt_lib.find_checkpoint(workdir, None)
+  ckpt.close()
+  return f"step {latest} " not in str(error)
+
+
+def _restore_once(workdir, checkpoint, overrides, devices):
   ckpt, step = ckpt_lib.find_checkpoint(workdir, checkpoint)
   raw = ckpt.restore_config(step)
   raw.mesh = {"data": -1, "fsdp": 1, "tensor": 1}

@@ -17,7 +17,7 @@ import pytest
 
 from mmjax import checkpoint, config_lib, configure, evaluate, trainer
 from tests import tiny_config as tiny
-from tests.helpers import apply_overrides, subprocess_env
+from tests.helpers import apply_overrides, run_entry, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,6 +154,36 @@ def test_a_second_writer_is_refused_and_the_first_is_unaffected(tmp_path):
   steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(steps) == len(set(steps)), steps  # one writer: no step logged twice
   assert open(lock).read() == ""  # released: no holder
+
+
+def test_eval_py_reads_committed_steps_while_training_saves(tmp_path):
+  """Readers take no lock: eval.py in a loop on a workdir that a live run saves into (every 2
+  steps, keeping 2, so steps vanish under the reader) succeeds each time on a committed step."""
+  workdir = str(tmp_path / "run")
+  train = subprocess.Popen(_train_cmd(workdir, "--config.total_steps=100000",
+                                      "--config.checkpoint.every_steps=2",
+                                      "--config.checkpoint.keep=2"),
+                           cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while not _committed(workdir):
+      assert time.time() < deadline and train.poll() is None, train.communicate()[1][-3000:]
+      time.sleep(0.2)
+    seen = []
+    for i in range(3):
+      r = run_entry(["eval.py", f"--workdir={workdir}", f"--out={tmp_path}/{i}",
+                     "--evaluators=retrieval", "--config.eval.num_examples=32"])
+      assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+      step = json.load(open(tmp_path / str(i) / "results.json"))["step"]
+      assert step > 0 and step % 2 == 0, step
+      seen.append(step)
+    assert train.poll() is None, "training ended early"
+    assert seen == sorted(seen) and seen[-1] > seen[0], seen  # it read the run's progress
+  finally:
+    train.send_signal(signal.SIGTERM)
+    err = train.communicate(timeout=120)[1]
+  assert train.returncode == 0, err[-3000:]
 
 
 def _final_loss(workdir):
