@@ -8,10 +8,11 @@
   predictions = (model.encode_image(files) @ classes.T).argmax(-1)
 
 Inputs are preprocessed exactly as the data pipeline preprocesses the checkpoint's data
-(mmjax.data.decode on its data config): an image of any size and mode is converted to RGB,
-resized (shorter side, bicubic) and centre-cropped to data.image_size, and normalized with
-data.image_mean / data.image_std (a model trained on the built-in set: with that set's own
-pixel statistics, as its training batches were); a text is tokenized by the checkpoint's
+(mmjax.data.decode on its data config): an image of any size and mode is resized to
+data.image_size and made RGB as data.image_resize says (a converted open_clip or Hugging
+Face model: as that library preprocesses), and normalized with data.image_mean /
+data.image_std (a model trained on the built-in set: with that set's own pixel statistics,
+as its training batches were); a text is tokenized by the checkpoint's
 tokenizer with its framing at data.text_len. Inputs go through in eval.batch_size rows sharded
 over the local devices (the last chunk padded): one compile per modality and chunk size.
 """
@@ -153,10 +154,9 @@ class Loaded:
 
 
 def _plain_image(x):
-  """A PIL image as a uint8 RGB array; anything else as it is (decode.load_image reads it)."""
-  if hasattr(x, "convert") and hasattr(x, "size"):
-    return np.asarray(x.convert("RGB"))
-  if not isinstance(x, (str, bytes, bytearray, os.PathLike, np.ndarray)):
+  """An image input as it is (decode.resize_image reads it); LoadError for any other kind."""
+  if not (hasattr(x, "getbands") or isinstance(x, (str, bytes, bytearray, os.PathLike,
+                                                   np.ndarray))):
     raise LoadError(f"encode_image takes PIL images, file paths, bytes or arrays; got "
                     f"{type(x).__name__}")
   return x

@@ -155,3 +155,42 @@ def test_a_sigmoid_model_adds_its_learned_bias(reference, tmp_path):  # pylint: 
   assert b != 0.0
   np.testing.assert_allclose(model.similarity(zi, zt), np.exp(t) * zi @ zt.T + b, rtol=1e-5,
                              atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def with_inputs(reference):  # pylint: disable=redefined-outer-name
+  """The four small reference layouts with image files and the references' own features of
+  them and of raw strings (tests/reference/make_reference.py inputs)."""
+  return reference("inputs")
+
+
+@pytest.mark.parametrize("layout", ["hf_clip", "hf_siglip", "open_clip_clip",
+                                    "open_clip_siglip"])
+def test_a_converted_model_embeds_files_and_strings_as_its_reference(with_inputs, layout,  # pylint: disable=redefined-outer-name
+                                                                     tmp_path):
+  """encode_image of image files (several sizes; RGB, L, RGBA, P, P with transparency, I;16,
+  CMYK) and encode_text of raw strings equal, within 1e-4 absolute per embedding entry, the
+  reference's encode_image(preprocess(file)) / get_image_features(**processor(file)) and its
+  features of its tokenizer's ids: the converter picks its family's data.image_resize."""
+  from mmjax.convert import hf, open_clip, write_workdir  # pylint: disable=import-outside-toplevel
+  folder = with_inputs / layout
+  if layout.startswith("hf_"):
+    config, params = hf.convert(str(folder))
+  else:
+    tok = with_inputs / ("hf_siglip" if "siglip" in layout else "hf_clip") / "tokenizer.json"
+    config, params = open_clip.convert(str(folder / "open_clip.safetensors"), f"hf:{tok}",
+                                       config_file=str(folder / "model_config.json"))
+  write_workdir(config, params, str(tmp_path / "w"), source=f"{layout}:{folder}")
+  model = mmjax.load(str(tmp_path / "w"))
+  assert model.config.data.image_resize == {
+      "hf_clip": "torchvision", "hf_siglip": "torchvision_squash", "open_clip_clip": "pil",
+      "open_clip_siglip": "pil_squash"}[layout]
+  want = np.load(folder / "inputs.npz")
+  files = [with_inputs / "images" / f for f in want["files"]]
+  z = model.encode_image(files, normalize=False)
+  for f, got, ref in zip(want["files"], z, want["image_embeds"]):
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4, err_msg=f"{layout} {f}")
+  np.testing.assert_allclose(model.encode_image([Image.open(f) for f in files],
+                                                normalize=False), z, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(model.encode_text(list(want["texts"]), normalize=False),
+                             want["text_embeds"], rtol=0, atol=1e-4, err_msg=layout)

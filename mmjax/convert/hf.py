@@ -146,6 +146,28 @@ def default_tokenizer(folder: str) -> str:
   return ""
 
 
+def set_image_preprocessing(config, folder: str, family: str) -> None:
+  """data.image_resize as Hugging Face's image processors resize (torchvision; SigLIP's and
+  any processor without a centre crop: straight to the square size), and data.image_mean /
+  image_std from the folder's preprocessor_config.json when it has one."""
+  path = os.path.join(folder, "preprocessor_config.json")
+  pre = {}
+  if os.path.isfile(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        pre = json.load(f)
+    except json.JSONDecodeError as e:
+      raise C.ConvertError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the "
+                           "download is incomplete") from None
+  size = pre.get("size", {})
+  crop = ((not isinstance(size, dict) or "shortest_edge" in size)
+          and bool(pre.get("do_center_crop", True)) if pre else family == "clip")
+  config.data.image_resize = "torchvision" if crop else "torchvision_squash"
+  if pre.get("image_mean") and pre.get("image_std"):
+    config.data.image_mean = tuple(float(x) for x in pre["image_mean"])
+    config.data.image_std = tuple(float(x) for x in pre["image_std"])
+
+
 def convert(folder: str, tokenizer: str = "") -> Tuple[Any, Dict[str, Any]]:
   """(mmjax ConfigDict, parameter tree) of a Hugging Face CLIP / SigLIP folder."""
   if not os.path.isdir(folder):
@@ -160,5 +182,6 @@ def convert(folder: str, tokenizer: str = "") -> Tuple[Any, Dict[str, Any]]:
     raise C.ConvertError(f"{folder} has no tokenizer.json or spiece.model; pass "
                          "--tokenizer=hf:/path/tokenizer.json (or sentencepiece:/path)")
   config = C.model_config(spec, tokenizer)
+  set_image_preprocessing(config, folder, spec.family)
   params = convert_params(C.load_state_dict(os.path.join(folder, files[0])), spec)
   return config, C.check_params(params, config)

@@ -196,5 +196,7 @@ def convert(weights: str, tokenizer: str, name: str = "",
                          "tokenizer.json (CLIP BPE) or sentencepiece:/path (SigLIP)")
   spec = spec_of(model_cfg(name, config_file))
   config = C.model_config(spec, tokenizer)
+  # open_clip's preprocess: PIL resize before RGB; its SigLIP weights straight to the square
+  config.data.image_resize = "pil" if spec.family == "clip" else "pil_squash"
   params = convert_params(C.load_state_dict(weights), spec)
   return config, C.check_params(params, config)

@@ -76,6 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
   # external pixel normalization (the built-in set uses its own measured statistics)
   c.image_mean = CLIP_MEAN
   c.image_std = CLIP_STD
+  # How an external image becomes image_size x image_size (mmjax/data/decode.py resize_image):
+  # pil: PIL bicubic in the image's own mode, shorter side, centre crop, then RGB (open_clip);
+  # torchvision: RGB (transparency over white), then antialiased bicubic on the uint8 tensor,
+  # shorter side, centre crop (Hugging Face image processors); *_squash: straight to S x S
+  # without a crop (SigLIP). mmjax.convert sets it for the family it converts.
+  c.image_resize = "pil"           # pil | pil_squash | torchvision | torchvision_squash
   # zero-shot classes of any labelled source (mmjax/data/prompts.py). () = the source's own:
   # the built-in set's names and templates, a TFDS ClassLabel's names (a JSONL manifest has
   # none); external sources' templates default to openai_imagenet.
@@ -175,6 +181,10 @@ def validate(cfg) -> None:
   prompts.parse_templates(cfg.prompt_templates)
   if len(cfg.image_mean) != 3 or len(cfg.image_std) != 3 or min(cfg.image_std) <= 0:
     _fail("data.image_mean / data.image_std must be 3 numbers each (std > 0)")
+  from mmjax.data import decode  # pylint: disable=g-import-not-at-top
+  if cfg.image_resize not in decode.IMAGE_RESIZE:
+    _fail(f"unknown data.image_resize {cfg.image_resize!r}; use one of "
+          f"{', '.join(decode.IMAGE_RESIZE)}")
   if cfg.on_error not in ON_ERROR:
     _fail(f"unknown data.on_error {cfg.on_error!r}; use one of {', '.join(ON_ERROR)}")
   if not 0 <= float(cfg.max_skip_fraction) <= 1:

@@ -25,6 +25,7 @@ from mmjax.data import audio as audio_lib
 from mmjax.data import text as text_lib
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_RESIZE = ("pil", "pil_squash", "torchvision", "torchvision_squash")  # resize_image
 
 
 def one_line(s: str) -> str:
@@ -35,20 +36,24 @@ def one_line(s: str) -> str:
 # ----------------------------------------------------------------------------- images
 
 def load_image(obj, where: str = "") -> np.ndarray:
-  """bytes | path | array -> uint8 RGB [H, W, 3]; unreadable input -> one-line ValueError."""
+  """bytes | path | PIL image | array -> uint8 RGB [H, W, 3] (alpha dropped); unreadable
+  input -> one-line ValueError."""
+  img = open_image(obj, where)
+  return img if isinstance(img, np.ndarray) else np.asarray(img.convert("RGB"))
+
+
+def open_image(obj, where: str = ""):
+  """bytes | path | PIL image -> a loaded PIL image in its own mode; an array -> uint8 RGB
+  [H, W, 3]. Unreadable input -> one-line ValueError (a missing file: FileNotFoundError)."""
   if isinstance(obj, np.ndarray):
-    arr = obj
-    if arr.dtype != np.uint8:
-      arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-      arr = arr[..., None]
-    if arr.shape[-1] == 1:
-      arr = np.repeat(arr, 3, axis=-1)
-    return np.ascontiguousarray(arr[..., :3])
+    return _rgb_array(obj)
+  if hasattr(obj, "getbands"):  # a PIL image
+    return obj
   try:
     src = io.BytesIO(obj) if isinstance(obj, (bytes, bytearray)) else obj
     with Image.open(src) as im:
-      return np.asarray(im.convert("RGB"))
+      im.load()
+      return im.copy()
   except FileNotFoundError:
     raise FileNotFoundError(
         one_line(f"image file not found: {obj} {where}; fix the path")) from None
@@ -59,16 +64,120 @@ def load_image(obj, where: str = "") -> np.ndarray:
         "replace the file with a valid PNG/JPEG or remove the entry")) from None
 
 
-def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
-  """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1]: shorter side to size, centre crop."""
-  h, w = img.shape[:2]
-  if (h, w) != (size, size):
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    img = img[top:top + size, left:left + size]
-  return img.astype(np.float32) * np.float32(1 / 255.0)
+def _rgb_array(arr: np.ndarray) -> np.ndarray:
+  """uint8 / float [H, W(, C)] (float in [0, 1] or [0, 255]) -> uint8 [H, W, 3]: one channel
+  repeated, a fourth dropped."""
+  if arr.dtype != np.uint8:
+    arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+  if arr.ndim == 2:
+    arr = arr[..., None]
+  if arr.shape[-1] == 1:
+    arr = np.repeat(arr, 3, axis=-1)
+  return np.ascontiguousarray(arr[..., :3])
+
+
+def _rgb_over_white(im) -> np.ndarray:
+  """PIL image -> uint8 [H, W, 3]; one with transparency is composited over white first."""
+  if "A" in im.getbands() or im.info.get("transparency") is not None:
+    rgba = im.convert("RGBA")
+    im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
+  return np.asarray(im.convert("RGB"))
+
+
+def shorter_side_size(h: int, w: int, size: int):
+  """(new_h, new_w) with the shorter side = size and the longer side size * long / short,
+  truncated."""
+  if w <= h:
+    return int(size * h / w), size
+  return size, int(size * w / h)
+
+
+def resize_image(obj, size: int, recipe: str = "pil", where: str = "") -> np.ndarray:
+  """An image (bytes | path | PIL image | uint8 / float array) -> float32 [size, size, 3] in
+  [0, 1] by data.image_resize `recipe`:
+    pil                 PIL bicubic on the uint8 image in its own mode (a palette image:
+                        nearest), shorter side to size, centre crop (offset rounded), then RGB
+                        (alpha dropped)
+    pil_squash          the same, straight to size x size
+    torchvision         RGB first (transparency composited over white), antialiased bicubic
+                        on uint8 (`aa_bicubic_uint8`), shorter side to size, centre crop
+                        (offset truncated)
+    torchvision_squash  the same, straight to size x size"""
+  img = open_image(obj, where)
+  squash = recipe.endswith("_squash")
+  if recipe.startswith("pil"):
+    im = Image.fromarray(img) if isinstance(img, np.ndarray) else img
+    w, h = im.size
+    nh, nw = (size, size) if squash else shorter_side_size(h, w, size)
+    if (nh, nw) != (h, w):
+      im = im.resize((nw, nh), Image.BICUBIC)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    out = np.asarray(im.convert("RGB"))[top:top + size, left:left + size]
+  elif recipe.startswith("torchvision"):
+    rgb = img if isinstance(img, np.ndarray) else _rgb_over_white(img)
+    h, w = rgb.shape[:2]
+    nh, nw = (size, size) if squash else shorter_side_size(h, w, size)
+    rgb = aa_bicubic_uint8(rgb, nh, nw)
+    top, left = int((nh - size) / 2.0), int((nw - size) / 2.0)
+    out = rgb[top:top + size, left:left + size]
+  else:
+    raise ValueError(f"unknown data.image_resize {recipe!r}; use one of "
+                     f"{', '.join(IMAGE_RESIZE)}")
+  return out.astype(np.float32) * np.float32(1 / 255.0)
+
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+  """Keys' cubic convolution kernel with a = -0.5, elementwise."""
+  a, x = -0.5, np.abs(x)
+  return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                  np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+
+
+def aa_weights(n_in: int, n_out: int):
+  """Fixed-point antialiased bicubic weights ([n_out, n_in] float64 holding int16 values, p):
+  output i is sum_j W[i, j] x[j] / 2^p. The kernel is stretched by max(1, n_in / n_out) and
+  spans 2 stretched pixels each side of the centre (i + 0.5) n_in / n_out; each row is
+  normalized to sum 1, then scaled by 2^p (p: the most bits, up to 22, that keep twice the
+  largest weight under 2^15) and rounded half away from zero."""
+  scale = n_in / n_out
+  stretch = max(scale, 1.0)
+  centre = scale * (np.arange(n_out) + 0.5)
+  lo = np.maximum((centre - 2.0 * stretch + 0.5).astype(np.int64), 0)
+  hi = np.minimum((centre + 2.0 * stretch + 0.5).astype(np.int64), n_in)
+  j = np.arange(n_in)
+  inside = (j >= lo[:, None]) & (j < hi[:, None])
+  w = np.where(inside, _cubic((j - centre[:, None] + 0.5) / stretch), 0.0)
+  total = w.sum(axis=1, keepdims=True)
+  w = np.where(total != 0, w / np.where(total != 0, total, 1.0), w)
+  w_max, p = w.max(), 0
+  while p < 22 and int(0.5 + w_max * (1 << (p + 1))) < (1 << 15):
+    p += 1
+  v = w * (1 << p)
+  return np.trunc(np.where(v < 0, v - 0.5, v + 0.5)), p
+
+
+def _aa_resample(img: np.ndarray, axis: int, n_out: int, block: int = 16) -> np.ndarray:
+  """uint8 [H, W, C] resampled along `axis` to n_out: (sum + 2^(p-1)) >> p, clipped to uint8
+  (exact integer arithmetic in float64), `block` outputs at a time over the inputs they use."""
+  n_in = img.shape[axis]
+  if n_in == n_out:
+    return img
+  w, p = aa_weights(n_in, n_out)
+  x = np.moveaxis(img, axis, -1)                               # [..., n_in]
+  out = np.empty(x.shape[:-1] + (n_out,), np.uint8)
+  for s in range(0, n_out, block):
+    rows = w[s:s + block]
+    used = np.flatnonzero(rows.any(axis=0))
+    a, b = (used[0], used[-1] + 1) if used.size else (0, 1)
+    acc = x[..., a:b].astype(np.float64) @ rows[:, a:b].T + float(1 << (p - 1))
+    out[..., s:s + block] = np.clip(np.floor(acc / float(1 << p)), 0, 255)
+  return np.moveaxis(out, -1, axis)
+
+
+def aa_bicubic_uint8(img: np.ndarray, h: int, w: int) -> np.ndarray:
+  """uint8 [H, W, C] -> uint8 [h, w, C]: separable antialiased bicubic (`aa_weights`), width
+  first, then height, each pass rounded to uint8 (torchvision's tensor resize of uint8)."""
+  return _aa_resample(_aa_resample(img, 1, w), 0, h)
 
 
 def normalize_image(x: np.ndarray, mean, std) -> np.ndarray:
@@ -76,12 +185,17 @@ def normalize_image(x: np.ndarray, mean, std) -> np.ndarray:
   return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
+def image_resize(cfg) -> str:
+  """The config's data.image_resize (a config saved before the key: 'pil')."""
+  return cfg.get("image_resize", "pil")
+
+
 def model_image(obj, cfg, builtin_stats: bool = False, where: str = "") -> np.ndarray:
-  """An external image (bytes | path | array) as a model trained on `cfg`'s data sees one:
-  resized and centre-cropped to data.image_size, then normalized with data.image_mean /
-  image_std, or with the built-in scenes' own pixel statistics when builtin_stats (a model
-  trained on data.source='builtin' saw those)."""
-  img = resize_center_crop(load_image(obj, where), cfg.image_size)
+  """An external image (bytes | path | PIL image | array) as a model trained on `cfg`'s data
+  sees one: resized to data.image_size by data.image_resize (`resize_image`), then normalized
+  with data.image_mean / image_std, or with the built-in scenes' own pixel statistics when
+  builtin_stats (a model trained on data.source='builtin' saw those)."""
+  img = resize_image(obj, cfg.image_size, image_resize(cfg), where)
   if builtin_stats:
     from mmjax.data import builtin  # pylint: disable=import-outside-toplevel
     mean, std = builtin.PIXEL_STATS[cfg.task]
@@ -241,11 +355,11 @@ class Preprocessor:
     cfg, where = self.cfg, raw.get("_where", "")
     out: Dict[str, Any] = {}
     if "image" in raw:
-      img = resize_center_crop(load_image(raw["image"], where), cfg.image_size)
+      img = resize_image(raw["image"], cfg.image_size, image_resize(cfg), where)
       out["image"] = normalize_image(img, cfg.image_mean, cfg.image_std)
     if "video" in raw:
       frames = load_video(raw["video"], cfg.num_frames, where)
-      vid = np.stack([resize_center_crop(f, cfg.image_size) for f in frames])
+      vid = np.stack([resize_image(f, cfg.image_size, image_resize(cfg)) for f in frames])
       out["video"] = normalize_image(vid, cfg.image_mean, cfg.image_std)
     if "audio" in raw:
       out["audio"] = load_audio(raw["audio"], cfg, raw.get("audio_rate"), where)

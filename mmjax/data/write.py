@@ -43,9 +43,11 @@ def _image_member(path: str, where: str) -> Tuple[str, bytes]:
   ext = os.path.splitext(path)[1].lower().lstrip(".")
   if ext in KEPT_IMAGE_EXTS:
     return ext, _read(path)
-  buf = io.BytesIO()  # gif / bmp / ...: lossless png of the decoded RGB pixels
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(decode.load_image(path, where)).save(buf, format="PNG")
+  buf = io.BytesIO()  # gif / bmp / ...: lossless png in the image's own mode (resizing
+  im = decode.open_image(path, where)  # happens in that mode, as data.image_resize says)
+  if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+    im = im.convert("RGB")
+  im.save(buf, format="PNG")
   return "png", buf.getvalue()
 
 

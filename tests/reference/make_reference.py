@@ -10,6 +10,14 @@ text embeddings before normalization, image->text logits).
 
 Layouts: hf_clip, hf_siglip (small), open_clip_clip, open_clip_siglip (small),
 open_clip_vit_b16 (full-size ViT-B/16 CLIP).
+
+  python tests/reference/make_reference.py inputs OUT_DIR
+
+The four small layouts in OUT_DIR/<layout> (each as above), image files of several sizes and
+modes in OUT_DIR/images, and OUT_DIR/<layout>/inputs.npz: the reference library's own
+features of each file, preprocessed as it preprocesses (open_clip: its image_transform;
+Hugging Face: the image processor saved in the folder), and of raw strings, tokenized by its
+tokenizer (OUT_DIR/<layout>/text_tokenizer: framing as the family's tokenizer frames).
 """
 import json
 import os
@@ -169,6 +177,7 @@ def main(layout, out):
            image_embeds=img.numpy(), text_embeds=txt.numpy(), logits=logits.numpy(),
            n_params=np.int64(n_params))
   print(f"{layout}: {n_params} parameters -> {out}")
+  return model
 
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -250,8 +259,130 @@ def clip_tokenizer(out):
   print(f"CLIP BPE, {len(vocab)} ids -> {out}")
 
 
+def photo(rng, h, w):
+  """uint8 [h, w, 3]: smooth colour gradients, a few discs and noise."""
+  y, x = np.mgrid[0:h, 0:w] / np.array([h, w], np.float64)[:, None, None]
+  img = np.stack([x, y, 1 - x * y], -1) * 200 + 20
+  for _ in range(4):
+    cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.1, 0.3)
+    img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+  return np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_images(folder):
+  """Image files of several sizes and modes (model size IMG = 32): name -> path."""
+  from PIL import Image
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(1)
+  rgba = np.concatenate([photo(rng, 52, 40), np.linspace(0, 255, 52 * 40).reshape(52, 40, 1)
+                         .astype(np.uint8)], -1)
+  palette_alpha = Image.fromarray(photo(rng, 33, 39)).quantize(16)
+  palette_alpha.info["transparency"] = 0
+  gray16 = (np.linspace(0, 400, 31 * 57).reshape(31, 57) + rng.normal(0, 30, (31, 57)))
+  images = {
+      "rgb_wide.png": Image.fromarray(photo(rng, 45, 61)),      # larger, non-square
+      "rgb_square.png": Image.fromarray(photo(rng, 32, 32)),    # the model's size
+      "rgb_small.jpg": Image.fromarray(photo(rng, 27, 20)),     # smaller: upsampled
+      "gray.png": Image.fromarray(photo(rng, 38, 50)).convert("L"),
+      "rgba.png": Image.fromarray(rgba, "RGBA"),               # alpha varies
+      "palette.png": Image.fromarray(photo(rng, 35, 47)).quantize(64),
+      "palette_alpha.png": palette_alpha,                        # P with a transparent index
+      "gray16.png": Image.fromarray(np.clip(gray16, 0, 65535).astype(np.uint16)),
+      "cmyk.jpg": Image.fromarray(photo(rng, 41, 33)).convert("CMYK"),
+  }
+  paths = {}
+  for name, im in images.items():
+    paths[name] = os.path.join(folder, name)
+    im.save(paths[name], **({"transparency": 0} if name == "palette_alpha.png" else {}))
+  return paths
+
+
+INPUT_LAYOUTS = ("hf_clip", "hf_siglip", "open_clip_clip", "open_clip_siglip")
+STRINGS = ("w5 w10", "w11  w12   w13", "w7", "",
+           " ".join(f"w{i}" for i in range(20, 40)))  # longer than the context: truncated
+
+
+def text_tokenizer(layout, folder):
+  """The family's tokenizer over the layout's word vocabulary, saved in folder: CLIP frames
+  <|startoftext|> words <|endoftext|> (pads with <|endoftext|>), SigLIP words </s> (pads with
+  </s>); truncation keeps the end token."""
+  import transformers as tf
+  from tokenizers import Tokenizer, processors
+  family = "siglip" if "siglip" in layout else "clip"
+  specials = ({0: "<pad>", V - 2: "<|startoftext|>", V - 1: "<|endoftext|>"} if family == "clip"
+              else {0: "<pad>", 1: "</s>", 2: "<unk>"})
+  os.makedirs(folder, exist_ok=True)
+  word_tokenizer(os.path.join(folder, "words.json"), specials)
+  tok = Tokenizer.from_file(os.path.join(folder, "words.json"))
+  if family == "clip":
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", V - 2), ("<|endoftext|>", V - 1)])
+    kw = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+  else:
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", 1)])
+    kw = dict(eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+  fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=L, **kw)
+  fast.save_pretrained(folder)
+  return fast
+
+
+def inputs(out):
+  """See the module doc (mode `inputs`)."""
+  import transformers as tf
+  from PIL import Image
+  paths = write_images(os.path.join(out, "images"))
+  names = sorted(paths)
+  for layout in INPUT_LAYOUTS:
+    folder = os.path.join(out, layout)
+    model = main(layout, folder)
+    siglip = "siglip" in layout
+    tok_dir = os.path.join(folder, "text_tokenizer")
+    fast = text_tokenizer(layout, tok_dir)
+    pick = lambda x: x if torch.is_tensor(x) else x.pooler_output
+    with torch.no_grad():
+      if layout.startswith("hf_"):
+        proc = (tf.SiglipImageProcessor(size={"height": IMG, "width": IMG}) if siglip else
+                tf.CLIPImageProcessor(size={"shortest_edge": IMG},
+                                      crop_size={"height": IMG, "width": IMG}))
+        proc.save_pretrained(folder)  # preprocessor_config.json
+        px = torch.cat([proc(images=Image.open(paths[n]), return_tensors="pt")["pixel_values"]
+                        for n in names])
+        img = pick(model.get_image_features(pixel_values=px))
+        enc = fast(list(STRINGS), padding="max_length", truncation=True, max_length=L,
+                   return_tensors="pt")
+        ids = enc["input_ids"]
+        txt = pick(model.get_text_features(
+            input_ids=ids, **({} if siglip else {"attention_mask": enc["attention_mask"]})))
+      else:
+        import open_clip
+        pre = (open_clip.image_transform(IMG, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                         resize_mode="squash") if siglip else
+               open_clip.image_transform(IMG, is_train=False))
+        px = torch.stack([pre(Image.open(paths[n])) for n in names])
+        img = model.encode_image(px)
+        if siglip:
+          ids = open_clip.tokenizer.HFTokenizer(tok_dir, context_length=L,
+                                                clean="canonicalize")(list(STRINGS))
+        else:  # open_clip.tokenize's framing: <sot> words <eot> 0-padding, <eot> kept
+          ids = torch.zeros((len(STRINGS), L), dtype=torch.long)
+          for i, t in enumerate(STRINGS):
+            row = [V - 2] + fast(t, add_special_tokens=False)["input_ids"] + [V - 1]
+            row = row[:L - 1] + [V - 1] if len(row) > L else row
+            ids[i, :len(row)] = torch.tensor(row)
+        txt = model.encode_text(ids)
+    np.savez(os.path.join(folder, "inputs.npz"), files=np.array(names),
+             pixels=px.numpy().transpose(0, 2, 3, 1), image_embeds=img.numpy(),
+             texts=np.array(STRINGS), ids=ids.numpy().astype(np.int32),
+             text_embeds=txt.numpy())
+    print(f"{layout}: features of {len(names)} images and {len(STRINGS)} strings")
+
+
 if __name__ == "__main__":
-  if sys.argv[1] == "clip_tokenizer":
+  if sys.argv[1] == "inputs":
+    inputs(sys.argv[2])
+  elif sys.argv[1] == "clip_tokenizer":
     clip_tokenizer(sys.argv[2])
   elif sys.argv[1] == "zeroshot":
     zero_shot(*sys.argv[2:7])
