@@ -149,13 +149,8 @@ def test_absent_modalities_give_finite_numbers(name):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A tiny dual encoder, 30 contrastive steps on the built-in image-text set."""
-  c = tiny.get_config()
-  apply_overrides(c, {"model.fusion": "dual_encoder", "loss_weights.itm": 0.0,
-                      "loss_weights.mlm": 0.0, "loss_weights.mim": 0.0, "batch_size": 32,
-                      "total_steps": 30, "log_every_steps": 30, "mesh.data": 1,
-                      "optimizer.warmup_steps": 5, "optimizer.learning_rate": 3e-3})
   d = str(tmp_path_factory.mktemp("run"))
-  trainer.train(c, d, log_to_stdout=False, devices=DEV)
+  trainer.train(tiny.dual_encoder_30_steps(), d, log_to_stdout=False, devices=DEV)
   return d
 
 
