@@ -6,9 +6,10 @@ Used by mmjax.evaluate (eval.py), mmjax.generate (generate.py) and the benchmark
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -25,9 +26,23 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, ove
   {'data.source': 'jsonl', ...}; string values take the type of the key, see apply_overrides).
   A workdir's latest step that a live run deletes while it is read (its keep policy) is
   retried on the new latest step: a reader of a live run only ever sees committed steps."""
+  (config,), model, params, mesh, step = restore_sets(workdir, checkpoint, overrides, ({},),
+                                                      devices)
+  return config, model, params, mesh, step
+
+
+def restore_sets(workdir: Optional[str] = None, checkpoint: Optional[str] = None,
+                 overrides=None, sets: Sequence[Dict[str, Any]] = ({},), devices=None,
+                 names: Optional[Sequence[str]] = None):
+  """(configs, model, params, mesh, step): the checkpoint's params restored once onto
+  `devices`, and one typed Config per entry of `sets` (the checkpoint's config with
+  `overrides`, then that entry's flat overrides: an evaluation set's data and eval keys).
+  Every config must build the same model, the one the params are restored for; a set's
+  error starts with its name (names[i]). A live run's deleted step is retried (restore)."""
+  names = list(names) if names is not None else [None] * len(sets)
   for attempt in range(5):
     try:
-      return _restore_once(workdir, checkpoint, overrides, devices)
+      return _restore_once(workdir, checkpoint, overrides, sets, names, devices)
     except ckpt_lib.CheckpointError as e:
       if checkpoint or attempt == 4 or not _moved_on(workdir, e):
         raise
@@ -43,20 +58,50 @@ def _moved_on(workdir: str, error: Exception) -> bool:
   return f"step {latest} " not in str(error)
 
 
-def _restore_once(workdir, checkpoint, overrides, devices):
+def _restore_once(workdir, checkpoint, overrides, sets, names, devices):
   ckpt, step = ckpt_lib.find_checkpoint(workdir, checkpoint)
   raw = ckpt.restore_config(step)
   raw.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
   if overrides:
     apply_overrides(raw, overrides)
-  config = configure.resolve(raw)
+  configs = [_set_config(raw, over, name) for over, name in zip(sets, names)]
+  config = configs[0]
+  for other, name in zip(configs[1:], names[1:]):
+    _check_same_model(config, other, names[0], name)
   model = models.build_model(config.model)
   tx, _ = train_lib.make_optimizer(config)
   mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices)
   target, _ = train_lib.abstract_state(model, tx, mesh)
   state = ckpt.restore(step, target)
   ckpt.close()
-  return config, model, state.params, mesh, step
+  return configs, model, state.params, mesh, step
+
+
+def _set_config(raw, overrides, name):
+  """The typed Config of `raw` with a set's `overrides` (raw itself is left as it is)."""
+  try:
+    cfg = copy.deepcopy(raw)
+    if overrides:
+      apply_overrides(cfg, overrides)
+    return configure.resolve(cfg)
+  except Exception as e:  # pylint: disable=broad-except
+    if name is None or not cli.is_user_error(e):
+      raise
+    raise config_lib.ConfigError(f"set {name!r}: {cli.one_line(e)}") from None
+
+
+def _check_same_model(first, other, first_name, name) -> None:
+  """One-line ConfigError when set `name` builds another model than `first_name`."""
+  if other.model == first.model:
+    return
+  diff = [f.name for f in dataclasses.fields(first.model)
+          if getattr(first.model, f.name) != getattr(other.model, f.name)]
+  raise config_lib.ConfigError(
+      f"set {name!r} builds another model than set {first_name!r} (model."
+      f"{diff[0] if diff else 'config'} differs); the checkpoint is restored once for all "
+      "sets, so a set may change only data and eval keys that leave the model as it is "
+      "(data.tokenizer and data.tokenizer_specials set the text ids): drop such keys from "
+      "the set, or evaluate it on its own")
 
 
 def trained_on_builtin(config) -> bool:

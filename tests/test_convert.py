@@ -225,3 +225,15 @@ def test_clip_bpe_through_the_hf_backend_tokenizes_as_open_clip(tmp_path):
   got = np.stack([tok.encode(str(t), 77) for t in ref["texts"]])
   np.testing.assert_array_equal(got, ref["ids"])
   assert got[-1, -1] == 49407  # the 300-character text is cut, its end token kept
+
+
+def test_hf_text_cleaning_follows_the_folders_tokenizer(tmp_path):
+  """SiglipTokenizer (spiece.model) lowercases per its do_lower_case and canonicalizes as
+  Hugging Face does; a tokenizer.json brings its own normalizer; CLIP always lowercases."""
+  from mmjax.convert import hf  # pylint: disable=import-outside-toplevel
+  spm, fast = f"sentencepiece:{tmp_path}/spiece.model", f"hf:{tmp_path}/tokenizer.json"
+  assert hf.text_cleaning(str(tmp_path), spm, "siglip") == (True, "hf")
+  (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+  assert hf.text_cleaning(str(tmp_path), spm, "siglip") == (False, "hf")
+  assert hf.text_cleaning(str(tmp_path), fast, "siglip") == (False, "")
+  assert hf.text_cleaning(str(tmp_path), fast, "clip") == (True, "")

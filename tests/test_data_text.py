@@ -123,3 +123,36 @@ def test_hf_framing_tokens_in_text_are_dropped(tmp_path):
   tok = text.get_tokenizer(f"hf:{path}")
   assert list(tok.encode("a [SEP] a", 6)) == [2, 4, 4, 3, 0, 0]  # text cannot end it early
   assert tok.special_ids == (0, 2, 3, 5) and not tok.pad_is_token
+
+
+TRICKY = ("A Photo of a CAT.", "snake_case_words", "  tabs\tand\nnew lines  ", "it's {x}!",
+          "Ünïcode Straße — dash", "a_b-c_d", "", "!!!", "\u2003wide\u3000space")
+
+
+def test_canonicalize_is_big_vision_open_clip_and_hf_siglip():
+  """data.canonicalize reproduces open_clip's canonicalize_text (big_vision's) and Hugging
+  Face's SiglipTokenizer.canonicalize_text (lowercasing on) on tricky strings."""
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from tests.helpers import REF_PY, ROOT  # pylint: disable=import-outside-toplevel
+  r = subprocess.run([REF_PY, os.path.join(ROOT, "tests", "reference", "make_reference.py"),
+                      "canonicalize"], input=json.dumps(TRICKY), capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  big_vision, hf = json.loads(r.stdout)
+  assert [text.clean(x, True, "big_vision") for x in TRICKY] == big_vision
+  assert [text.clean(x, True, "hf") for x in TRICKY] == hf
+  assert big_vision != hf  # the underscore rule differs, so each mode is tested
+  assert text.clean("A_B.", False, "") == "A_B."
+
+
+def test_canonicalize_reaches_the_ids_and_bad_modes_are_refused():
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
+  tok = text.get_tokenizer("bytes", lowercase=True, canonicalize="big_vision")
+  assert np.array_equal(tok.encode("A_Cat, here!", 16),
+                        text.get_tokenizer("bytes").encode("a cat here", 16))
+  cfg = data_config.resolve({"lowercase": True, "canonicalize": "hf"})
+  assert text.spec_from_config(cfg).canonicalize == "hf"
+  with pytest.raises(ValueError, match="unknown data.canonicalize 'bigvision'; use ''"):
+    data_config.resolve({"canonicalize": "bigvision"})

@@ -194,3 +194,52 @@ def test_a_converted_model_embeds_files_and_strings_as_its_reference(with_inputs
                                                 normalize=False), z, rtol=0, atol=1e-6)
   np.testing.assert_allclose(model.encode_text(list(want["texts"]), normalize=False),
                              want["text_embeds"], rtol=0, atol=1e-4, err_msg=layout)
+
+
+def test_video_and_audio_files_embed_as_the_data_pipeline_reads_them(tmp_path):
+  """encode('video', ...) of .npy clips and frame folders and encode('audio', ...) of .wav
+  files (another rate) and waveforms are the pipeline's decoded inputs of the same files
+  through the same towers: a JSONL manifest of them, batched by make_dataset."""
+  from mmjax.data import audio as audio_lib  # pylint: disable=import-outside-toplevel
+  from mmjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from tests.test_multi_caption import init_checkpoint  # pylint: disable=import-outside-toplevel
+  workdir = init_checkpoint(str(tmp_path / "run"), **{
+      "model.modalities": {
+          "video": {"kind": "video", "tubelet": (2, 8, 8), "grid": (2, 2, 2),
+                    "input_shape": (4, 16, 16, 3)},
+          "audio": {"kind": "audio", "patch": (8, 8), "grid": (2, 2), "input_shape": (16, 16)}},
+      "data.task": "audio_video", "data.num_frames": 4, "data.audio_frames": 16,
+      "data.mel_bins": 16, "data.image_size": 16})
+  rng = np.random.default_rng(0)
+  rows, videos, audios = [], [], []
+  for i in range(4):
+    clip = rng.integers(0, 256, (6 + i, 20 + 4 * i, 24, 3), dtype=np.uint8)  # T, H, W vary
+    if i % 2:
+      path = tmp_path / f"v{i}"
+      path.mkdir()
+      for t, frame in enumerate(clip):
+        Image.fromarray(frame).save(path / f"{t:03d}.png")
+    else:
+      path = tmp_path / f"v{i}.npy"
+      np.save(path, clip)
+    wave = rng.normal(0, 0.3, 8000 + 1000 * i).astype(np.float32)
+    audio_lib.write_wav(str(tmp_path / f"a{i}.wav"), wave, 8000)
+    rows.append({"video": path.name, "audio": f"a{i}.wav", "caption": f"clip {i}"})
+    videos.append(path)
+    audios.append(tmp_path / f"a{i}.wav")
+  (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  model = mmjax.load(workdir)
+  shapes = {k: getattr(model.config.data, k) for k in ("task", "num_frames", "audio_frames",
+                                                        "mel_bins", "image_size")}
+  batch = next(iter(pipeline.make_dataset(
+      {**shapes, "source": "jsonl", "jsonl_path": str(tmp_path / "m.jsonl")}, "test",
+      global_batch_size=4, seed=0, shuffle=False, repeat=False, num_workers=0)))
+  for kind, files in (("video", videos), ("audio", audios)):
+    x = model.preprocess(kind, [str(f) for f in files])
+    np.testing.assert_array_equal(x, batch[kind], err_msg=kind)
+    z = model.encode(kind, files)
+    np.testing.assert_allclose(z, model.encode_preprocessed(kind, batch[kind]), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    assert np.abs(z[0] - z[1]).max() > 1e-3  # different inputs, different embeddings
+  np.testing.assert_allclose(model.encode("video", np.load(videos[0])[None]),
+                             model.encode("video", [videos[0]]), atol=1e-6)  # an array too

@@ -52,16 +52,19 @@ class DualEncoderSpec:
 # Tokenizer framing of each family (mmjax/data/text.py): CLIP starts with <|startoftext|>,
 # ends with <|endoftext|> (pooled there) and lowercases; SigLIP has no start token, ends with
 # </s> and pads with it (its text tower attends over the padding and pools the last position).
+# The text cleaning (lowercase, canonicalize) is the tokenizer's: model_config's arguments.
 FRAMING = {
     "clip": ({"cls": "<|startoftext|>", "sep": "<|endoftext|>", "pad": 0}, True),
     "siglip": ({"cls": "", "sep": "</s>", "pad": "</s>"}, False),
 }
 
 
-def model_config(spec: DualEncoderSpec, tokenizer: str) -> ml_collections.ConfigDict:
+def model_config(spec: DualEncoderSpec, tokenizer: str, lowercase: Optional[bool] = None,
+                 canonicalize: str = "") -> ml_collections.ConfigDict:
   """The full mmjax config of a published dual encoder (dual_encoder fusion, exactly its
   parameters: model.objective_heads keeps only its alignment temperature), reading text with
-  `tokenizer` (a data.tokenizer spec) framed as the family frames it."""
+  `tokenizer` (a data.tokenizer spec) framed as the family frames it, cleaned with
+  `lowercase` (None: the family's FRAMING) and `canonicalize` (data.canonicalize)."""
   c = config_lib.load_config("default")
   clip = spec.family == "clip"
   grid = spec.image_size // spec.patch
@@ -98,10 +101,11 @@ def model_config(spec: DualEncoderSpec, tokenizer: str) -> ml_collections.Config
        "mlm": 0.0, "mim": 0.0, "itm": 0.0})
   c.data.image_size = spec.image_size
   c.data.text_len = spec.text_len
-  specials, lowercase = FRAMING[spec.family]
+  specials, family_lowercase = FRAMING[spec.family]
   c.data.tokenizer = tokenizer
   c.data.tokenizer_specials = ml_collections.ConfigDict(specials)
-  c.data.lowercase = lowercase
+  c.data.lowercase = family_lowercase if lowercase is None else bool(lowercase)
+  c.data.canonicalize = canonicalize
   if not clip:
     c.data.image_mean, c.data.image_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   c.eval.evaluators = ("zero_shot", "retrieval")

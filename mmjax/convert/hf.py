@@ -146,6 +146,20 @@ def default_tokenizer(folder: str) -> str:
   return ""
 
 
+def text_cleaning(folder: str, tokenizer: str, family: str) -> Tuple[bool, str]:
+  """(data.lowercase, data.canonicalize) as the folder's Hugging Face tokenizer cleans text:
+  SiglipTokenizer (a SentencePiece model) lowercases (its do_lower_case) and canonicalizes;
+  a tokenizer.json carries its own normalizer, so only CLIP's lowercasing is kept."""
+  if family != "siglip" or not tokenizer.startswith(("sentencepiece:", "spm:")):
+    return C.FRAMING[family][1], ""
+  cfg = {}
+  path = os.path.join(folder, "tokenizer_config.json")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  return bool(cfg.get("do_lower_case", True)), "hf"
+
+
 def set_image_preprocessing(config, folder: str, family: str) -> None:
   """data.image_resize as Hugging Face's image processors resize (torchvision; SigLIP's and
   any processor without a centre crop: straight to the square size), and data.image_mean /
@@ -181,7 +195,7 @@ def convert(folder: str, tokenizer: str = "") -> Tuple[Any, Dict[str, Any]]:
   if not tokenizer:
     raise C.ConvertError(f"{folder} has no tokenizer.json or spiece.model; pass "
                          "--tokenizer=hf:/path/tokenizer.json (or sentencepiece:/path)")
-  config = C.model_config(spec, tokenizer)
+  config = C.model_config(spec, tokenizer, *text_cleaning(folder, tokenizer, spec.family))
   set_image_preprocessing(config, folder, spec.family)
   params = convert_params(C.load_state_dict(os.path.join(folder, files[0])), spec)
   return config, C.check_params(params, config)

@@ -72,6 +72,21 @@ def model_cfg(name: str = "", config_file: str = "") -> Dict[str, Any]:
   return MODELS[name]
 
 
+# open_clip's tokenizer `clean` -> (data.lowercase, data.canonicalize)
+CLEAN = {"lower": (True, ""), "whitespace": (False, ""), "canonicalize": (True, "big_vision")}
+
+
+def text_cleaning(cfg: Mapping[str, Any], family: str) -> Tuple[bool, str]:
+  """How open_clip's tokenizer cleans this model's text: text_cfg.tokenizer_kwargs.clean,
+  else its default ('lower' for CLIP's BPE; SigLIP configs name 'canonicalize')."""
+  kwargs = cfg.get("text_cfg", {}).get("tokenizer_kwargs", {}) or {}
+  clean = kwargs.get("clean", "lower" if family == "clip" else "canonicalize")
+  if clean not in CLEAN:
+    raise C.ConvertError(f"unknown open_clip tokenizer clean {clean!r} in text_cfg."
+                         f"tokenizer_kwargs; known: {', '.join(CLEAN)}")
+  return CLEAN[clean]
+
+
 def spec_of(cfg: Mapping[str, Any]) -> C.DualEncoderSpec:
   v, t = cfg["vision_cfg"], cfg["text_cfg"]
   text_mlp = int(t["width"] * t.get("mlp_ratio", 4.0))
@@ -194,8 +209,9 @@ def convert(weights: str, tokenizer: str, name: str = "",
   if not tokenizer:
     raise C.ConvertError("open_clip checkpoints carry no tokenizer; pass --tokenizer=hf:/path/"
                          "tokenizer.json (CLIP BPE) or sentencepiece:/path (SigLIP)")
-  spec = spec_of(model_cfg(name, config_file))
-  config = C.model_config(spec, tokenizer)
+  cfg = model_cfg(name, config_file)
+  spec = spec_of(cfg)
+  config = C.model_config(spec, tokenizer, *text_cleaning(cfg, spec.family))
   # open_clip's preprocess: PIL resize before RGB; its SigLIP weights straight to the square
   config.data.image_resize = "pil" if spec.family == "clip" else "pil_squash"
   params = convert_params(C.load_state_dict(weights), spec)

@@ -38,7 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   # with lowercase=True; SigLIP: {'cls': ''} (its model ends with '</s>', pads with <pad>).
   # On the command line: --config.data.tokenizer_specials="{'cls': '', 'pad': 0}".
   c.tokenizer_specials = ml_collections.ConfigDict()
-  c.lowercase = False              # lowercase text before tokenizing (CLIP)
+  c.lowercase = False              # lowercase text before tokenizing (CLIP, SigLIP)
+  # SigLIP's cleaning after lowercase: punctuation dropped, whitespace collapsed (text.py)
+  c.canonicalize = ""              # '' | big_vision ('_' -> ' ' first) | hf ('_' dropped)
   # built-in set
   c.num_hard_negatives = 3         # K captions differing in exactly one binding
   c.max_objects = 3                # image_text: 1..max_objects shapes per image
@@ -136,6 +138,7 @@ def validate(cfg) -> None:
           "...); the built-in set has one caption per example: use data.max_captions=1")
   from mmjax.data import text  # pylint: disable=g-import-not-at-top
   text.check_specials(cfg.tokenizer_specials)
+  text.check_canonicalize(cfg.canonicalize)
   if cfg.source == "builtin":
     from mmjax.data import builtin  # pylint: disable=g-import-not-at-top
     if cfg.task not in builtin.TASKS:

@@ -12,11 +12,15 @@ Framing is configurable, so one tokenizer reproduces a published model's convent
              A role left out is the model's own (BOS / EOS / PAD ids, usual names such as
              [CLS], <s>, <|startoftext|>) or, if it has none, a new id after its vocabulary.
   lowercase  lowercase the text before tokenizing
+  canonicalize  SigLIP's text cleaning, after lowercasing: punctuation dropped, whitespace
+             collapsed and stripped. 'big_vision' (open_clip's SigLIP tokenizer too) first turns
+             '_' into a space; 'hf' (Hugging Face's SiglipTokenizer) drops it; '' keeps the text.
 The end token is kept when text is truncated; framing tokens inside the text are dropped.
   BERT / default  {}                                                  [CLS] .. [SEP] [PAD]..
   CLIP, open_clip {'cls': '<|startoftext|>', 'sep': '<|endoftext|>', 'pad': 0}, lowercase
   CLIP, HF        {'cls': '<|startoftext|>', 'sep': '<|endoftext|>', 'pad': '<|endoftext|>'}
-  SigLIP          {'cls': ''} with its SentencePiece model: .. </s> <pad>.., text_len 64
+  SigLIP          {'cls': ''} with its SentencePiece model: .. </s> <pad>.., text_len 64,
+                  lowercase, canonicalize='big_vision'
 `pad_is_token` is True when the pad id is also a real token (CLIP): padding is then told
 apart by position (everything after the first end token), never by id.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import string
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -43,11 +48,38 @@ _NAMES = {
 }
 
 
+CANONICALIZE = ("", "big_vision", "hf")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 class TokenizerSpec(NamedTuple):
-  """What builds a tokenizer (hashable, picklable): backend spec, role overrides, lowercase."""
+  """What builds a tokenizer (hashable, picklable): backend spec, role overrides, lowercase,
+  canonicalize."""
   spec: str = "bytes"
   specials: Tuple[Tuple[str, Any], ...] = ()
   lowercase: bool = False
+  canonicalize: str = ""
+
+
+def check_canonicalize(mode) -> str:
+  """data.canonicalize, checked (one-line ValueError)."""
+  mode = str(mode or "")
+  if mode not in CANONICALIZE:
+    raise ValueError(f"unknown data.canonicalize {mode!r}; use '' (off), 'big_vision' "
+                     "(SigLIP as big_vision and open_clip clean it) or 'hf' (Hugging Face's "
+                     "SiglipTokenizer)")
+  return mode
+
+
+def clean(text: str, lowercase: bool = False, canonicalize: str = "") -> str:
+  """The text a tokenizer reads: lowercased, then canonicalized (see the module doc)."""
+  if lowercase:
+    text = text.lower()
+  if canonicalize:
+    if canonicalize == "big_vision":
+      text = text.replace("_", " ")
+    text = " ".join(text.translate(_PUNCTUATION).split())
+  return text
 
 
 def check_specials(specials) -> Tuple[Tuple[str, Any], ...]:
@@ -93,6 +125,7 @@ class _Tokenizer:
 
   name = "?"
   lowercase = False
+  canonicalize = ""
 
   def _setup_roles(self, base_size: int, lookup, native: Dict[str, int], control,
                    specials=(), lowercase: bool = False):
@@ -157,7 +190,7 @@ class _Tokenizer:
 
   def tokenize(self, text: str) -> np.ndarray:
     """text -> int32 [n] ids without framing tokens."""
-    ids = self._tokenize(text.lower() if self.lowercase else text)
+    ids = self._tokenize(clean(text, self.lowercase, self.canonicalize))
     return ids[~np.isin(ids, self._strip)] if self._strip.size else ids
 
   def encode(self, text: str, max_len: int) -> np.ndarray:
@@ -269,11 +302,13 @@ def _require_file(path: str, what: str):
     raise FileNotFoundError(f"{what} file not found: {path}; check data.tokenizer")
 
 
-def get_tokenizer(spec="bytes", specials=None, lowercase: bool = False):
+def get_tokenizer(spec="bytes", specials=None, lowercase: bool = False, canonicalize: str = ""):
   """'bytes' | 'sentencepiece:/path/model' | 'hf:/path/tokenizer.json' (or a TokenizerSpec)
-  with optional role overrides and lowercasing (see the module doc) -> tokenizer (cached)."""
+  with optional role overrides, lowercasing and canonicalization (see the module doc) ->
+  tokenizer (cached)."""
   if not isinstance(spec, TokenizerSpec):
-    spec = TokenizerSpec((spec or "bytes").strip(), check_specials(specials), bool(lowercase))
+    spec = TokenizerSpec((spec or "bytes").strip(), check_specials(specials), bool(lowercase),
+                         check_canonicalize(canonicalize))
   return _build(spec)
 
 
@@ -282,22 +317,28 @@ def _build(spec: TokenizerSpec):
   kind, sep, path = spec.spec.partition(":")
   opts = dict(specials=spec.specials, lowercase=spec.lowercase)
   if spec.spec == "bytes":
-    return ByteTokenizer(**opts)
-  if sep and kind in ("sentencepiece", "spm"):
-    return SentencePieceTokenizer(os.path.expanduser(path), **opts)
-  if sep and kind in ("hf", "huggingface"):
-    return HFTokenizer(os.path.expanduser(path), **opts)
+    tok = ByteTokenizer(**opts)
+  elif sep and kind in ("sentencepiece", "spm"):
+    tok = SentencePieceTokenizer(os.path.expanduser(path), **opts)
+  elif sep and kind in ("hf", "huggingface"):
+    tok = HFTokenizer(os.path.expanduser(path), **opts)
+  else:
+    tok = None
+  if tok is not None:
+    tok.canonicalize = check_canonicalize(spec.canonicalize)
+    return tok
   raise ValueError(f"unknown tokenizer spec {spec.spec!r}; use 'bytes', "
                    "'sentencepiece:/path/model' or 'hf:/path/tokenizer.json'")
 
 
 def spec_from_config(cfg) -> TokenizerSpec:
-  """The TokenizerSpec of a data config (data.tokenizer, .tokenizer_specials, .lowercase);
-  keys it lacks take their defaults."""
+  """The TokenizerSpec of a data config (data.tokenizer, .tokenizer_specials, .lowercase,
+  .canonicalize); keys it lacks take their defaults."""
   get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
   return TokenizerSpec(str(get("tokenizer", "bytes") or "bytes").strip(),
                        check_specials(get("tokenizer_specials", None) or {}),
-                       bool(get("lowercase", False)))
+                       bool(get("lowercase", False)),
+                       check_canonicalize(get("canonicalize", "")))
 
 
 def from_config(cfg):

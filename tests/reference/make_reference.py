@@ -18,6 +18,11 @@ modes in OUT_DIR/images, and OUT_DIR/<layout>/inputs.npz: the reference library'
 features of each file, preprocessed as it preprocesses (open_clip: its image_transform;
 Hugging Face: the image processor saved in the folder), and of raw strings, tokenized by its
 tokenizer (OUT_DIR/<layout>/text_tokenizer: framing as the family's tokenizer frames).
+
+  python tests/reference/make_reference.py canonicalize < strings.json
+
+Prints [open_clip's canonicalize_text of each string, Hugging Face SiglipTokenizer's
+canonicalize_text of each (lowercasing on)] as JSON.
 """
 import json
 import os
@@ -299,7 +304,8 @@ def write_images(folder):
 
 INPUT_LAYOUTS = ("hf_clip", "hf_siglip", "open_clip_clip", "open_clip_siglip")
 STRINGS = ("w5 w10", "w11  w12   w13", "w7", "",
-           " ".join(f"w{i}" for i in range(20, 40)))  # longer than the context: truncated
+           " ".join(f"w{i}" for i in range(20, 40)),  # longer than the context: truncated
+           "W5, W10!  w11_w12.")  # cleaning: lowercase, punctuation, '_' (SigLIP)
 
 
 def text_tokenizer(layout, folder):
@@ -307,14 +313,15 @@ def text_tokenizer(layout, folder):
   <|startoftext|> words <|endoftext|> (pads with <|endoftext|>), SigLIP words </s> (pads with
   </s>); truncation keeps the end token."""
   import transformers as tf
-  from tokenizers import Tokenizer, processors
+  from tokenizers import Tokenizer, normalizers, processors
   family = "siglip" if "siglip" in layout else "clip"
   specials = ({0: "<pad>", V - 2: "<|startoftext|>", V - 1: "<|endoftext|>"} if family == "clip"
               else {0: "<pad>", 1: "</s>", 2: "<unk>"})
   os.makedirs(folder, exist_ok=True)
   word_tokenizer(os.path.join(folder, "words.json"), specials)
   tok = Tokenizer.from_file(os.path.join(folder, "words.json"))
-  if family == "clip":
+  if family == "clip":  # CLIP's tokenizer.json lowercases; SigLIP's leaves cleaning to callers
+    tok.normalizer = normalizers.Lowercase()
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", V - 2), ("<|endoftext|>", V - 1)])
@@ -367,8 +374,9 @@ def inputs(out):
                                                 clean="canonicalize")(list(STRINGS))
         else:  # open_clip.tokenize's framing: <sot> words <eot> 0-padding, <eot> kept
           ids = torch.zeros((len(STRINGS), L), dtype=torch.long)
+          clean = open_clip.tokenizer.get_clean_fn("lower")
           for i, t in enumerate(STRINGS):
-            row = [V - 2] + fast(t, add_special_tokens=False)["input_ids"] + [V - 1]
+            row = [V - 2] + fast(clean(t), add_special_tokens=False)["input_ids"] + [V - 1]
             row = row[:L - 1] + [V - 1] if len(row) > L else row
             ids[i, :len(row)] = torch.tensor(row)
         txt = model.encode_text(ids)
@@ -379,8 +387,25 @@ def inputs(out):
     print(f"{layout}: features of {len(names)} images and {len(STRINGS)} strings")
 
 
+def canonicalize():
+  """See the module doc (mode `canonicalize`)."""
+  import string
+  import types
+  from open_clip.tokenizer import canonicalize_text
+  # canonicalize_text is plain Python; the module imports sentencepiece, which this venv lacks
+  sys.modules.setdefault("sentencepiece", types.ModuleType("sentencepiece"))
+  from transformers.models.siglip.tokenization_siglip import SiglipTokenizer
+  punct = str.maketrans("", "", string.punctuation)
+  hf = types.SimpleNamespace(do_lower_case=True, remove_punctuation=lambda t: t.translate(punct))
+  xs = json.loads(sys.stdin.read())
+  print(json.dumps([[canonicalize_text(x) for x in xs],
+                    [SiglipTokenizer.canonicalize_text(hf, x) for x in xs]]))
+
+
 if __name__ == "__main__":
-  if sys.argv[1] == "inputs":
+  if sys.argv[1] == "canonicalize":
+    canonicalize()
+  elif sys.argv[1] == "inputs":
     inputs(sys.argv[2])
   elif sys.argv[1] == "clip_tokenizer":
     clip_tokenizer(sys.argv[2])
