@@ -45,6 +45,29 @@ class TrainingError(RuntimeError):
   """A run that must stop (non-finite loss), with a one-line message."""
 
 
+class EventFile:
+  """TensorBoard scalars written in the calling thread (tensorboardX's SummaryWriter writes
+  from a thread of its own, which dies on a full disk and leaves the run blocked on its
+  queue): a storage fault here is an OSError where the write is made."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import event_file_writer, summary  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    os.makedirs(logdir, exist_ok=True)
+    self._event, self._scalar = event_pb2.Event, summary.scalar
+    self._file = event_file_writer.EventsWriter(os.path.join(logdir, "events"))
+    self.name = self._file._file_name  # pylint: disable=protected-access
+
+  def write(self, step: int, metrics: Dict[str, float]):
+    now = time.time()
+    for k, v in metrics.items():
+      self._file.write_event(self._event(wall_time=now, step=step, summary=self._scalar(k, v)))
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
 class MetricWriter:
   """metrics.jsonl + TensorBoard event files (process 0 only)."""
 
@@ -52,42 +75,47 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self.jsonl = None
     self.tb = None
+    self.failed = False
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       try:
-        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.tb = EventFile(os.path.join(workdir, "tensorboard"))
       except ImportError:  # pragma: no cover
         self.tb = None
 
   def write(self, step: int, metrics: Dict[str, float]):
     if not self.enabled:
       return
-    with self._storage():
+    with self._storage(self.jsonl.name):
       self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
       self.jsonl.flush()
-      if self.tb is not None:
-        for k, v in metrics.items():
-          self.tb.add_scalar(k, v, step)
+    if self.tb is not None:
+      with self._storage(self.tb.name):
+        self.tb.write(step, metrics)
 
   def close(self):
-    with self._storage():
-      if self.jsonl:
-        self.jsonl.close()
-      if self.tb is not None:
-        self.tb.close()
+    """Closes both files; after a failed write (already reported) errors are dropped."""
+    reported = self.failed
+    for f in (self.jsonl, self.tb):
+      if f is not None:
+        try:
+          with self._storage(f.name):
+            f.close()
+        except TrainingError:
+          if not reported:
+            raise
 
   @contextlib.contextmanager
-  def _storage(self):
+  def _storage(self, path: str):
     """A storage fault of a metrics write as one TrainingError line (checkpoints go on)."""
     try:
       yield
     except OSError as e:
-      path = e.filename or (self.jsonl.name if self.jsonl else "metrics.jsonl")
-      raise TrainingError(f"writing metrics to {path} failed: {os.strerror(e.errno or 0)}; "
-                          "the committed checkpoints are intact and a rerun resumes from the "
-                          "last; free space and rerun") from None
+      self.failed = True
+      raise TrainingError(f"writing metrics to {e.filename or path} failed: "
+                          f"{os.strerror(e.errno or 0)}; the committed checkpoints are intact "
+                          "and a rerun resumes from the last; free space and rerun") from None
 
 
 def _progress(total, initial, enabled):

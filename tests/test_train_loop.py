@@ -229,8 +229,9 @@ def _tree_hashes(path):
   return out
 
 
-# ~45 s: five train.py runs (the faulted pair, its rerun, and the same history without the
-# fault to compare the final loss with); the save failing inside a real process is the point.
+# ~60 s: six train.py runs (the faulted pair, a metrics fault, the rerun, and the same history
+# without the faults to compare the final loss with); writes failing inside a real process is
+# the point.
 def test_a_failed_save_is_one_line_and_loses_nothing(tmp_path):
   """The disk filling up mid-save, reproduced by a file size limit the save's files cross."""
   workdir = str(tmp_path / "run")
@@ -253,6 +254,25 @@ def test_a_failed_save_is_one_line_and_loses_nothing(tmp_path):
   assert len(errors) == 1, full.stderr[-3000:]
   assert errors[0].startswith("error: saving checkpoint step 9 failed: File too large (") and \
       "the last committed checkpoint, step 6, is intact" in errors[0], errors[0]
+  assert {s: _tree_hashes(os.path.join(workdir, "checkpoints", str(s))) for s in before} == before
+  # A TensorBoard write crossing the limit, no save due: one line naming the event file, not
+  # a writer thread dying and the run blocked on its queue forever (the timeout). Each run
+  # starts an event file, which grows faster than metrics.jsonl; that one is set aside so
+  # it too starts empty and the event file crosses first.
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  os.rename(metrics, metrics + ".kept")
+  limit = 12_000
+  tb = subprocess.run(cmd[:-2] + ["--config.total_steps=26", "--config.checkpoint.every_steps="
+                                  "1000"], cwd=ROOT, env=env, capture_output=True,
+                      text=True, timeout=240,
+                      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                            (limit, limit)))
+  assert tb.returncode == 1 and "Traceback" not in tb.stderr, tb.stderr[-3000:]
+  errors = [x for x in tb.stderr.splitlines() if "error" in x.lower()]
+  assert len(errors) == 1 and errors[0].startswith(
+      f"error: writing metrics to {workdir}/tensorboard/events.out.tfevents.") and \
+      "failed: File too large; the committed checkpoints are intact" in errors[0], errors
+  os.replace(metrics + ".kept", metrics)
   assert {s: _tree_hashes(os.path.join(workdir, "checkpoints", str(s))) for s in before} == before
   rerun = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -350,3 +370,27 @@ def test_nan_loss(tmp_path, policy, monkeypatch):
     out = _one_device(lambda: trainer.train(cfg, str(tmp_path), log_to_stdout=False))
     assert out["step"] == 5 and out["metrics"]["skipped_total"] == 1.0
     assert np.isfinite(out["metrics"]["loss"])
+
+
+def test_metric_writer_tensorboard_events_hold_what_metrics_jsonl_holds(tmp_path):
+  """The synchronous event file is a valid TFRecord stream of scalar summaries, one per
+  metric per written step, equal to the metrics.jsonl rows."""
+  import struct  # pylint: disable=import-outside-toplevel
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  from mmjax.trainer import MetricWriter  # pylint: disable=import-outside-toplevel
+  w = MetricWriter(str(tmp_path))
+  for step in (1, 2, 5):
+    w.write(step, {"loss": 1.0 / step, "grad_norm": float(step)})
+  w.close()
+  (events,) = (tmp_path / "tensorboard").iterdir()
+  raw, i, got = events.read_bytes(), 0, []
+  while i < len(raw):
+    (n,) = struct.unpack("<Q", raw[i:i + 8])
+    e = event_pb2.Event()
+    e.ParseFromString(raw[i + 12:i + 12 + n])
+    i += 12 + n + 4  # length, its crc, the record, its crc
+    got += [(e.step, v.tag, v.simple_value) for v in e.summary.value]
+  rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  want = [(r["step"], k, v) for r in rows for k, v in r.items() if k != "step"]
+  assert [(s, k) for s, k, _ in got] == [(s, k) for s, k, _ in want]
+  np.testing.assert_allclose([v for *_, v in got], [v for *_, v in want], rtol=1e-6)
