@@ -12,6 +12,7 @@ commit, so a step that was being written when the process died is never listed o
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -77,26 +78,20 @@ class Checkpointer:
     with self._saving(step):
       return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+  @contextlib.contextmanager
   def _saving(self, step: Optional[int]):
     """Context for a save or a wait: orbax's storage errors as a CheckpointError (once)."""
-    ckpt = self
-
-    class _Guard:
-      def __enter__(self):
-        return self
-
-      def __exit__(self, exc_type, exc, tb):
-        if exc is None or not isinstance(exc, Exception):
-          if step is not None:
-            ckpt._pending = step  # pylint: disable=protected-access
-          return False
-        failed = ckpt._pending if ckpt._pending is not None else step  # pylint: disable=protected-access
-        cause = storage_error(exc)
-        if cause is None:
-          return False
-        ckpt._failed = True  # pylint: disable=protected-access
-        raise CheckpointError(ckpt._save_failure(failed, cause)) from None  # pylint: disable=protected-access
-    return _Guard()
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      cause = storage_error(e)
+      if cause is None:
+        raise
+      failed = self._pending if self._pending is not None else step
+      self._failed = True
+      raise CheckpointError(self._save_failure(failed, cause)) from None
+    if step is not None:
+      self._pending = step
 
   def _save_failure(self, step: Optional[int], cause: str) -> str:
     committed = _committed_steps(self.directory)

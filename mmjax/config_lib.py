@@ -33,6 +33,7 @@ import ml_collections
 
 # The chunked attention path's chunk (attention.chunk_size): the one place it is stated.
 CHUNK_SIZE = 512
+SEVERITY_LEVELS = 3  # robustness corruptions: severities 1..SEVERITY_LEVELS
 # Compute / parameter dtypes by name (layers hand the names to flax and jax as they are).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # Modality-config keys that describe the data (not embedder options), and that size a tower.
@@ -277,7 +278,7 @@ class EvalConfig:
   robustness_metrics: Tuple[str, ...] = ("zero_shot/accuracy", "retrieval/a2b_R@10",
                                          "retrieval/b2a_R@10", "itm/pairwise_accuracy")
   robustness_corruptions: Tuple[str, ...] = ()
-  robustness_severities: Tuple[int, ...] = (1, 2, 3)
+  robustness_severities: Tuple[int, ...] = tuple(range(1, SEVERITY_LEVELS + 1))
 
   def __post_init__(self):
     if self.caption_beam < 1 or self.caption_max_len < 0:
@@ -289,9 +290,9 @@ class EvalConfig:
       raise ConfigError(f"eval.probe_l2={self.probe_l2} must be a non-empty list of positive "
                         "numbers")
     if not self.robustness_severities or any(
-        s not in (1, 2, 3) for s in self.robustness_severities):
+        not 1 <= s <= SEVERITY_LEVELS for s in self.robustness_severities):
       raise ConfigError(f"eval.robustness_severities={self.robustness_severities} must be "
-                        "severities among 1, 2, 3")
+                        f"severities among 1..{SEVERITY_LEVELS}")
     if not self.robustness_metrics or any("/" not in m for m in self.robustness_metrics):
       raise ConfigError(f"eval.robustness_metrics={self.robustness_metrics} must name metrics "
                         "as '<evaluator>/<metric>', e.g. zero_shot/accuracy")

@@ -18,6 +18,8 @@ one file (listed in the config's `imports` when it lives outside mmjax).
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Any, Callable, ClassVar, Dict, Hashable, List, Optional, Sequence
 
 from mmjax import config_lib, restore, sharding
@@ -36,6 +38,14 @@ class EvalContext(Evaluated):
     self.step = step
     self._cache: Dict[Hashable, Any] = {}
     self._point: Dict[Hashable, Any] = {}
+    self._test_transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+
+  def with_test_batches(self, transform) -> "EvalContext":
+    """A view whose test batches are transform(batch) of this context's (a modality absent
+    or corrupted): same params, jitted functions and data cache, its own per-point results."""
+    view = copy.copy(self)
+    view._point, view._test_transform = {}, transform  # pylint: disable=protected-access
+    return view
 
   def update(self, params, step: Optional[int] = None) -> "EvalContext":
     """The next evaluation point: new params (same structure and shardings), same caches."""
@@ -57,8 +67,12 @@ class EvalContext(Evaluated):
 
   def batches(self, split: str, num_examples: int) -> List[Dict[str, Any]]:
     """The first num_examples of `split` in eval.batch_size batches (read once)."""
-    return self.cached(("batches", split, num_examples), lambda: restore.split_batches(
+    clean = self.cached(("batches", split, num_examples), lambda: restore.split_batches(
         self.config, split, self.config.eval.batch_size, num_examples, self.mesh.size))
+    if split != "test" or self._test_transform is None:
+      return clean
+    return self.per_point(("test_transform", num_examples),
+                          lambda: [self._test_transform(b) for b in clean])
 
   def test_batches(self) -> List[Dict[str, Any]]:
     """eval.num_examples of the test split: what the evaluators score."""

@@ -28,10 +28,11 @@ from typing import Any, ClassVar, Sequence, Tuple
 
 import numpy as np
 
+from mmjax.config_lib import SEVERITY_LEVELS as LEVELS
 from mmjax.config_lib import ConfigError
 from mmjax.registry import Registry
 
-LEVELS = 3  # severities 1..LEVELS; each corruption gives one parameter per severity
+# severities 1..LEVELS (config_lib.SEVERITY_LEVELS); a corruption gives one parameter each
 
 
 class Corruption:

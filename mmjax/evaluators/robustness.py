@@ -14,7 +14,6 @@ A metric whose evaluator does not apply to the model or data is left out.
 """
 from __future__ import annotations
 
-import copy
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -22,22 +21,6 @@ import numpy as np
 from mmjax import config_lib
 from mmjax.data import text as text_lib
 from mmjax.evaluators import base, corruptions
-
-
-class _Corrupted(base.EvalContext):
-  """The context `ctx` with the test split replaced by `corrupt(batch)` of its batches."""
-
-  def __init__(self, ctx: base.EvalContext, corrupt):  # pylint: disable=super-init-not-called
-    self.__dict__.update(copy.copy(ctx.__dict__))
-    self._point = {}
-    self._parent, self._corrupt = ctx, corrupt
-
-  def batches(self, split, num_examples):
-    clean = self._parent.batches(split, num_examples)
-    if split != "test":
-      return clean
-    return self.per_point(("robustness", num_examples),
-                          lambda: [self._corrupt(b) for b in clean])
 
 
 def _absent(modality: str):
@@ -125,7 +108,7 @@ class Robustness(base.Evaluator):
     clean = _score(ctx, metrics)
     out = {f"robustness/clean/{k}": v for k, v in clean.items()}
     for _, cond, fn in conditions(ctx):
-      res = _score(_Corrupted(ctx, fn), metrics)
+      res = _score(ctx.with_test_batches(fn), metrics)
       out.update({f"robustness/{cond}/{k}": v for k, v in res.items()})
       out.update({f"robustness/drop/{cond}/{k}": clean[k] - v for k, v in res.items()})
     return out
