@@ -78,6 +78,7 @@ class BlockConfig:
   remat: str = "none"           # a key of mmjax.layers.REMAT_POLICIES
   scan: bool = False
   dropout: float = 0.0
+  patch_dropout: float = 0.0  # fraction of patch tokens dropped per example in training (FLIP)
   # Options that published architectures need (CLIP, SigLIP, open_clip), defaults unchanged:
   activation: str = "gelu_tanh"  # MLP nonlinearity, a key of mmjax.layers.ACTIVATIONS
   norm_eps: float = 1e-6         # LayerNorm epsilon (CLIP: 1e-5)
@@ -92,6 +93,9 @@ class BlockConfig:
                          f"{', '.join(DTYPE_NAMES)}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+    if not 0.0 <= self.patch_dropout < 1.0:
+      raise ValueError(f"model.patch_dropout={self.patch_dropout} must be in [0, 1) (the "
+                       "fraction of patch tokens dropped in training; FLIP uses 0.5 to 0.75)")
 
   @property
   def head_dim(self) -> int:
@@ -241,6 +245,14 @@ class OptimizerConfig:
   eps: float = 1e-8
   grad_clip: float = 0.0
   end_lr_ratio: float = 0.0
+  # EMA of the parameters after each applied step, ema = d * ema + (1 - d) * params (0: off);
+  # kept in the optimizer state, so it is checkpointed and resumed with it
+  ema_decay: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ConfigError(f"optimizer.ema_decay={self.ema_decay} must be in [0, 1) (0: no EMA; "
+                        "0.999 is a common choice)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +273,7 @@ class CheckpointConfig:
 class EvalConfig:
   evaluators: Tuple[str, ...] = ("zero_shot", "retrieval", "itm", "mlm", "mim")
   every_steps: int = 0  # evaluate during training every N steps (0: off); legacy eval_every_steps
+  use_ema: bool = False  # evaluate the EMA parameters (a run with optimizer.ema_decay > 0)
   batch_size: int = 100
   num_examples: int = 1000
   # linear_probe: logistic regression on frozen embeddings of this many train examples; its
@@ -314,6 +327,11 @@ class Config:
   total_steps: int = 1000
   batch_size: int = 64
   grad_accum_steps: int = 1
+  # how micro-batches combine (mmjax.accumulation): 'batch' the whole batch's loss and
+  # gradients (every negative), 'micro' each micro-batch's own, averaged
+  grad_accum_negatives: str = "batch"
+  # the last N steps encode every patch (FLIP's unmasked tuning after model.patch_dropout)
+  unmasked_steps: int = 0
   nan_policy: str = "stop"  # stop | skip
   log_every_steps: int = 25
   init_from: str = ""  # a workdir or <workdir>/checkpoints/<step>: its parameters, when fresh
@@ -373,6 +391,7 @@ def _block(mc, att) -> BlockConfig:
         dtype=get("dtype", "dtype"), param_dtype=get("param_dtype", "param_dtype"),
         remat=get("remat", "remat"), scan=bool(get("scan", "scan")),
         dropout=float(get("dropout", "dropout")), activation=get("activation", "activation"),
+        patch_dropout=float(get("patch_dropout", "patch_dropout")),
         norm_eps=float(get("norm_eps", "norm_eps")), key_bias=bool(get("key_bias", "key_bias")))
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -383,7 +402,7 @@ FUSION_KEYS = tuple(f.name for f in dataclasses.fields(FusionConfig)
                     if f.name not in ("name", "unimodal_depth", "joint_depth", "post_depth",
                                       "cross_depth"))
 _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
-               "remat", "scan", "dropout", "depth", "modalities", "activation", "norm_eps",
+               "remat", "scan", "dropout", "patch_dropout", "depth", "modalities", "activation", "norm_eps",
                "key_bias", "objective_heads", "decoder_depth", "caption_from",
                "order_segments") + FUSION_KEYS
 
@@ -572,6 +591,12 @@ def parse(config) -> Config:
   if cfg.batch_size % cfg.grad_accum_steps:
     raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by "
                       f"grad_accum_steps={cfg.grad_accum_steps}")
+  if not 0 <= cfg.unmasked_steps <= cfg.total_steps:
+    raise ConfigError(f"unmasked_steps={cfg.unmasked_steps} must be in [0, total_steps="
+                      f"{cfg.total_steps}]")
+  if cfg.grad_accum_negatives not in ("batch", "micro"):
+    raise ConfigError(f"unknown grad_accum_negatives {cfg.grad_accum_negatives!r}; use 'batch' "
+                      "(the whole batch's negatives, exact) or 'micro' (each micro-batch's own)")
   if cfg.nan_policy not in ("stop", "skip"):
     raise ConfigError(f"unknown nan_policy {cfg.nan_policy!r}; use 'stop' or 'skip'")
   return cfg

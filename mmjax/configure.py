@@ -95,10 +95,20 @@ def _resolve_model(model: ModelConfig, config) -> ModelConfig:
   model = _model(model, weights)
   if "data" in config:  # data and model meet: the text ids come from the tokenizer
     model = text_ids(model, config.data, float(weights.get("mlm", 0.0)) > 0)
+  design = fusion.design_of(model.fusion)
   try:  # each embedder states its count (arithmetic); an undivided input shape fails here
-    fusion.design_of(model.fusion).validate_lengths(token_counts(model))
+    design.validate_lengths(token_counts(model))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  rates = {m.name: tokenizers.patch_dropout_of(m, model.block) for m in model.modalities}
+  for name, rate in rates.items():
+    if not 0.0 <= rate < 1.0:
+      raise ConfigError(f"model.modalities.{name}.patch_dropout={rate} must be in [0, 1)")
+  dropped = [name for name, rate in rates.items() if rate]
+  if dropped and design.position_aligned:
+    raise ConfigError(f"patch dropout on {dropped} with fusion {design.name}: it adds the "
+                      "modalities' tokens position by position, and dropped patches leave "
+                      "nothing to align; set model.patch_dropout=0 or choose another fusion")
   return model
 
 
@@ -130,6 +140,15 @@ def resolve(config) -> Config:
     raise ConfigError(str(e)) from None
   cfg = dataclasses.replace(cfg, model=model, resolved=True)
   check_packing(cfg)
+  if cfg.unmasked_steps and not any(tokenizers.patch_dropout_of(m, model.block)
+                                    for m in model.modalities):
+    raise ConfigError(f"unmasked_steps={cfg.unmasked_steps} ends patch dropout, and no "
+                      "modality drops patches; set model.patch_dropout (e.g. 0.5) or drop "
+                      "unmasked_steps")
+  if cfg.eval.use_ema and not cfg.optimizer.ema_decay:
+    raise ConfigError("eval.use_ema=True needs EMA parameters, and optimizer.ema_decay=0 "
+                      "keeps none; train with optimizer.ema_decay (e.g. 0.999) or drop "
+                      "eval.use_ema")
   return cfg
 
 
@@ -231,6 +250,16 @@ def text_ids(model: ModelConfig, data, mlm: bool) -> ModelConfig:
     mods.append(dataclasses.replace(m, options=tuple(opts.items())))
   return dataclasses.replace(model, modalities=tuple(mods))
 
+
+
+def without_patch_dropout(cfg: Config) -> Config:
+  """The config with patch dropout off in the model and every modality (unmasked_steps)."""
+  m = cfg.model
+  mods = tuple(dataclasses.replace(x, options=tuple(
+      (k, 0.0 if k == "patch_dropout" else v) for k, v in x.options)) for x in m.modalities)
+  model = dataclasses.replace(m, block=dataclasses.replace(m.block, patch_dropout=0.0),
+                              modalities=mods)
+  return dataclasses.replace(cfg, model=model)
 
 
 def check_mesh(cfg: Config, num_devices: int) -> Tuple[int, int, int]:

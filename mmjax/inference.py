@@ -162,12 +162,13 @@ def _plain_image(x):
   return x
 
 
-def load(path: str, devices=None) -> Loaded:
+def load(path: str, devices=None, ema: bool = False) -> Loaded:
   """A workdir (its latest checkpoint) or a <workdir>/checkpoints/<step> directory, restored
-  onto `devices` (default: every local device), whatever mesh trained it."""
+  onto `devices` (default: every local device), whatever mesh trained it; ema=True: its EMA
+  parameters (a run trained with optimizer.ema_decay)."""
   path = os.fspath(path)
   step_dir = os.path.basename(os.path.normpath(path)).isdigit()
   config, model, params, mesh, step = restore_lib.restore(
       workdir=None if step_dir else path, checkpoint=path if step_dir else None,
-      devices=devices)
+      overrides={"eval.use_ema": True} if ema else None, devices=devices)
   return Loaded(config, model, params, mesh, step)

@@ -73,3 +73,19 @@ def time_steps(step, state, batch, steps: int, warmup: int = 1, repeats: int = 3
     jax.block_until_ready((state, metrics))
     best = min(best, (time.perf_counter() - t) / steps)
   return state, metrics, best
+
+
+def processor() -> str:
+  """The host CPU as a person names it: its model and widest vector ISA, e.g. 'Intel(R)
+  Xeon(R) Processor (AVX-512)', from /proc/cpuinfo ('' where there is none)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      info = f.read()
+  except OSError:
+    return ""
+  field = lambda key: next((line.split(":", 1)[1].strip() for line in info.splitlines()  # noqa: E731
+                            if line.startswith(key)), "")
+  flags = set(field("flags").split())
+  isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+  name = field("model name")
+  return f"{name} ({isa})" if isa else name

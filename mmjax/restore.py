@@ -74,7 +74,7 @@ def _restore_once(workdir, checkpoint, overrides, sets, names, devices):
   target, _ = train_lib.abstract_state(model, tx, mesh)
   state = ckpt.restore(step, target)
   ckpt.close()
-  return configs, model, state.params, mesh, step
+  return configs, model, train_lib.evaluated_params(config, state), mesh, step
 
 
 def _set_config(raw, overrides, name):

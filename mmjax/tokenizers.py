@@ -22,6 +22,11 @@ Options that published architectures need (all off by default):
 Optional arguments every embedder takes:
   valid    [B] bool       this example has the modality (False = absent: all tokens masked)
   mim_mask [B, N] bool    patch embedders only: replace these tokens by a learned [MASK] embedding
+
+Patch dropout (patch embedders, `patch_dropout` = r > 0; FLIP, Li et al. 2023): in training
+(an apply with a 'dropout' rng) and without a MIM mask, each example keeps a random
+N - round(r N) of its N patch tokens, positions already added, in patch order; [CLS] is kept.
+Evaluation encodes every patch.
 """
 from __future__ import annotations
 
@@ -40,6 +45,21 @@ PATCH_KINDS = ("image", "video", "audio")  # the kinds cut into patches (masked 
 
 
 # ----------------------------------------------------------------------------- patches
+
+def kept_patches(n: int, rate: float) -> int:
+  """Patch tokens left of n after patch dropout at `rate` (at least one)."""
+  return max(1, n - int(round(n * rate)))
+
+
+def drop_patches(rng, tokens, mask, rate: float):
+  """tokens [B, N, D], mask [B, N] -> [B, K, D], [B, K], K = kept_patches(N, rate): per example
+  a uniformly random subset of the tokens, in their original order."""
+  b, n = mask.shape
+  keep = jnp.sort(jnp.argsort(jax.random.uniform(rng, (b, n)), axis=1)[:, :kept_patches(n, rate)],
+                  axis=1)
+  return (jnp.take_along_axis(tokens, keep[..., None], axis=1),
+          jnp.take_along_axis(mask, keep, axis=1))
+
 
 def _pair(p: Union[int, Sequence[int]]) -> Tuple[int, int]:
   return (int(p), int(p)) if isinstance(p, (int, np.integer)) else tuple(int(v) for v in p)
@@ -140,10 +160,13 @@ class _Embedder(nn.Module):
     table = self._param("pos_embedding", tuple(ref_grid) + (self.width,), axes)
     return _interpolate(table, grid)
 
-  def _finish(self, tokens, mask, ref_grid, grid, valid):
-    """tokens [B, N, D] (+ positions unless ref_grid is None, + type, then [CLS])."""
+  def _finish(self, tokens, mask, ref_grid, grid, valid, patch_dropout: float = 0.0):
+    """tokens [B, N, D] (+ positions unless ref_grid is None, patch dropout, + type, then
+    [CLS])."""
     if ref_grid is not None:
       tokens = tokens + self._positions(ref_grid, grid).astype(tokens.dtype)[None]
+    if patch_dropout > 0 and self.has_rng("dropout"):
+      tokens, mask = drop_patches(self.make_rng("dropout"), tokens, mask, patch_dropout)
     if self.add_cls:
       cls = self._param("cls", (self.width,), ("embed",)).astype(tokens.dtype)
       if self.cls_position:
@@ -245,7 +268,16 @@ class TextEmbedder(_Embedder):
     return self._finish(tokens, self.token_mask(ids), (self.max_len,), (n,), valid)
 
 
-class ImagePatchEmbedder(_Embedder):
+class _PatchEmbedder(_Embedder):
+  """An embedder of patches (image, video, audio): patch dropout applies to it."""
+  patch_dropout: float = 0.0  # see the module docstring
+
+  def _dropped(self, mim_mask) -> float:
+    """The patch dropout rate of this call: none where a MIM mask needs every position."""
+    return self.patch_dropout if mim_mask is None else 0.0
+
+
+class ImagePatchEmbedder(_PatchEmbedder):
   """RGB [B, H, W, C] -> fixed-size patches -> linear projection (= conv with stride = patch)
   + 2D positions (learned at `grid`, interpolated to the input's grid) + type (+ [CLS])."""
   patch: int = 16
@@ -266,10 +298,10 @@ class ImagePatchEmbedder(_Embedder):
                                      use_bias=self.patch_bias), mim_mask)
     grid = (x.shape[1] // self.patch, x.shape[2] // self.patch)
     mask = jnp.ones(tokens.shape[:2], bool)
-    return self._finish(tokens, mask, self.grid, grid, valid)
+    return self._finish(tokens, mask, self.grid, grid, valid, self._dropped(mim_mask))
 
 
-class VideoTubeletEmbedder(_Embedder):
+class VideoTubeletEmbedder(_PatchEmbedder):
   """Video [B, T, H, W, C] -> t x p x p tubelets -> linear projection + space-time positions
   (learned 3D at `grid`, interpolated to a new clip length/resolution) + type (+ [CLS])."""
   tubelet: Sequence[int] = (2, 16, 16)
@@ -290,10 +322,11 @@ class VideoTubeletEmbedder(_Embedder):
     tokens = self._mim(self._project(patchify_video(x, self.tubelet).astype(self.dtype),
                                      use_bias=self.patch_bias), mim_mask)
     grid = tuple(s // t for s, t in zip(x.shape[1:4], self.tubelet))
-    return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid)
+    return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid,
+                        self._dropped(mim_mask))
 
 
-class AudioSpectrogramEmbedder(_Embedder):
+class AudioSpectrogramEmbedder(_PatchEmbedder):
   """Log-mel spectrogram [B, T, F] -> (time x mel) patches -> linear projection + 2D positions
   (interpolated along time for longer clips) + type (+ [CLS]) (AST, MBT)."""
   patch: Sequence[int] = (16, 16)
@@ -313,7 +346,8 @@ class AudioSpectrogramEmbedder(_Embedder):
     tokens = self._mim(self._project(patchify_spectrogram(x, self.patch).astype(self.dtype),
                                      use_bias=self.patch_bias), mim_mask)
     grid = (x.shape[1] // self.patch[0], x.shape[2] // self.patch[1])
-    return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid)
+    return self._finish(tokens, jnp.ones(tokens.shape[:2], bool), self.grid, grid, valid,
+                        self._dropped(mim_mask))
 
 
 class RegionEmbedder(_Embedder):
@@ -383,11 +417,22 @@ def build_embedder(kind: str, name: str, width: int, dtype, param_dtype, **kwarg
   return cls(width=width, dtype=dtype, param_dtype=param_dtype, name=f"embed_{name}", **kwargs)
 
 
+def patch_dropout_of(mod, block) -> float:
+  """The patch dropout rate of one modality config: its own option, else the model's (0 for
+  kinds that are not cut into patches)."""
+  if mod.kind not in PATCH_KINDS:
+    return 0.0
+  return float(dict(mod.options).get("patch_dropout", block.patch_dropout))
+
+
 def modality_embedder(mod, block) -> nn.Module:
   """The embedder of one modality config (config_lib.ModalityConfig) at its tower's width, with
-  the model's dropout and the tower's norm epsilon unless the modality sets its own."""
+  the model's dropout (and patch dropout) and the tower's norm epsilon unless the modality sets
+  its own."""
   opts = dict(mod.options)
   opts.setdefault("dropout", block.dropout)
+  if mod.kind in PATCH_KINDS:
+    opts["patch_dropout"] = patch_dropout_of(mod, block)
   opts.setdefault("norm_eps", (mod.tower or block).norm_eps)
   return build_embedder(mod.kind, mod.name, (mod.tower or block).width, block.dtype,
                         block.param_dtype, **opts)

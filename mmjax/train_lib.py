@@ -8,15 +8,18 @@ weighted objectives. Contrastive negatives span the global batch (all-gathered i
 Randomness: step s uses fold_in(key(seed), s), so a resumed run replays exactly.
 Non-finite loss or gradients never update the parameters, decided on the device: policy
 'skip' drops the update and counts it in the state; 'stop' freezes the state until the loop
-stops the run. Gradient accumulation (`grad_accum_steps` > 1) scans over micro-batches and
-averages their gradients; contrastive negatives are then those of each micro-batch.
+stops the run. Gradient accumulation (`grad_accum_steps` > 1, mmjax.accumulation) gives the
+whole batch's loss and gradients from micro-batches (grad_accum_negatives='batch'), or
+averages each micro-batch's own ('micro').
+With optimizer.ema_decay = d > 0 the optimizer's last stage keeps an exponential moving
+average of the parameters, ema <- d * ema + (1 - d) * params_new (`ema_params` reads it).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import re
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 import flax
 import flax.linen as nn
@@ -26,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mmjax import attention, models, objectives, sharding
+from mmjax import accumulation, attention, models, objectives, sharding
 from mmjax.config_lib import Config, ConfigError
 from mmjax.configure import resolve
 from mmjax.perf import step_flops
@@ -117,9 +120,45 @@ def frozen_mask(config: Config, params):
   return mask
 
 
+class EmaState(NamedTuple):
+  """The parameters' exponential moving average (a tree like the parameters)."""
+  ema: Any
+
+
+def parameter_ema(decay: float) -> optax.GradientTransformation:
+  """A last optimizer stage that leaves the updates as they are and keeps
+  ema <- decay * ema + (1 - decay) * (params + updates), starting from the initial params."""
+  def init(params):
+    return EmaState(ema=jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params):
+    ema = jax.tree.map(lambda e, p, u: (decay * e + (1.0 - decay) * (p + u)).astype(e.dtype),
+                       state.ema, params, updates)
+    return updates, EmaState(ema=ema)
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state):
+  """The EMA parameters kept in an optimizer state (None without optimizer.ema_decay)."""
+  return optax.tree_utils.tree_get(opt_state, "ema")
+
+
+def evaluated_params(config: Config, state: TrainState):
+  """The parameters evaluation scores: the EMA ones with eval.use_ema, else state.params."""
+  if not config.eval.use_ema:
+    return state.params
+  ema = ema_params(state.opt_state)
+  if ema is None:
+    raise ConfigError("eval.use_ema=True but this run keeps no EMA parameters (it trained "
+                      "with optimizer.ema_decay=0); drop eval.use_ema, or train with "
+                      "optimizer.ema_decay, e.g. 0.999")
+  return ema
+
+
 def make_optimizer(config: Config) -> Tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (+ clipping) with the schedule; with config.freeze the frozen parameters get
-  set_to_zero (no update, no weight decay, no Adam moments) and clipping sees the rest."""
+  set_to_zero (no update, no weight decay, no Adam moments) and clipping sees the rest;
+  optimizer.ema_decay > 0 adds parameter_ema last."""
   config = resolve(config)
   o = config.optimizer
   schedule = learning_rate_schedule(config)
@@ -131,6 +170,8 @@ def make_optimizer(config: Config) -> Tuple[optax.GradientTransformation, optax.
     labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
                                          frozen_mask(config, params))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  if o.ema_decay:
+    tx = optax.chain(tx, parameter_ema(o.ema_decay))
   return tx, schedule
 
 
@@ -178,12 +219,10 @@ def create_state(config: Config, model, tx, mesh) -> Tuple[TrainState, Any]:
 
 # ------------------------------------------------------------------------------ step
 
-def _split_micro(batch, k):
-  return jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
-
-
-def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -> Callable:
+def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding,
+                    unroll_accumulation: bool = False) -> Callable:
   """jit(step)(state, batch) -> (state, metrics), sharded per the rules; state donated.
+  unroll_accumulation: the micro-batch loop unrolled (for counting its FLOPs).
 
   A non-finite loss or gradient norm never updates the parameters; the decision is made on
   the device. nan_policy 'skip' drops that update and counts it (state.skipped); 'stop'
@@ -201,31 +240,23 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding) -
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
 
+    def trainable(params):  # frozen parameters pass no gradient
+      return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+
     def loss_fn(params, micro, r):
-      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-      return objectives.pretraining_loss(model, params, micro, r, config.objectives, mesh)
+      return objectives.pretraining_loss(model, trainable(params), micro, r, config.objectives,
+                                         mesh)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum == 1:
-      (loss, metrics), grads = grad_fn(state.params, batch, rng)
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    elif config.grad_accum_negatives == "micro":
+      loss, metrics, grads = accumulation.micro_average(
+          jax.value_and_grad(loss_fn, has_aux=True), state.params,
+          accumulation.split(batch, accum, mesh), rng, accum, unroll_accumulation)
     else:
-      micro = _split_micro(batch, accum)
-
-      def body(carry, xs):
-        g_sum, m_sum = carry
-        mb, i = xs
-        (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-        return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, m_sum, m)), None
-
-      zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-      m_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(
-          lambda x: x[0], micro), rng)[0][1])
-      zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-      (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m),
-                                         (micro, jnp.arange(accum)))
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      metrics = jax.tree.map(lambda m: m / accum, metrics)
-      loss = metrics["loss"]
+      loss, metrics, grads = accumulation.cached_outputs(
+          model, config, mesh, trainable, state.params, accumulation.split(batch, accum, mesh),
+          rng, accum, unroll_accumulation)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -287,17 +318,21 @@ def flop_counts(config: Config, mesh, batch, lowered_step=None) -> Tuple[float, 
   programs (perf.step_flops). Model FLOPs: 3 x the forward loss (backward = 2 x forward, no
   recomputation, no optimizer) -> MFU. Hardware FLOPs: the whole step as it runs (remat
   recomputation and the optimizer included) -> HFU. A scanned stack is counted unrolled (XLA
-  counts a loop body once); `lowered_step` (the step already lowered) is reused when unscanned.
+  counts a loop body once), and so is the micro-batch loop of grad_accum_steps > 1;
+  `lowered_step` (the step already lowered) is reused when neither loop is there.
   `batch`: arrays or ShapeDtypeStructs."""
   config = resolve(config)
   scanned = config.model.block.scan or any(t.scan for _, t in config.model.tower_blocks)
   if scanned:
     config, lowered_step = _unscanned(config), None
+  if config.grad_accum_steps > 1:
+    lowered_step = None
   model = models.build_model(config.model)
   tx, schedule = make_optimizer(config)
   state, shard = abstract_state(model, tx, mesh)
   if lowered_step is None:
-    lowered_step = make_train_step(config, model, tx, schedule, mesh, shard).lower(state, batch)
+    lowered_step = make_train_step(config, model, tx, schedule, mesh, shard,
+                                   unroll_accumulation=True).lower(state, batch)
   forward = lower_forward_loss(config, model, mesh, shard, state, batch)
   return 3.0 * step_flops(forward), step_flops(lowered_step)
 

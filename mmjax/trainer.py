@@ -294,6 +294,9 @@ class _Run:
   flops: Tuple[float, float]  # model and hardware FLOPs per device per step
   peak: Tuple[float, str]
   evals: Optional[PeriodicEval]
+  # unmasked_steps: the step from which every patch is encoded, and the step that does so
+  unmasked_from: Optional[int] = None
+  unmasked: Optional[Callable[[], Tuple[Any, Tuple[float, float]]]] = None
 
 
 @dataclasses.dataclass
@@ -379,13 +382,22 @@ def _set_up(cfg: config_lib.Config, workdir: str, devices) -> _Run:
                                          workdir)
     next_batch, skips = _batch_source(cfg, model, mesh, data_it)
     batch = next_batch()
-    step_fn = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
-    lowered = step_fn.lower(state, batch)
-    compiled = lowered.compile()  # the loop runs this executable: compiled once, up front
-    flops = tuple(f / mesh.size for f in train_lib.flop_counts(cfg, mesh, batch, lowered))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=getattr(x, "sharding", None)),
+                            (state, batch))  # the state is donated by the time unmasked runs
+
+    def compile_step(c):  # the loop runs this executable: compiled once, up front
+      lowered = train_lib.make_train_step(c, model, tx, schedule, mesh, shard).lower(*abstract)
+      return lowered.compile(), tuple(
+          f / mesh.size for f in train_lib.flop_counts(c, mesh, abstract[1], lowered))
+    compiled, flops = compile_step(cfg)
     evals = PeriodicEval(cfg, model, mesh) if cfg.eval.every_steps else None
+    unmasked = {}
+    if cfg.unmasked_steps:  # same parameters; the second executable is compiled when due
+      unmasked = dict(unmasked_from=cfg.total_steps - cfg.unmasked_steps,
+                      unmasked=lambda: compile_step(configure.without_patch_dropout(cfg)))
     return _Run(cfg, model, mesh, ckpt, data_it, state, start, notes, compiled, next_batch,
-                skips, batch, flops, chip_peak(), evals)
+                skips, batch, flops, chip_peak(), evals, **unmasked)
   except BaseException:
     ckpt.close()
     raise
@@ -471,6 +483,8 @@ def _loop(run: _Run, prog: _Progress, stop: _StopSignal, writer: MetricWriter, b
   run.state is the latest state whatever ends the loop."""
   cfg, batch = run.cfg, run.batch
   while prog.step < cfg.total_steps:
+    if run.unmasked_from is not None and prog.step >= run.unmasked_from:
+      _unmask(run, prog, verbose)
     run.state, metrics = run.compiled(run.state, batch)
     prog.step += 1
     prog.since_log += 1
@@ -497,6 +511,19 @@ def _loop(run: _Run, prog: _Progress, stop: _StopSignal, writer: MetricWriter, b
       break
 
 
+def _unmask(run: _Run, prog: _Progress, verbose: bool) -> None:
+  """From here on the step encodes every patch (unmasked_steps); compiling it is left out of
+  the next logged step_time."""
+  t0 = time.perf_counter()
+  run.compiled, run.flops = run.unmasked()
+  run.unmasked_from = None
+  if verbose:
+    print(f"unmasked from step {prog.step}: every patch encoded, "
+          f"{run.flops[0] * run.mesh.size / run.cfg.batch_size / 1e9:.3f} GFLOP model per "
+          "example per train step", flush=True)
+  prog.t_last += time.perf_counter() - t0
+
+
 def _check_finite(run: _Run, prog: _Progress) -> int:
   """Stop (policy 'stop') once the state has seen a non-finite step: a host sync."""
   state = run.state
@@ -514,7 +541,7 @@ def _evaluate(run: _Run, prog: _Progress, writer: MetricWriter, verbose: bool) -
   """One evaluation point: a metrics.jsonl record {'step', 'eval/<evaluator>/<metric>'} and
   TensorBoard scalars. Its time is left out of the next logged step_time."""
   t0 = time.perf_counter()
-  numbers, skipped = run.evals(run.state.params, prog.step)
+  numbers, skipped = run.evals(train_lib.evaluated_params(run.cfg, run.state), prog.step)
   if numbers:
     writer.write(prog.step, numbers)
   if verbose:

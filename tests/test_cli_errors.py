@@ -164,6 +164,8 @@ CASES = [
     # mesh
     ("mesh_too_big", _train("--config.mesh.data=4"), "mesh"),
     ("batch_not_divisible_by_accum", _train("--config.grad_accum_steps=3"), "batch_size"),
+    ("bad_accum_negatives", _train("--config.grad_accum_negatives=all"), "grad_accum_negatives"),
+    ("patch_dropout_out_of_range", _train("--config.model.patch_dropout=1.5"), "patch_dropout"),
     # data config, tokenizers, TFDS
     ("unknown_data_source", _train("--config.data.source=nope"), "source"),
     ("text_len_too_small", _train("--config.data.text_len=1"), "text_len"),

@@ -2,6 +2,11 @@
 
   python -m mmjax.bench.step --config=configs/default.py [--steps=10] [--warmup=2] [--repeats=3]
       [--config.batch_size=...] [--config.model.dtype=bfloat16]
+      [--vary=model.patch_dropout=0,0.5,0.75 ...]
+
+--vary=KEY=V1,V2,... (repeatable) benchmarks every combination of the values back to back in
+this one process and prints a table; its last line is then a JSON list, a record per variant
+with its keys under "variant".
 
 Two FLOP counts per step, both XLA's cost analysis of lowered programs (train_lib.flop_counts;
 the lowered HLO is used because a GPU executable's own count misses the matmuls handed to
@@ -21,10 +26,14 @@ if __name__ == "__main__":  # run as a program, not imported: before jax is impo
   from mmjax import platforms  # pylint: disable=import-outside-toplevel
   platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
 
+import ast
+import copy
 import dataclasses
+import itertools
 import json
 import os
 import time
+from typing import Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +42,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmjax import configure, models, sharding, train_lib
-from mmjax.perf import chip_peak, time_steps
+from mmjax.perf import chip_peak, memory_bytes, processor, time_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=False)
@@ -41,6 +50,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps; the fastest "
                                 "counts (metrics stay on the device within a window).")
+_VARY = flags.DEFINE_multi_string("vary", [], "KEY=V1,V2,...: benchmark each value of a config "
+                                  "key (every combination of several), back to back.")
 
 
 def synthetic_batch(config, seed: int = 0):
@@ -94,12 +105,75 @@ def benchmark(config, steps: int, warmup: int, repeats: int = 3):
       "hw_flops_per_step_per_device": hw_flops, "tflops_per_device": tflops,
       "hw_tflops_per_device": hw_tflops, "peak_tflops": peak, "peak": peak_name,
       "mfu": tflops / peak, "hfu": hw_tflops / peak,
-      "loss": float(metrics["loss"]),
+      "memory_bytes_per_device": memory_bytes(step), "loss": float(metrics["loss"]),
   }
+
+
+def flag_settings():
+  """(config, steps, warmup, repeats) from this module's flags, for benchmarks built on it."""
+  return _CONFIG.value, _STEPS.value, _WARMUP.value, _REPEATS.value
+
+
+def _value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_vary(specs: Sequence[str]) -> List[Dict]:
+  """['a.b=1,2', 'c=x'] -> [{'a.b': 1, 'c': 'x'}, {'a.b': 2, 'c': 'x'}]."""
+  axes = []
+  for spec in specs:
+    key, sep, values = spec.partition("=")
+    if not sep or not key or not values:
+      raise ValueError(f"--vary={spec!r} is not KEY=V1,V2,...; e.g. --vary=model.patch_dropout=0,0.5")
+    axes.append([(key, _value(v)) for v in values.split(",")])
+  return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def compare(config, variants: Sequence[Dict], steps: int, warmup: int, repeats: int):
+  """benchmark() of each variant of `config` ({dotted key: value}), back to back in this
+  process: a record per variant, its keys under 'variant', the host CPU under 'processor'."""
+  rows = []
+  for variant in variants:
+    c = copy.deepcopy(config)
+    for key, value in variant.items():
+      *path, last = key.split(".")
+      node = c
+      for part in path:
+        node = node[part]
+      node[last] = value
+    res = benchmark(c, steps, warmup, repeats)
+    res.update(variant=dict(variant), processor=processor())
+    rows.append(res)
+  return rows
+
+
+def print_table(rows) -> None:
+  r0 = rows[0]
+  print(f"{r0['fusion']} on {r0['num_devices']} x {r0['device']} ({r0['processor']}), global "
+        f"batch {r0['batch_size']}, {r0['dtype']}")
+  print(f"  {'variant':<44} {'step s':>8} {'ex/s':>8} {'GFLOP':>8} {'MiB/dev':>9} {'MFU':>7} "
+        f"{'HFU':>7}")
+  for r in rows:
+    name = " ".join(f"{k}={v}" for k, v in r["variant"].items())
+    print(f"  {name:<44} {r['step_s']:>8.3f} {r['examples_per_s']:>8.1f} "
+          f"{r['model_flops_per_step_per_device'] / 1e9:>8.2f} "
+          f"{r['memory_bytes_per_device'] / 2**20:>9.1f} {r['mfu']:>7.2%} {r['hfu']:>7.2%}")
 
 
 def main(argv):
   del argv
+  if _VARY.value:
+    try:
+      variants = parse_vary(_VARY.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    rows = compare(_CONFIG.value, variants, _STEPS.value, _WARMUP.value, _REPEATS.value)
+    print_table(rows)
+    print(json.dumps(rows))
+    return
   res = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _REPEATS.value)
   print(f"{res['fusion']} on {res['num_devices']} x {res['device']}: "
         f"{res['params'] / 1e6:.1f}M params, batch {res['batch_size']}, {res['dtype']}")

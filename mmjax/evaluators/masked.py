@@ -25,7 +25,7 @@ def evaluate(ev, batches, seed: int = 1234) -> dict:
     return skipped
   obj = dataclasses.replace(ev.config.objectives, weights=weights)
   fn = ev.jitted(("masked", weights), lambda p, b, r: objectives.pretraining_loss(
-      ev.model, p, b, r, obj, ev.mesh)[1])
+      ev.model, p, b, r, obj, ev.mesh, train=False)[1])
   sums, n = {}, 0
   for i, batch in enumerate(batches):
     m = jax.device_get(fn(ev.params, ev.put(batch), jax.random.fold_in(jax.random.key(seed), i)))

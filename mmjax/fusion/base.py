@@ -121,6 +121,7 @@ class FusionDesign:
   projects_towers: ClassVar[bool] = True
   independent_streams: ClassVar[bool] = False
   prefix_lm: ClassVar[bool] = False
+  position_aligned: ClassVar[bool] = False  # adds the modalities' tokens position by position
 
   def __init__(self, cfg: FusionConfig):
     self.cfg = cfg

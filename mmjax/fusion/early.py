@@ -18,6 +18,7 @@ class EarlySum(FusionDesign):
   survey_name = "early summation"
   formula = "Tf(a·Z_A + b·Z_B); a, b fixed or learned"
   cost = "O(N^2), N = N_A = N_B"
+  position_aligned = True
 
   def validate(self, modalities):
     super().validate(modalities)

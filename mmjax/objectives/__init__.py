@@ -18,7 +18,8 @@ from mmjax.objectives.losses import (AxisName, LossAndMetrics, Metrics, caption_
 from mmjax.objectives.base import (Objective, SharedPass, capability, check, check_weights,  # noqa: F401
                                    default_heads, dense, extra_heads, get, layer_norm,
                                    losses_from_outputs, names, per_modality,
-                                   pretraining_loss, pretraining_outputs, register, registered)
+                                   pretraining_loss, pretraining_outputs, pretraining_outputs_of,
+                                   register, registered)
 # The built-in objectives, in loss order (registration order).
 from mmjax.objectives import alignment, matching, describing, ordering, regions, masked  # noqa: F401,E402
 from mmjax.objectives.alignment import MULTI_POSITIVE, positive_keys  # noqa: F401,E402

@@ -54,6 +54,8 @@ class Objective:
     """Calls its heads once (MultimodalModel.init_all), so `init` creates them."""
 
   def outputs(self, model, shared: "SharedPass") -> Any:
+    """What its loss reads: arrays with a leading example axis, or values that do not depend
+    on the examples (gradient accumulation joins the first kind over micro-batches)."""
     raise NotImplementedError
 
   def losses(self, outputs, objectives, mesh=None) -> Dict[str, LossAndMetrics]:
@@ -291,24 +293,31 @@ def _traced(tree) -> bool:
   return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
-def pretraining_loss(model, params, batch, rng, objectives, mesh=None
+def pretraining_loss(model, params, batch, rng, objectives, mesh=None, train: bool = True
                      ) -> Tuple[jax.Array, Metrics]:
   """(weighted loss, metrics) of every objective weighted > 0 on `batch`: the model's
   pretraining outputs mapped to their losses. `objectives` is an ObjectivesConfig or a parsed
   Config (its objectives); `mesh` (optional) spreads the alignment losses over
-  the global batch. Dropout masks come from fold_in(rng, 7). Inside a trace (a train step) it
+  the global batch. train=True: dropout and patch dropout on, their masks from
+  fold_in(rng, 7); train=False: off (evaluation). Inside a trace (a train step) it
   is traced; called on concrete arrays it compiles itself as one program first."""
   objectives = getattr(objectives, "objectives", objectives)  # a parsed Config
   if not hasattr(objectives, "weight"):
     raise TypeError(f"pretraining_loss takes the parsed config (mmjax.parse_config(config)) or "
                     f"its objectives section, not {type(objectives).__name__}")
   if not _traced((params, batch, rng)):
-    return _compiled(model, params, batch, rng, objectives, mesh)
+    return _compiled(model, params, batch, rng, objectives, mesh, train)
 
-  def outputs(b, r):
-    return model.apply(params, b, r, objectives, method=model.pretraining_outputs,
-                       rngs={"dropout": jax.random.fold_in(r, 7)})
-  return losses_from_outputs(outputs(batch, rng), objectives, mesh)
+  outputs = pretraining_outputs_of(model, params, batch, rng, objectives, train)
+  return losses_from_outputs(outputs, objectives, mesh)
+
+
+def pretraining_outputs_of(model, params, batch, rng, objectives, train: bool = True
+                           ) -> Dict[str, Any]:
+  """model.apply of pretraining_outputs with `params`; train=True: dropout (and patch
+  dropout) on, drawn from fold_in(rng, 7)."""
+  return model.apply(params, batch, rng, objectives, method=model.pretraining_outputs,
+                     rngs={"dropout": jax.random.fold_in(rng, 7)} if train else {})
 
 
 def _numeric(v) -> bool:
@@ -317,13 +326,13 @@ def _numeric(v) -> bool:
   return np.dtype(dtype).kind in "biuf"  # a dtype's truth value is its field count: no `or`
 
 
-def _compiled(model, params, batch, rng, objectives, mesh):
+def _compiled(model, params, batch, rng, objectives, mesh, train):
   """pretraining_loss as one jit program: numeric batch entries traced, the rest (strings,
   paths) Python constants."""
   traced = {k: v for k, v in batch.items() if _numeric(v)}
   rest = {k: v for k, v in batch.items() if k not in traced}
-  return jax.jit(lambda p, b, r: pretraining_loss(model, p, {**b, **rest}, r, objectives, mesh)
-                 )(params, traced, rng)
+  return jax.jit(lambda p, b, r: pretraining_loss(model, p, {**b, **rest}, r, objectives, mesh,
+                                                  train))(params, traced, rng)
 
 
 def objective_of(name: str) -> Optional[Objective]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mmjax import ordering
+from mmjax import ordering, tokenizers
 from mmjax.objectives import base
 from mmjax.objectives.losses import order_loss
 
@@ -50,6 +50,10 @@ class FrameOrder(base.Objective):
       if not m.input_shape or m.input_shape[0] // t < 2:
         raise ValueError(f"loss_weights.frame_order needs model.modalities.{m.name}.input_shape "
                          f"(T, H, W, C) with at least 2 tubelet groups of {t} frames")
+      if tokenizers.patch_dropout_of(m, model.block):
+        raise ValueError(f"loss_weights.frame_order pools each tubelet group by position, and "
+                         f"patch dropout on {m.name} leaves the groups unknown; set "
+                         f"model.modalities.{m.name}.patch_dropout=0 or loss_weights.frame_order=0")
 
   def heads(self, model):
     return {"head": {m.name: base.dense(model, model.frame_groups(m.name),
