@@ -33,7 +33,8 @@ def test_split_and_join_are_inverse_and_strided():
 
 @pytest.mark.parametrize("loss", ["contrastive", "sigmoid"])
 def test_batch_mode_is_the_whole_batch_and_micro_mode_is_not(loss):
-  raw = _dual({loss: 1.0})
+  """Batch 64 as 8 micro-batches of 8: the loss, metrics and every gradient of batch 64."""
+  raw = _dual({loss: 1.0}, batch_size=64)
   cfg = configure.resolve(raw)
   model = models.build_model(cfg)
   mesh = sharding.make_mesh(raw.mesh, jax.devices()[:1])
@@ -43,18 +44,18 @@ def test_batch_mode_is_the_whole_batch_and_micro_mode_is_not(loss):
   whole = jax.jit(jax.value_and_grad(lambda p: objectives.pretraining_loss(
       model, p, batch, rng, cfg.objectives, mesh), has_aux=True))
   (want, want_m), want_g = whole(params)
-  micro = accumulation.split(batch, K)
+  micro = accumulation.split(batch, 8)
   got, got_m, got_g = jax.jit(lambda p: accumulation.cached_outputs(
-      model, cfg, mesh, lambda q: q, p, micro, rng, K))(params)
+      model, cfg, mesh, lambda q: q, p, micro, rng, 8))(params)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
   chex.assert_trees_all_close(got_m, want_m, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(got_g, want_g, rtol=1e-4, atol=1e-5)
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(got_g)) > 1e-3
-  # each micro-batch with only its own 2 examples as negatives is a different loss (sigmoid's
+  # each micro-batch with only its own 8 examples as negatives is a different loss (sigmoid's
   # bias of -10 at init makes its negatives' part of the loss small, not its gradient)
   grad_fn = jax.value_and_grad(lambda p, b, r: objectives.pretraining_loss(
       model, p, b, r, cfg.objectives, mesh), has_aux=True)
-  own, _, own_g = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, K))(params)
+  own, _, own_g = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, 8))(params)
   assert abs(float(own) - float(want)) > 1e-4
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), own_g, want_g))
   assert max(gap) > 1e-2

@@ -230,7 +230,7 @@ def _tree_hashes(path):
   return out
 
 
-# ~60 s: six train.py runs (the faulted pair, a metrics fault, the rerun, and the same history
+# over 60 s: six train.py runs (the faulted pair, a metrics fault, the rerun, and the same history
 # without the faults to compare the final loss with); writes failing inside a real process is
 # the point.
 def test_a_failed_save_is_one_line_and_loses_nothing(tmp_path):

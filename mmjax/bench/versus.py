@@ -19,7 +19,8 @@ MMJAX_CPU_MALLOC_DEFAULTS=0); --torch_malloc gives the open_clip process the sam
 --xla_flags is added to XLA_FLAGS before jax is imported. Step time: the median of the timed
 steps after warmup. The last stdout line is one JSON object: mmjax_step_s, torch_step_s,
 ratio (torch_step_s / mmjax_step_s; > 1 means mmjax is faster), mmjax_matmul_gflops,
-torch_matmul_gflops, matmul_ratio, xla_flags, losses, ...
+torch_matmul_gflops, matmul_ratio, xla_flags, losses, processor (model and ISA), the jax, torch
+and open_clip versions, ...
 """
 from __future__ import annotations
 
@@ -206,6 +207,8 @@ def _fmt(x, spec):
 def report(res: dict) -> None:
   print(f"{res['model']} train step, float32, batch {res['batch']}, "
         f"{res['cpu_count']} CPUs; XLA_FLAGS={res['xla_flags'] or '(none)'}")
+  print(f"  {res['processor'] or 'processor unknown'}; jax {res['jax']}, torch "
+        f"{res['torch_version'] or '-'}, open_clip {res['open_clip_version'] or '-'}")
   print(f"  glibc malloc settings (mmjax/platforms.py): mmjax "
         f"{'on' if res['mmjax_malloc_defaults'] else 'off'}, open_clip "
         f"{'on' if res['torch_malloc'] else 'off'}")
@@ -250,7 +253,12 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   mm, tr = mm or {}, tr or {}
+  import jax  # pylint: disable=import-outside-toplevel  (after XLA_FLAGS is set)
+
+  from mmjax.perf import processor  # pylint: disable=import-outside-toplevel
   res = {"model": args.model, "open_clip_model": name, "batch": args.batch,
+         "processor": processor(), "jax": jax.__version__, "torch_version": tr.get("torch"),
+         "open_clip_version": tr.get("open_clip"),
          "steps": args.steps, "warmup": args.warmup, "cpu_count": os.cpu_count(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "overrides": args.set,
          "mmjax_malloc_defaults": platforms.malloc_defaults_applied,

@@ -18,17 +18,30 @@ import sys
 import time
 
 
-def _import_open_clip():
-  import torch  # pylint: disable=import-outside-toplevel
-  # PyPI's torchvision is built against the CUDA torch; beside the CPU build its C++ ops are
-  # missing and its import fails registering fake kernels for them (tests/reference does the
-  # same). open_clip only needs torchvision's Python parts.
+def import_torchvision(torch):
+  """torchvision as installed. A build that matches torch registers its own C++ ops (nms,
+  qnms) on import. PyPI's torchvision is built against the CUDA torch, so beside a CPU build
+  those ops are missing and its import fails registering fake kernels for them; only then are
+  the two schemas declared and the import retried (open_clip needs only its Python parts)."""
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel
+    return torchvision
+  except RuntimeError:
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
   for op in ("nms", "qnms"):
     try:
       torch.library.define(f"torchvision::{op}",
                            "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except RuntimeError:
+    except RuntimeError:  # declared by an earlier, partial import
       pass
+  import torchvision  # pylint: disable=import-outside-toplevel
+  return torchvision
+
+
+def _import_open_clip():
+  import torch  # pylint: disable=import-outside-toplevel
+  import_torchvision(torch)
   import open_clip  # pylint: disable=import-outside-toplevel
   return torch, open_clip
 
@@ -73,6 +86,7 @@ def main() -> int:
   malloc_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
   if args.matmul_only:
     print(json.dumps({"matmul_gflops": peak, "threads": threads, "torch": torch.__version__,
+                      "open_clip": open_clip.__version__,
                       "mkldnn": bool(torch.backends.mkldnn.is_available()),
                       "malloc_env": malloc_env}))
     return 0
