@@ -185,3 +185,37 @@ def test_input_benchmark_runs(capsys):
                     "--data.train_examples=16"])
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert json.loads(last)["examples_per_s"] == res["examples_per_s"] > 0
+
+
+def test_jpeg_draft_decodes_large_jpegs_reduced_and_close_to_the_full_decode(tmp_path):
+  """data.jpeg_draft: a JPEG over twice the resize decodes at a DCT scale (here 1/2), a few
+  levels from the full decode's pixels; a JPEG under that and a PNG are decoded as before,
+  bit for bit. The pipeline reads the key from the data config (default on)."""
+  import io  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from mmjax.bench.input import photo_like  # pylint: disable=import-outside-toplevel
+  from mmjax.data import config as data_config, decode  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+
+  def encoded(size, fmt):
+    buf = io.BytesIO()
+    photo_like(rng, size).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+  big, small, png = encoded((667, 500), "JPEG"), encoded((400, 300), "JPEG"), encoded(
+      (667, 500), "PNG")
+  for recipe in ("pil", "torchvision_squash"):
+    full, reduced = (decode.resize_image(big, 224, recipe, draft=d) for d in (False, True))
+    assert full.shape == reduced.shape == (224, 224, 3)
+    diff = np.abs(full - reduced) * 255
+    assert 0.1 < diff.mean() < 6, (recipe, diff.mean())  # reduced, and still the same image
+    for blob in (small, png):
+      np.testing.assert_array_equal(decode.resize_image(blob, 224, recipe, draft=True),
+                                    decode.resize_image(blob, 224, recipe))
+  seen = []
+  with Image.open(io.BytesIO(big)) as im:
+    im.draft(None, (298, 224))
+    seen.append(im.size)
+  assert seen == [(334, 250)]  # what the draft decodes to: 1/2 scale
+  cfg = data_config.get_config()
+  assert cfg.jpeg_draft is True and decode.jpeg_draft(cfg)
+  assert not decode.jpeg_draft({})  # a config saved before the key: the full decode

@@ -185,6 +185,7 @@ def test_a_converted_model_embeds_files_and_strings_as_its_reference(with_inputs
   assert model.config.data.image_resize == {
       "hf_clip": "torchvision", "hf_siglip": "torchvision_squash", "open_clip_clip": "pil",
       "open_clip_siglip": "pil_squash"}[layout]
+  assert model.config.data.jpeg_draft is False  # the reference decodes JPEGs in full
   want = np.load(folder / "inputs.npz")
   files = [with_inputs / "images" / f for f in want["files"]]
   z = model.encode_image(files, normalize=False)

@@ -6,6 +6,12 @@
 Any data config key can be set with --data.KEY=VALUE (e.g. --data.source=jsonl
 --data.jsonl_path=/data/m.jsonl). The last stdout line is one JSON object with `examples_per_s`.
 
+JPEG decode alone, one core, the full decode against the reduced one (data.jpeg_draft), back
+to back on the same generated JPEGs; the last line is one JSON object with both rates and the
+pixel differences between the two paths:
+
+  python -m mmjax.bench.input --decode_jpeg=200 --jpeg_size=500x375 --image_size=224
+
 Sharded input against a manifest, on generated photo-like JPEGs (one row per source and worker
 count, back to back in one run; the last line is a JSON list of the rows):
 
@@ -43,6 +49,8 @@ def _parse(argv):
   p.add_argument("--synthetic_jpeg", type=int, default=0,
                  help="generate this many JPEGs (a manifest and its shards) and compare sources")
   p.add_argument("--jpeg_size", default="320x256", help="WxH of the generated JPEGs")
+  p.add_argument("--decode_jpeg", type=int, default=0,
+                 help="time decoding this many generated JPEGs, full and reduced (one core)")
   p.add_argument("--shard_size", type=int, default=512, help="examples per generated shard")
   p.add_argument("--sources", default="jsonl,wds", help="with --synthetic_jpeg: sources to time")
   p.add_argument("--workers", default="0", help="with --synthetic_jpeg: num_workers values")
@@ -89,11 +97,47 @@ def run(args, overrides) -> dict:
           "shapes": {k: list(v.shape) for k, v in batch.items()}}
 
 
+def photo_like(rng, size):
+  """A PIL RGB image of size (W, H): a smooth colour field plus mild noise."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  w, h = size
+  coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+  img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+  arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (h, w, 3))
+  return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def decode_jpeg(n: int, size, image_size: int, recipe: str = "pil") -> dict:
+  """Images/s of decode.resize_image on n generated JPEGs of `size` (W, H), quality 90, with
+  the full decode and with the reduced one, timed back to back in this process (one core:
+  decoding runs in the calling thread), and how far the reduced path's pixels are from the
+  full one's (0-255 units)."""
+  import io  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mmjax.data import decode  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  blobs = []
+  for _ in range(n):
+    buf = io.BytesIO()
+    photo_like(rng, size).save(buf, format="JPEG", quality=90)
+    blobs.append(buf.getvalue())
+  res, outs = {"n": n, "jpeg_size": list(size), "image_size": image_size, "recipe": recipe}, {}
+  for draft in (False, True):
+    decode.resize_image(blobs[0], image_size, recipe, draft=draft)  # warm
+    t0 = time.perf_counter()
+    outs[draft] = [decode.resize_image(b, image_size, recipe, draft=draft) for b in blobs]
+    res["draft" if draft else "full"] = n / (time.perf_counter() - t0)
+  diff = np.abs(np.stack(outs[True]) - np.stack(outs[False])) * 255.0
+  res.update(speedup=res["draft"] / res["full"], mean_abs_diff=float(diff.mean()),
+             max_abs_diff=float(diff.max()))
+  return res
+
+
 def synthetic_jpegs(out: str, n: int, size=(320, 256), shard_size: int = 512) -> dict:
   """n photo-like JPEGs (smooth colour fields plus mild noise, quality 90) in out/img, a
   manifest out/m.jsonl (caption, label) and its wds / ArrayRecord shards; reused when present."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   from mmjax.data import write  # pylint: disable=import-outside-toplevel
   manifest = os.path.join(out, "m.jsonl")
   done = os.path.join(out, "done.json")
@@ -104,14 +148,9 @@ def synthetic_jpegs(out: str, n: int, size=(320, 256), shard_size: int = 512) ->
       return meta
   os.makedirs(os.path.join(out, "img"), exist_ok=True)
   rng = np.random.default_rng(0)
-  w, h = size
   with open(manifest, "w") as f:
     for i in range(n):
-      coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-      img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
-      arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (h, w, 3))
-      Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
-          os.path.join(out, "img", f"{i}.jpg"), quality=90)
+      photo_like(rng, size).save(os.path.join(out, "img", f"{i}.jpg"), quality=90)
       f.write(json.dumps({"image": f"img/{i}.jpg", "caption": f"synthetic photo {i}",
                           "label": i % 10}) + "\n")
   meta = {"n": n, "size": list(size), "manifest": manifest}
@@ -154,6 +193,15 @@ def compare(args, overrides) -> list:
 
 def main(argv=None):
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  if args.decode_jpeg:
+    size = tuple(int(v) for v in args.jpeg_size.lower().split("x"))
+    res = decode_jpeg(args.decode_jpeg, size, args.image_size)
+    print(f"{res['n']} JPEGs {size[0]}x{size[1]} -> {res['image_size']} px, one core: full "
+          f"decode {res['full']:.1f} images/s, reduced (data.jpeg_draft) {res['draft']:.1f} "
+          f"images/s, {res['speedup']:.2f}x; pixels differ by {res['mean_abs_diff']:.2f} on "
+          f"average, {res['max_abs_diff']:.0f} at most (of 255)")
+    print(json.dumps(res))
+    return res
   if args.synthetic_jpeg:
     rows = compare(args, overrides)
     print(json.dumps(rows))

@@ -143,6 +143,10 @@ VARIANTS: Dict[str, Tuple[str, str, Callable]] = {
     "own_data_learned_temperature": ("own_data", "objectives.temperature = 0 (learned, "
                                      "from 1/0.07)", _set(**{"objectives.temperature": 0.0})),
     "own_data_augment_4": ("own_data", "4 augmented copies of each train image", _augmented),
+    "own_data_patch_dropout_0.5": ("own_data", "model.patch_dropout = 0.5 (8 of 16 tokens)",
+                                   _set(**{"model.patch_dropout": 0.5})),
+    "own_data_patch_4_patch_dropout_0.5": ("own_data_patch_4", "model.patch_dropout = 0.5 (32 "
+                                           "of 64 tokens)", _set(**{"model.patch_dropout": 0.5})),
     "own_data_itm": ("own_data", "hier_multi_to_one, joint depth 2, loss_weights.itm = 1",
                      _set(**{"model.fusion": "hier_multi_to_one", "model.depth.joint": 2,
                              "loss_weights.itm": 1.0})),

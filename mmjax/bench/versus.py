@@ -1,6 +1,6 @@
 """mmjax vs open_clip: the same CLIP train step, float32, on this machine, back to back.
 
-  .venv/bin/python -m mmjax.bench.versus --model=vit_b16 --batch=8 [--steps=3] [--warmup=1]
+  .venv/bin/python -m mmjax.bench.versus --model=vit_b16 --batch=8 [--steps=3] [--warmup=3]
       [--xla_flags='--xla_cpu_use_xnnpack=true ...'] [--set=model.remat=dots ...]
       [--only=mmjax|torch|matmul] [--torch_malloc]
 
@@ -51,7 +51,9 @@ def parse_args(argv=None):
   p.add_argument("--model", default="vit_b16", choices=sorted(MODELS))
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=3, help="timed steps")
-  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+  p.add_argument("--warmup", type=int, default=3,
+                 help="untimed steps after compilation (on a 2-core Xeon the heap took three "
+                      "steps to settle)")
   p.add_argument("--xla_flags", default="", help="added to XLA_FLAGS before jax is imported")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="mmjax config override, e.g. model.remat=dots (repeatable)")

@@ -162,8 +162,8 @@ def text_cleaning(folder: str, tokenizer: str, family: str) -> Tuple[bool, str]:
 
 def set_image_preprocessing(config, folder: str, family: str) -> None:
   """data.image_resize as Hugging Face's image processors resize (torchvision; SigLIP's and
-  any processor without a centre crop: straight to the square size), and data.image_mean /
-  image_std from the folder's preprocessor_config.json when it has one."""
+  any processor without a centre crop: straight to the square size; JPEGs decoded in full),
+  and data.image_mean / image_std from the folder's preprocessor_config.json when it has one."""
   path = os.path.join(folder, "preprocessor_config.json")
   pre = {}
   if os.path.isfile(path):
@@ -177,6 +177,7 @@ def set_image_preprocessing(config, folder: str, family: str) -> None:
   crop = ((not isinstance(size, dict) or "shortest_edge" in size)
           and bool(pre.get("do_center_crop", True)) if pre else family == "clip")
   config.data.image_resize = "torchvision" if crop else "torchvision_squash"
+  config.data.jpeg_draft = False  # the source library decodes JPEGs in full
   if pre.get("image_mean") and pre.get("image_std"):
     config.data.image_mean = tuple(float(x) for x in pre["image_mean"])
     config.data.image_std = tuple(float(x) for x in pre["image_std"])

@@ -214,5 +214,6 @@ def convert(weights: str, tokenizer: str, name: str = "",
   config = C.model_config(spec, tokenizer, *text_cleaning(cfg, spec.family))
   # open_clip's preprocess: PIL resize before RGB; its SigLIP weights straight to the square
   config.data.image_resize = "pil" if spec.family == "clip" else "pil_squash"
+  config.data.jpeg_draft = False  # the source library decodes JPEGs in full
   params = convert_params(C.load_state_dict(weights), spec)
   return config, C.check_params(params, config)

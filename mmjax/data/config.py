@@ -80,10 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.image_std = CLIP_STD
   # How an external image becomes image_size x image_size (mmjax/data/decode.py resize_image):
   # pil: PIL bicubic in the image's own mode, shorter side, centre crop, then RGB (open_clip);
-  # torchvision: RGB (transparency over white), then antialiased bicubic on the uint8 tensor,
-  # shorter side, centre crop (Hugging Face image processors); *_squash: straight to S x S
-  # without a crop (SigLIP). mmjax.convert sets it for the family it converts.
+  # torchvision: RGB, antialiased bicubic on uint8, shorter side, centre crop (HF); *_squash:
+  # to S x S (SigLIP). jpeg_draft: big JPEGs decode reduced first (PIL draft). Set by convert.
   c.image_resize = "pil"           # pil | pil_squash | torchvision | torchvision_squash
+  c.jpeg_draft = True
   # zero-shot classes of any labelled source (mmjax/data/prompts.py). () = the source's own:
   # the built-in set's names and templates, a TFDS ClassLabel's names (a JSONL manifest has
   # none); external sources' templates default to openai_imagenet.

@@ -42,9 +42,11 @@ def load_image(obj, where: str = "") -> np.ndarray:
   return img if isinstance(img, np.ndarray) else np.asarray(img.convert("RGB"))
 
 
-def open_image(obj, where: str = ""):
+def open_image(obj, where: str = "", draft=None):
   """bytes | path | PIL image -> a loaded PIL image in its own mode; an array -> uint8 RGB
-  [H, W, 3]. Unreadable input -> one-line ValueError (a missing file: FileNotFoundError)."""
+  [H, W, 3]. draft(h, w) -> (min_h, min_w): a JPEG is decoded at the smallest DCT scale (1,
+  1/2, 1/4 or 1/8) that keeps it at least that large (PIL's draft; libjpeg scales while it
+  decodes). Unreadable input -> one-line ValueError (a missing file: FileNotFoundError)."""
   if isinstance(obj, np.ndarray):
     return _rgb_array(obj)
   if hasattr(obj, "getbands"):  # a PIL image
@@ -52,6 +54,9 @@ def open_image(obj, where: str = ""):
   try:
     src = io.BytesIO(obj) if isinstance(obj, (bytes, bytearray)) else obj
     with Image.open(src) as im:
+      if draft is not None and im.format == "JPEG":
+        min_h, min_w = draft(im.height, im.width)
+        im.draft(None, (min_w, min_h))
       im.load()
       return im.copy()
   except FileNotFoundError:
@@ -92,7 +97,8 @@ def shorter_side_size(h: int, w: int, size: int):
   return size, int(size * w / h)
 
 
-def resize_image(obj, size: int, recipe: str = "pil", where: str = "") -> np.ndarray:
+def resize_image(obj, size: int, recipe: str = "pil", where: str = "", draft: bool = False
+                 ) -> np.ndarray:
   """An image (bytes | path | PIL image | uint8 / float array) -> float32 [size, size, 3] in
   [0, 1] by data.image_resize `recipe`:
     pil                 PIL bicubic on the uint8 image in its own mode (a palette image:
@@ -102,9 +108,12 @@ def resize_image(obj, size: int, recipe: str = "pil", where: str = "") -> np.nda
     torchvision         RGB first (transparency composited over white), antialiased bicubic
                         on uint8 (`aa_bicubic_uint8`), shorter side to size, centre crop
                         (offset truncated)
-    torchvision_squash  the same, straight to size x size"""
-  img = open_image(obj, where)
+    torchvision_squash  the same, straight to size x size
+  draft: a JPEG larger than twice the resize is decoded reduced first (`open_image`), to no
+  less than the resize's size, and resized from there (data.jpeg_draft)."""
   squash = recipe.endswith("_squash")
+  img = open_image(obj, where, (lambda h, w: (size, size) if squash else
+                                shorter_side_size(h, w, size)) if draft else None)
   if recipe.startswith("pil"):
     im = Image.fromarray(img) if isinstance(img, np.ndarray) else img
     w, h = im.size
@@ -190,12 +199,17 @@ def image_resize(cfg) -> str:
   return cfg.get("image_resize", "pil")
 
 
+def jpeg_draft(cfg) -> bool:
+  """The config's data.jpeg_draft (a config saved before the key: False, a full decode)."""
+  return bool(cfg.get("jpeg_draft", False))
+
+
 def model_image(obj, cfg, builtin_stats: bool = False, where: str = "") -> np.ndarray:
   """An external image (bytes | path | PIL image | array) as a model trained on `cfg`'s data
   sees one: resized to data.image_size by data.image_resize (`resize_image`), then normalized
   with data.image_mean / image_std, or with the built-in scenes' own pixel statistics when
   builtin_stats (a model trained on data.source='builtin' saw those)."""
-  img = resize_image(obj, cfg.image_size, image_resize(cfg), where)
+  img = resize_image(obj, cfg.image_size, image_resize(cfg), where, jpeg_draft(cfg))
   if builtin_stats:
     from mmjax.data import builtin  # pylint: disable=import-outside-toplevel
     mean, std = builtin.PIXEL_STATS[cfg.task]
@@ -355,11 +369,12 @@ class Preprocessor:
     cfg, where = self.cfg, raw.get("_where", "")
     out: Dict[str, Any] = {}
     if "image" in raw:
-      img = resize_image(raw["image"], cfg.image_size, image_resize(cfg), where)
+      img = resize_image(raw["image"], cfg.image_size, image_resize(cfg), where, jpeg_draft(cfg))
       out["image"] = normalize_image(img, cfg.image_mean, cfg.image_std)
     if "video" in raw:
       frames = load_video(raw["video"], cfg.num_frames, where)
-      vid = np.stack([resize_image(f, cfg.image_size, image_resize(cfg)) for f in frames])
+      vid = np.stack([resize_image(f, cfg.image_size, image_resize(cfg), draft=jpeg_draft(cfg))
+                      for f in frames])
       out["video"] = normalize_image(vid, cfg.image_mean, cfg.image_std)
     if "audio" in raw:
       out["audio"] = load_audio(raw["audio"], cfg, raw.get("audio_rate"), where)
