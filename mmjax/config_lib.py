@@ -402,8 +402,8 @@ FUSION_KEYS = tuple(f.name for f in dataclasses.fields(FusionConfig)
                     if f.name not in ("name", "unimodal_depth", "joint_depth", "post_depth",
                                       "cross_depth"))
 _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
-               "remat", "scan", "dropout", "patch_dropout", "depth", "modalities", "activation", "norm_eps",
-               "key_bias", "objective_heads", "decoder_depth", "caption_from",
+               "remat", "scan", "dropout", "patch_dropout", "depth", "modalities", "activation",
+               "norm_eps", "key_bias", "objective_heads", "decoder_depth", "caption_from",
                "order_segments") + FUSION_KEYS
 
 

@@ -33,6 +33,9 @@ def variants(accum):
 
 def main(argv):
   del argv
+  if not all(k.isdigit() and int(k) > 1 for k in _ACCUM.value):
+    raise app.UsageError(f"--accum={','.join(_ACCUM.value)}: give micro-batch counts > 1, "
+                         "e.g. --accum=4,8")
   config, steps, warmup, repeats = step_bench.flag_settings()
   rows = step_bench.compare(config, variants(_ACCUM.value), steps, warmup, repeats)
   for r in rows:
