@@ -26,11 +26,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from mmjax import cli, config_lib  # pylint: disable=import-outside-toplevel  (no jax)
+  config = cli.config_value(_CONFIG)
+  if not config.get("imports"):  # a plugin may register what the config names
+    config_lib.parse(config)  # a bad key or value: one line before jax is even imported
   from mmjax import sharding  # pylint: disable=import-outside-toplevel
   sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  from mmjax import cli, trainer  # pylint: disable=import-outside-toplevel
+  from mmjax import trainer  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
-  trainer.train(cli.config_value(_CONFIG), FLAGS.workdir)
+  trainer.train(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

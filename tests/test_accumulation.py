@@ -72,19 +72,19 @@ def _step(cfg, devices, batch):
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_accumulated_step_on_a_sharded_mesh_equals_one_big_batch_on_one_device():
-  """mesh.data=4 x mesh.fsdp=2, batch 32 in 4 micro-batches of 8: the sigmoid ring over the
-  mesh sees all 32 examples; the step equals the unaccumulated one on one device. 'micro'
-  compiles on the same mesh (it used to fail in SPMD partitioning)."""
-  one = _dual({"sigmoid": 1.0}, batch_size=32, **{"mesh.data": 1})
+  """mesh.data=4 x mesh.fsdp=2, batch 64 in 8 micro-batches of 8 (one example per device):
+  the sigmoid ring over the mesh sees all 64 examples; the step equals the unaccumulated one
+  on one device. 'micro' compiles on the same mesh (it used to fail in SPMD partitioning)."""
+  one = _dual({"sigmoid": 1.0}, batch_size=64, **{"mesh.data": 1})
   batch = random_batch(one, seed=1)
   want_p, want_m = _step(one, jax.devices()[:1], batch)
-  sharded = {"mesh.data": 4, "mesh.fsdp": 2, "grad_accum_steps": K}
-  got_p, got_m = _step(_dual({"sigmoid": 1.0}, batch_size=32, **sharded), jax.devices()[:8],
+  sharded = {"mesh.data": 4, "mesh.fsdp": 2, "grad_accum_steps": 8}
+  got_p, got_m = _step(_dual({"sigmoid": 1.0}, batch_size=64, **sharded), jax.devices()[:8],
                        batch)
   for k in ("loss", "grad_norm"):
     np.testing.assert_allclose(got_m[k], want_m[k], rtol=1e-4)
   chex.assert_trees_all_close(got_p, want_p, atol=2e-5)
-  _, micro_m = _step(_dual({"sigmoid": 1.0}, batch_size=32, grad_accum_negatives="micro",
+  _, micro_m = _step(_dual({"sigmoid": 1.0}, batch_size=64, grad_accum_negatives="micro",
                            **sharded), jax.devices()[:8], batch)
   assert np.isfinite(micro_m["loss"]) and abs(micro_m["loss"] - want_m["loss"]) > 1e-3
 
