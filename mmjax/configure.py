@@ -100,13 +100,12 @@ def _resolve_model(model: ModelConfig, config) -> ModelConfig:
     design.validate_lengths(token_counts(model))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  rates = {m.name: tokenizers.patch_dropout_of(m, model.block) for m in model.modalities}
-  for name, rate in rates.items():
-    if not 0.0 <= rate < 1.0:
+  dropped = tokenizers.dropped_patches(model)
+  for name, rate in dropped.items():
+    if not 0.0 < rate < 1.0:
       raise ConfigError(f"model.modalities.{name}.patch_dropout={rate} must be in [0, 1)")
-  dropped = [name for name, rate in rates.items() if rate]
   if dropped and design.position_aligned:
-    raise ConfigError(f"patch dropout on {dropped} with fusion {design.name}: it adds the "
+    raise ConfigError(f"patch dropout on {sorted(dropped)} with fusion {design.name}: it adds the "
                       "modalities' tokens position by position, and dropped patches leave "
                       "nothing to align; set model.patch_dropout=0 or choose another fusion")
   return model
@@ -140,8 +139,7 @@ def resolve(config) -> Config:
     raise ConfigError(str(e)) from None
   cfg = dataclasses.replace(cfg, model=model, resolved=True)
   check_packing(cfg)
-  if cfg.unmasked_steps and not any(tokenizers.patch_dropout_of(m, model.block)
-                                    for m in model.modalities):
+  if cfg.unmasked_steps and not tokenizers.dropped_patches(model):
     raise ConfigError(f"unmasked_steps={cfg.unmasked_steps} ends patch dropout, and no "
                       "modality drops patches; set model.patch_dropout (e.g. 0.5) or drop "
                       "unmasked_steps")

@@ -25,7 +25,7 @@ Optional arguments every embedder takes:
 
 Patch dropout (patch embedders, `patch_dropout` = r > 0; FLIP, Li et al. 2023): in training
 (an apply with a 'dropout' rng) and without a MIM mask, each example keeps a random
-N - round(r N) of its N patch tokens, positions already added, in patch order; [CLS] is kept.
+N - round(r N) of its N patch tokens (`kept_patches`), positions already added, in patch order; [CLS] is kept.
 Evaluation encodes every patch.
 """
 from __future__ import annotations
@@ -47,8 +47,9 @@ PATCH_KINDS = ("image", "video", "audio")  # the kinds cut into patches (masked 
 # ----------------------------------------------------------------------------- patches
 
 def kept_patches(n: int, rate: float) -> int:
-  """Patch tokens left of n after patch dropout at `rate` (at least one)."""
-  return max(1, n - int(round(n * rate)))
+  """Patch tokens left of n after patch dropout at `rate` (at least one): round(rate n) are
+  dropped, rounded half up as masking.random_patch_mask counts its masked patches."""
+  return max(1, n - int(math.floor(n * rate + 0.5)))
 
 
 def drop_patches(rng, tokens, mask, rate: float):
@@ -415,6 +416,12 @@ def build_embedder(kind: str, name: str, width: int, dtype, param_dtype, **kwarg
     if k in kwargs and isinstance(kwargs[k], (list, tuple)):
       kwargs[k] = tuple(kwargs[k])
   return cls(width=width, dtype=dtype, param_dtype=param_dtype, name=f"embed_{name}", **kwargs)
+
+
+def dropped_patches(model) -> dict:
+  """{modality name: its patch dropout rate} of a ModelConfig, for the modalities that drop."""
+  rates = {m.name: patch_dropout_of(m, model.block) for m in model.modalities}
+  return {name: rate for name, rate in rates.items() if rate}
 
 
 def patch_dropout_of(mod, block) -> float:
