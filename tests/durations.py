@@ -62,15 +62,9 @@ def test_functions() -> set[str]:
 
 
 def cpu_name() -> str:
-  """The processor's model name and whether it has AVX-512 (from /proc/cpuinfo)."""
-  try:
-    text = pathlib.Path("/proc/cpuinfo").read_text()
-  except OSError:
-    return "an unknown processor"
-  name = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-  flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-  isa = "AVX-512" if flags and "avx512f" in flags.group(1).split() else "AVX2"
-  return f"{name.group(1).strip() if name else 'an unknown processor'} ({isa})"
+  """The processor's model name and widest vector ISA (mmjax.perf.processor)."""
+  from mmjax.perf import processor  # pylint: disable=import-outside-toplevel  (imports jax)
+  return processor() or "an unknown processor"
 
 
 def base_name(nodeid: str) -> str:
