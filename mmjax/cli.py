@@ -127,7 +127,8 @@ def split_overrides(argv: List[str]) -> Tuple[List[str], Dict[str, str]]:
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def _literal(text: str):
+def literal(text: str):
+  """A Python literal's value ('0.5' -> 0.5, '(8, 8)' -> a tuple), else the text itself."""
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -160,11 +161,11 @@ def coerce(text: str, like: Any, key: str) -> Any:
   if isinstance(like, (list, tuple)):
     s = text.strip()
     if s[:1] in "([":
-      v = _literal(s)
+      v = literal(s)
       if not isinstance(v, (list, tuple)):
         raise bad("a list")
       return tuple(v)
     items = [p.strip() for p in s.split(",")] if s else []
     first = like[0] if len(like) else None
-    return tuple(coerce(p, first, key) if first is not None else _literal(p) for p in items)
-  return _literal(text)
+    return tuple(coerce(p, first, key) if first is not None else literal(p) for p in items)
+  return literal(text)

@@ -26,7 +26,6 @@ if __name__ == "__main__":  # run as a program, not imported: before jax is impo
   from mmjax import platforms  # pylint: disable=import-outside-toplevel
   platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
 
-import ast
 import copy
 import dataclasses
 import itertools
@@ -41,7 +40,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import configure, models, sharding, train_lib
+from mmjax import cli, configure, models, sharding, train_lib
 from mmjax.perf import chip_peak, memory_bytes, processor, time_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
@@ -114,12 +113,6 @@ def flag_settings():
   return _CONFIG.value, _STEPS.value, _WARMUP.value, _REPEATS.value
 
 
-def _value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
 
 def parse_vary(specs: Sequence[str]) -> List[Dict]:
   """['a.b=1,2', 'c=x'] -> [{'a.b': 1, 'c': 'x'}, {'a.b': 2, 'c': 'x'}]."""
@@ -128,7 +121,7 @@ def parse_vary(specs: Sequence[str]) -> List[Dict]:
     key, sep, values = spec.partition("=")
     if not sep or not key or not values:
       raise ValueError(f"--vary={spec!r} is not KEY=V1,V2,...; e.g. --vary=model.patch_dropout=0,0.5")
-    axes.append([(key, _value(v)) for v in values.split(",")])
+    axes.append([(key, cli.literal(v)) for v in values.split(",")])
   return [dict(combo) for combo in itertools.product(*axes)]
 
 

@@ -25,7 +25,6 @@ and open_clip versions, ...
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import resource
@@ -33,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from mmjax import platforms  # stdlib only: no jax import before --xla_flags is applied
+from mmjax import cli, platforms  # no jax import before --xla_flags is applied
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(os.path.dirname(_HERE))
@@ -115,12 +114,6 @@ def run_torch(args, name: str, matmul_only: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------- mmjax side
 
-def _value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
 
 def mmjax_config(module: str, batch: int, overrides):
   """The mmjax config, matched to open_clip's ViT-B-16 train step."""
@@ -145,7 +138,7 @@ def mmjax_config(module: str, batch: int, overrides):
     *path, leaf = key.split(".")
     for k in path:
       node = node[k]
-    node[leaf] = _value(val)
+    node[leaf] = cli.literal(val)
   return c
 
 
