@@ -303,12 +303,27 @@ def find_checkpoint(workdir: Optional[str] = None, checkpoint: Optional[str] = N
     if not os.path.isdir(directory):
       raise CheckpointError(f"no checkpoint in {workdir}: {directory} does not exist; train "
                             f"first with train.py --workdir={workdir}")
-    ckpt = Checkpointer(directory, read_only=True)
+    ckpt = _open_live(directory)
   step = ckpt.latest_step()
   if step is None:
     raise CheckpointError(f"no committed checkpoint in {ckpt.directory}; train first (or "
                           "wait for the first checkpoint.every_steps)")
   return ckpt, step
+
+
+def _open_live(directory: str) -> "Checkpointer":
+  """A read-only Checkpointer of a directory a live run may be writing: opening lists every
+  step and reads its metadata, and a step the writer's keep policy deletes meanwhile fails
+  that listing (FileNotFoundError), so it is listed again; StepVanished if it keeps moving."""
+  for _ in range(5):
+    try:
+      return Checkpointer(directory, read_only=True)
+    except FileNotFoundError:
+      if not os.path.isdir(directory):
+        raise
+  raise StepVanished(f"the steps of {directory} were deleted while they were listed, five "
+                     "times (a run writing there keeps only its last checkpoint.keep steps); "
+                     "read again, or evaluate a copy of one step")
 
 
 def locate(path: str, what: str = "checkpoint"):
