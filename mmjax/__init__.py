@@ -68,11 +68,12 @@ def example_batch(config, split: str = "train") -> Dict[str, Any]:
   """The first global batch of the configured data (the model's inputs only), as numpy."""
   from mmjax.data import pipeline  # pylint: disable=import-outside-toplevel
   from mmjax.configure import resolve  # pylint: disable=import-outside-toplevel
+  from mmjax import tokenizers  # pylint: disable=import-outside-toplevel
   cfg = resolve(config)
   ds = pipeline.make_dataset(cfg.data, split, global_batch_size=cfg.batch_size, seed=cfg.seed,
                              shuffle=False, repeat=False)
   batch = next(iter(ds))
-  keep = set(cfg.model.names) | {f"{m}_valid" for m in cfg.model.names}
+  keep = {k for m in cfg.model.names for k in tokenizers.input_keys(m)}
   return {k: v for k, v in batch.items() if k in keep}
 
 

@@ -139,6 +139,7 @@ def resolve(config) -> Config:
     raise ConfigError(str(e)) from None
   cfg = dataclasses.replace(cfg, model=model, resolved=True)
   check_packing(cfg)
+  native_aspect(cfg)
   if cfg.unmasked_steps and not tokenizers.dropped_patches(model):
     raise ConfigError(f"unmasked_steps={cfg.unmasked_steps} ends patch dropout, and no "
                       "modality drops patches; set model.patch_dropout (e.g. 0.5) or drop "
@@ -179,6 +180,40 @@ def check_packing(cfg: Config) -> None:
       raise ConfigError(f"objectives.pack_text needs model.modalities.{m.name}.add_cls=False "
                         "(the tokenizer's [CLS] starts each example)")
 
+
+
+def native_aspect(cfg: Config) -> None:
+  """data.max_patches (native-aspect images): fills data.patch_size from the image modality's
+  patch (cfg.data is the config's own resolved copy) and raises a one-line ConfigError where
+  the model cannot take patch rows."""
+  data = cfg.data
+  if not int(data.get("max_patches", 0)):
+    return
+  image = next((m for m in cfg.model.modalities if m.name == "image"), None)
+  if image is None or image.kind != "image":
+    raise ConfigError("data.max_patches feeds the 'image' modality native-aspect patches, and "
+                      "the model has no image modality named 'image'; set data.max_patches=0")
+  patch = int(image.option("patch"))
+  if not int(data.patch_size):
+    data.patch_size = patch
+  if int(data.patch_size) != patch:
+    raise ConfigError(f"data.patch_size={data.patch_size} differs from the image modality's "
+                      f"patch {patch}; set data.patch_size={patch} (or 0: the model's)")
+  design = fusion.design_of(cfg.model.fusion)
+  if design.position_aligned:
+    raise ConfigError(f"data.max_patches with fusion {design.name}: it adds the modalities' "
+                      "tokens position by position, and native-aspect grids differ per image; "
+                      "set data.max_patches=0 or choose another fusion")
+  if cfg.objectives.weight("mim") > 0:
+    raise ConfigError("data.max_patches (native-aspect patches) with loss_weights.mim > 0: "
+                      "masked image modelling reads square images; set loss_weights.mim=0 or "
+                      "data.max_patches=0")
+  s = int(data.image_size)
+  if data.source == "builtin" and (s % patch or (s // patch) ** 2 > int(data.max_patches)):
+    raise ConfigError(f"the built-in scenes are drawn at data.image_size={s}, a grid of "
+                      f"{s / patch:g}x{s / patch:g} patches of {patch}, which does not fit "
+                      f"data.max_patches={data.max_patches}; raise max_patches to "
+                      f"{(s // patch) ** 2} or use a multiple of {patch} for image_size")
 
 
 def text_ids(model: ModelConfig, data, mlm: bool) -> ModelConfig:

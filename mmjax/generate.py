@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmjax import decoder as decoder_lib  # noqa: E402
-from mmjax import restore, sharding  # noqa: E402
+from mmjax import restore, sharding, tokenizers  # noqa: E402
 
 
 def _decoder_cfg(model):
@@ -197,7 +197,7 @@ class Generator:
                alpha: float = 0.0, parallel: bool = False) -> np.ndarray:
     model = self.model
     src = model.cfg.caption_source
-    batch = {k: v for k, v in batch.items() if k in (src, f"{src}_valid")}
+    batch = {k: v for k, v in batch.items() if k in tokenizers.input_keys(src)}
     if not _has_decoder(model):
       if beam > 1 or parallel:
         raise ValueError("a prefix-LM model decodes greedily only; use beam=1 (eval."

@@ -42,7 +42,7 @@ from mmjax import ordering, packing
 from mmjax.layers import MAPHead, l2_normalize
 from mmjax.config_lib import ModelConfig, ObjectivesConfig
 from mmjax.configure import resolve_model
-from mmjax.tokenizers import (dummy_input, modality_embedder, patchify_image,
+from mmjax.tokenizers import (dummy_input, input_keys, modality_embedder, patchify_image,
                               patchify_spectrogram, patchify_video)
 
 class MultimodalModel(nn.Module):
@@ -85,8 +85,11 @@ class MultimodalModel(nn.Module):
     if not present:
       raise ValueError(f"batch has none of the model's modalities {list(self.modalities)}; "
                        f"it has {sorted(batch)}")
+    grids = {m: {"patch_grid": batch[f"{m}_patch_grid"]} for m in present
+             if f"{m}_patch_grid" in batch}  # native-aspect images (data.max_patches)
     return {m: self.embedders[m](batch[m], valid=batch.get(f"{m}_valid"),
-                                 mim_mask=mim_masks.get(m)) for m in present}
+                                 mim_mask=mim_masks.get(m), **grids.get(m, {}))
+            for m in present}
 
   def encode(self, embedded):
     return self.fusion.encode(embedded)
@@ -171,7 +174,7 @@ class MultimodalModel(nn.Module):
   def caption_memory(self, batch):
     """(tokens [B, Nm, D], mask [B, Nm]) the decoder reads: the caption source's tower output."""
     src = self.cfg.caption_source
-    keep = {k: v for k, v in batch.items() if k in (src, f"{src}_valid")}
+    keep = {k: v for k, v in batch.items() if k in input_keys(src)}
     return self.encode(self.embed(keep))[src]
 
   def lm_logits(self, modality: str, tokens):

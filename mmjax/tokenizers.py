@@ -54,10 +54,11 @@ def kept_patches(n: int, rate: float) -> int:
 
 def drop_patches(rng, tokens, mask, rate: float):
   """tokens [B, N, D], mask [B, N] -> [B, K, D], [B, K], K = kept_patches(N, rate): per example
-  a uniformly random subset of the tokens, in their original order."""
+  a uniformly random subset of the tokens, in their original order; tokens the mask holds
+  (native-aspect patches) are kept before padding."""
   b, n = mask.shape
-  keep = jnp.sort(jnp.argsort(jax.random.uniform(rng, (b, n)), axis=1)[:, :kept_patches(n, rate)],
-                  axis=1)
+  score = jax.random.uniform(rng, (b, n)) + (~mask).astype(jnp.float32)
+  keep = jnp.sort(jnp.argsort(score, axis=1)[:, :kept_patches(n, rate)], axis=1)
   return (jnp.take_along_axis(tokens, keep[..., None], axis=1),
           jnp.take_along_axis(mask, keep, axis=1))
 
@@ -123,6 +124,33 @@ def _interpolate(table, grid: Sequence[int]):
   if tuple(table.shape[:-1]) != tuple(grid):
     table = jax.image.resize(table, tuple(grid) + table.shape[-1:], method="linear")
   return table.reshape(-1, table.shape[-1])
+
+
+def input_keys(modality: str) -> Tuple[str, ...]:
+  """The batch keys one modality's embedder reads: its input, `<m>_valid` [B] and (native
+  aspect) `<m>_patch_grid` [B, 2]."""
+  return (modality, f"{modality}_valid", f"{modality}_patch_grid")
+
+
+def grid_coordinates(patch_grid, n: int):
+  """patch_grid [B, 2] int (gh, gw), n -> (rows, cols [B, n] int32, valid [B, n] bool): token k
+  of an example is patch (k // gw, k % gw) of its grid; k >= gh gw is padding."""
+  k = jnp.arange(n, dtype=jnp.int32)[None]
+  gh, gw = patch_grid[:, :1].astype(jnp.int32), jnp.maximum(patch_grid[:, 1:], 1).astype(jnp.int32)
+  return k // gw, k % gw, k < gh * gw
+
+
+def resize_weights(index, size, n_in: int):
+  """The weights [B, n, n_in] of jax.image.resize 'linear' (antialiased: a triangle kernel
+  widened by n_in / size when shrinking) from n_in to `size` [B, 1] samples, at output
+  index [B, n]: output i reads input j with weight max(0, 1 - |j - c_i| / s), c_i = (i + 0.5)
+  n_in / size - 0.5, s = max(n_in / size, 1), normalized over j."""
+  size = jnp.maximum(size, 1).astype(jnp.float32)
+  inv = n_in / size                                     # [B, 1]
+  centre = (index.astype(jnp.float32) + 0.5) * inv - 0.5  # [B, n]
+  j = jnp.arange(n_in, dtype=jnp.float32)
+  w = jnp.maximum(0.0, 1.0 - jnp.abs(j - centre[..., None]) / jnp.maximum(inv, 1.0)[..., None])
+  return w / jnp.maximum(w.sum(-1, keepdims=True), 1e-12)
 
 
 class _Embedder(nn.Module):
@@ -292,7 +320,14 @@ class ImagePatchEmbedder(_PatchEmbedder):
     return (shape[0] // self.patch) * (shape[1] // self.patch)
 
   @nn.compact
-  def __call__(self, x, *, valid=None, mim_mask=None):
+  def __call__(self, x, *, valid=None, mim_mask=None, patch_grid=None):
+    """x [B, H, W, C]; or, native aspect (data.max_patches), x [B, N, p*p*C] patch rows with
+    patch_grid [B, 2] = (gh, gw): token k is patch (k // gw, k % gw), tokens k >= gh gw are
+    padding (masked), and each example's positions are the learned table resized to its own
+    grid (`resize_weights`, what jax.image.resize gives a square grid) or sin-cos at its own
+    (row, col)."""
+    if patch_grid is not None:
+      return self._native(x, patch_grid, valid, mim_mask)
     if x.ndim != 4:
       raise ValueError(f"image input must be [batch, height, width, channels], got {x.shape}")
     tokens = self._mim(self._project(patchify_image(x, self.patch).astype(self.dtype),
@@ -300,6 +335,35 @@ class ImagePatchEmbedder(_PatchEmbedder):
     grid = (x.shape[1] // self.patch, x.shape[2] // self.patch)
     mask = jnp.ones(tokens.shape[:2], bool)
     return self._finish(tokens, mask, self.grid, grid, valid, self._dropped(mim_mask))
+
+
+  def _native(self, x, patch_grid, valid, mim_mask):
+    if x.ndim != 3 or x.shape[-1] % (self.patch * self.patch):
+      raise ValueError(f"native-aspect image input must be patch rows [batch, patches, "
+                       f"{self.patch}*{self.patch}*channels], got {x.shape}; set "
+                       f"data.patch_size={self.patch} (the image modality's patch)")
+    tokens = self._mim(self._project(x.astype(self.dtype), use_bias=self.patch_bias), mim_mask)
+    rows, cols, mask = grid_coordinates(patch_grid, x.shape[1])
+    pos = self._native_positions(rows, cols, patch_grid)
+    return self._finish(tokens + pos.astype(tokens.dtype), mask, None, None, valid,
+                        self._dropped(mim_mask))
+
+  def _native_positions(self, rows, cols, patch_grid):
+    """[B, N, D]: each token's position at its (row, col) of its example's grid."""
+    n = rows.shape[1]
+    if self.pos == "sincos":  # sincos_nd's two axes, read at the token's own coordinates
+      per = (self.width // 4) * 2
+      table = jnp.asarray(sincos_1d(n, per))
+      out = jnp.concatenate([table[rows], table[cols]], axis=-1)
+      return jnp.pad(out, ((0, 0), (0, 0), (0, self.width - out.shape[-1])))
+    if self.pos != "learned":
+      raise ValueError(f"unknown position embedding {self.pos!r}; use 'learned' or 'sincos'")
+    gh0, gw0 = self.grid
+    table = self._param("pos_embedding", (gh0, gw0, self.width), (None, None, "embed"))
+    wy = resize_weights(rows, patch_grid[:, :1], gh0)   # [B, N, gh0]
+    wx = resize_weights(cols, patch_grid[:, 1:], gw0)   # [B, N, gw0]
+    w = (wy[..., :, None] * wx[..., None, :]).reshape(rows.shape + (gh0 * gw0,))
+    return w.astype(table.dtype) @ table.reshape(gh0 * gw0, self.width)
 
 
 class VideoTubeletEmbedder(_PatchEmbedder):

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import config_lib, configure, models, packing, sharding, train_lib
+from mmjax import config_lib, configure, models, packing, sharding, tokenizers, train_lib
 from mmjax import evaluators as evaluators_lib
 from mmjax.perf import chip_peak
 from mmjax.workdir_lock import WorkdirLock
@@ -138,7 +138,7 @@ def make_data_iterator(config: config_lib.Config, split: str = "train",
 
 def model_inputs(batch: Dict[str, Any], model) -> Dict[str, Any]:
   """The model's modalities (+ validity flags) out of a data batch."""
-  keep = set(model.modalities) | {f"{m}_valid" for m in model.modalities}
+  keep = {k for m in model.modalities for k in tokenizers.input_keys(m)}
   return {k: v for k, v in batch.items() if k in keep}
 
 

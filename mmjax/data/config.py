@@ -84,6 +84,13 @@ def get_config() -> ml_collections.ConfigDict:
   # to S x S (SigLIP). jpeg_draft: big JPEGs decode reduced first (PIL draft). Set by convert.
   c.image_resize = "pil"           # pil | pil_squash | torchvision | torchvision_squash
   c.jpeg_draft = True
+  # Native aspect (NaFlex / NaViT): max_patches = N > 0 resizes each image keeping its aspect
+  # to the largest patch grid of at most N patches of patch_size (0: the image modality's
+  # patch, filled in by mmjax.configure) and feeds the patches ('image' [N, p*p*3], zero rows
+  # after the image's own) with 'image_patch_grid' (gh, gw); no square resize, no crop. The
+  # built-in scenes keep their data.image_size grid. 0: square images of image_size.
+  c.max_patches = 0
+  c.patch_size = 0
   # zero-shot classes of any labelled source (mmjax/data/prompts.py). () = the source's own:
   # the built-in set's names and templates, a TFDS ClassLabel's names (a JSONL manifest has
   # none); external sources' templates default to openai_imagenet.
@@ -188,6 +195,9 @@ def validate(cfg) -> None:
   if cfg.image_resize not in decode.IMAGE_RESIZE:
     _fail(f"unknown data.image_resize {cfg.image_resize!r}; use one of "
           f"{', '.join(decode.IMAGE_RESIZE)}")
+  if int(cfg.max_patches) < 0 or int(cfg.patch_size) < 0:
+    _fail(f"data.max_patches={cfg.max_patches} and data.patch_size={cfg.patch_size} must be "
+          ">= 0 (max_patches 0: square images)")
   if cfg.on_error not in ON_ERROR:
     _fail(f"unknown data.on_error {cfg.on_error!r}; use one of {', '.join(ON_ERROR)}")
   if not 0 <= float(cfg.max_skip_fraction) <= 1:

@@ -6,7 +6,9 @@ A raw example maps output names to raw values:
   audio  waveform [N] (with 'audio_rate') | spectrogram [T, F] | .wav / .npy path
   text   str | bytes | sequence of them (the first is used; up to data.max_captions of them)
   label  int
-`Preprocessor(cfg)(index, raw)` turns it into model inputs: 'image' float32 [S, S, 3],
+`Preprocessor(cfg)(index, raw)` turns it into model inputs: 'image' float32 [S, S, 3] (with
+data.max_patches = N > 0: native aspect, 'image' float32 [N, p*p*3] patch rows and
+'image_patch_grid' int32 [2], `native_image` / `patch_rows`),
 'video' float32 [T, S, S, 3], 'audio' float32 [A, F], 'text' int32 [L], 'label' int32 [],
 'index' int32 [] (and 'caption' when cfg.include_caption). With C = data.max_captions > 1 also
 'texts' int32 [C, L] (the first C captions, missing rows all PAD) and 'num_captions' int32 []
@@ -114,25 +116,79 @@ def resize_image(obj, size: int, recipe: str = "pil", where: str = "", draft: bo
   squash = recipe.endswith("_squash")
   img = open_image(obj, where, (lambda h, w: (size, size) if squash else
                                 shorter_side_size(h, w, size)) if draft else None)
+  h, w = _size(img)
+  nh, nw = (size, size) if squash else shorter_side_size(h, w, size)
+  out = _resized(img, nh, nw, recipe)
+  if recipe.startswith("pil"):
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+  else:
+    top, left = int((nh - size) / 2.0), int((nw - size) / 2.0)
+  return out[top:top + size, left:left + size].astype(np.float32) * np.float32(1 / 255.0)
+
+
+def _size(img):
+  """(height, width) of an opened image (PIL image or uint8 array)."""
+  return img.shape[:2] if isinstance(img, np.ndarray) else (img.size[1], img.size[0])
+
+
+def _resized(img, nh: int, nw: int, recipe: str) -> np.ndarray:
+  """An opened image -> uint8 RGB [nh, nw, 3] by the recipe's resize (no crop)."""
   if recipe.startswith("pil"):
     im = Image.fromarray(img) if isinstance(img, np.ndarray) else img
-    w, h = im.size
-    nh, nw = (size, size) if squash else shorter_side_size(h, w, size)
-    if (nh, nw) != (h, w):
+    if (nh, nw) != (im.size[1], im.size[0]):
       im = im.resize((nw, nh), Image.BICUBIC)
-    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-    out = np.asarray(im.convert("RGB"))[top:top + size, left:left + size]
-  elif recipe.startswith("torchvision"):
+    return np.asarray(im.convert("RGB"))
+  if recipe.startswith("torchvision"):
     rgb = img if isinstance(img, np.ndarray) else _rgb_over_white(img)
-    h, w = rgb.shape[:2]
-    nh, nw = (size, size) if squash else shorter_side_size(h, w, size)
-    rgb = aa_bicubic_uint8(rgb, nh, nw)
-    top, left = int((nh - size) / 2.0), int((nw - size) / 2.0)
-    out = rgb[top:top + size, left:left + size]
-  else:
-    raise ValueError(f"unknown data.image_resize {recipe!r}; use one of "
-                     f"{', '.join(IMAGE_RESIZE)}")
-  return out.astype(np.float32) * np.float32(1 / 255.0)
+    return aa_bicubic_uint8(rgb, nh, nw)
+  raise ValueError(f"unknown data.image_resize {recipe!r}; use one of "
+                   f"{', '.join(IMAGE_RESIZE)}")
+
+
+# ----------------------------------------------------------------------------- native aspect
+
+def native_grid(h: int, w: int, max_patches: int):
+  """(gh, gw): the patch grid of an h x w image at native aspect within a budget of N =
+  max_patches patches. Candidates: gh x gw <= N with gw the floor or ceiling of gh w / h, or
+  gh that of gw h / w; chosen: the least 2 |log(gw h / (gh w))| + |log(gh gw / N)| (aspect
+  error counted twice the unused budget), ties to the larger grid."""
+  n, aspect = int(max_patches), w / h
+  grids = set()
+  for a in range(1, n + 1):
+    for b in (np.floor(a * aspect), np.ceil(a * aspect)):
+      grids.add((a, min(max(int(b), 1), n // a)))
+    for b in (np.floor(a / aspect), np.ceil(a / aspect)):
+      grids.add((min(max(int(b), 1), n // a), a))
+  def loss(g):
+    return (round(2 * abs(np.log(g[1] / (g[0] * aspect))) + abs(np.log(g[0] * g[1] / n)), 9),
+            -g[0] * g[1], g)
+  return min((g for g in grids if g[0] >= 1 and g[1] >= 1), key=loss)
+
+
+def native_image(obj, patch: int, max_patches: int, recipe: str = "pil", where: str = "",
+                 draft: bool = False) -> np.ndarray:
+  """An image -> float32 [gh p, gw p, 3] in [0, 1]: resized keeping its aspect to the patch
+  grid `native_grid` gives (no crop), by the data.image_resize recipe's resampling."""
+  p = int(patch)
+  img = open_image(obj, where, (lambda h, w: tuple(g * p for g in native_grid(h, w, max_patches)))
+                   if draft else None)
+  gh, gw = native_grid(*_size(img), max_patches)
+  return _resized(img, gh * p, gw * p, recipe).astype(np.float32) * np.float32(1 / 255.0)
+
+
+def patch_rows(img: np.ndarray, patch: int, max_patches: int):
+  """[gh p, gw p, C] -> (patches float32 [N, p*p*C], grid int32 [2] = (gh, gw)): p x p
+  patches numbered row-major with values (dy, dx, c), as mmjax.tokenizers.patchify_image cuts
+  them, zero-padded to N = max_patches rows."""
+  p, (h, w, c) = int(patch), img.shape
+  gh, gw = h // p, w // p
+  if gh * p != h or gw * p != w or gh * gw > max_patches:
+    raise ValueError(f"an image of {h}x{w} is not a grid of at most {max_patches} patches of "
+                     f"{p}x{p}; set data.image_size to a multiple of the patch size whose grid "
+                     "fits data.max_patches")
+  out = np.zeros((int(max_patches), p * p * c), np.float32)
+  out[:gh * gw] = img.reshape(gh, p, gw, p, c).transpose(0, 2, 1, 3, 4).reshape(gh * gw, -1)
+  return out, np.asarray([gh, gw], np.int32)
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -197,6 +253,28 @@ def normalize_image(x: np.ndarray, mean, std) -> np.ndarray:
 def image_resize(cfg) -> str:
   """The config's data.image_resize (a config saved before the key: 'pil')."""
   return cfg.get("image_resize", "pil")
+
+
+def max_patches(cfg) -> int:
+  """The config's data.max_patches (0: square images of data.image_size; a config saved
+  before the key: 0)."""
+  return int(cfg.get("max_patches", 0))
+
+
+class CutPatches:
+  """Example -> example with its square 'image' [S, S, 3] as native-aspect patch rows
+  (`patch_rows`: 'image' [N, p*p*3], 'image_patch_grid' [2]); the built-in scenes, drawn at
+  data.image_size, keep their own grid. Picklable."""
+
+  def __init__(self, patch: int, max_patches_: int):
+    self.patch, self.max_patches = int(patch), int(max_patches_)
+
+  def __call__(self, ex: Dict[str, Any]) -> Dict[str, Any]:
+    if "image" not in ex:
+      return ex
+    out = dict(ex)
+    out["image"], out["image_patch_grid"] = patch_rows(ex["image"], self.patch, self.max_patches)
+    return out
 
 
 def jpeg_draft(cfg) -> bool:
@@ -368,7 +446,12 @@ class Preprocessor:
     """The model-ready example; a bad one raises a one-line error naming where it is."""
     cfg, where = self.cfg, raw.get("_where", "")
     out: Dict[str, Any] = {}
-    if "image" in raw:
+    if "image" in raw and max_patches(cfg):
+      img = native_image(raw["image"], cfg.patch_size, cfg.max_patches, image_resize(cfg), where,
+                         jpeg_draft(cfg))
+      out["image"], out["image_patch_grid"] = patch_rows(
+          normalize_image(img, cfg.image_mean, cfg.image_std), cfg.patch_size, cfg.max_patches)
+    elif "image" in raw:
       img = resize_image(raw["image"], cfg.image_size, image_resize(cfg), where, jpeg_draft(cfg))
       out["image"] = normalize_image(img, cfg.image_mean, cfg.image_std)
     if "video" in raw:

@@ -51,7 +51,8 @@ def make_source(cfg, split: str, process_index: int = 0,
     raise ValueError(f"unknown split {split!r}; use 'train' or 'test' (alias 'eval')")
   split = SPLIT_ALIASES[split]
   if cfg.source == "builtin":
-    return grain.MapDataset.source(builtin.source_from_config(cfg, split))
+    ds = grain.MapDataset.source(builtin.source_from_config(cfg, split))
+    return ds.map(decode.CutPatches(cfg.patch_size, cfg.max_patches)) if cfg.max_patches else ds
   if cfg.source == "tfds":
     src = sources.TfdsSource(cfg, split)
   elif cfg.source == "folder":

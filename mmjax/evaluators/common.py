@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax import models
+from mmjax import models, tokenizers
 from mmjax.fusion import design_of
 from mmjax.layers import l2_normalize
 from mmjax.restore import to_host
@@ -51,7 +51,7 @@ class Evaluated:
 
   def put(self, batch):
     """Host batch (the same on every process) -> global arrays sharded over the batch axes."""
-    keep = set(self.model.modalities) | {f"{m}_valid" for m in self.model.modalities}
+    keep = {k for m in self.model.modalities for k in tokenizers.input_keys(m)}
     batch = {k: v for k, v in batch.items() if k in keep}
     return jax.tree.map(lambda x: jax.make_array_from_callback(
         np.shape(x), self.batch_sharding, lambda idx, x=x: np.asarray(x)[idx]), batch)
@@ -93,9 +93,10 @@ def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def inputs(batch, *modalities):
-  """The batch's inputs of `modalities`, with their `<m>_valid` flags where the batch has them
+  """The batch's inputs of `modalities`, with their `<m>_valid` flags (and native-aspect patch
+  grids) where the batch has them
   (an absent modality stays absent when an evaluator encodes one side alone)."""
-  return {k: batch[k] for m in modalities for k in (m, f"{m}_valid") if k in batch}
+  return {k: batch[k] for m in modalities for k in tokenizers.input_keys(m) if k in batch}
 
 
 def take(tree, idx):

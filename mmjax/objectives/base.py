@@ -31,6 +31,7 @@ import jax
 from mmjax.objectives.losses import LossAndMetrics, Metrics, combine_losses
 from mmjax.registry import Registry
 from mmjax.fusion import design_of
+from mmjax import tokenizers
 from mmjax.tokenizers import PATCH_KINDS
 
 
@@ -248,7 +249,7 @@ def masked_forward(model, mk: Masked):
   text towers run packed in the MLM objective, so only the patch towers run here."""
   if not mk.packed:
     return model(mk.batch, mk.masks)["tokens"]
-  keep = set(mk.patches) | {f"{m}_valid" for m in mk.patches}
+  keep = {k for m in mk.patches for k in tokenizers.input_keys(m)}
   rest = {k: v for k, v in mk.batch.items() if k in keep}
   if not mk.patches:
     return {}

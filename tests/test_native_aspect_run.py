@@ -1,0 +1,72 @@
+"""Native aspect end to end, as a user runs it: a JSONL set of mixed-aspect images (3:1 to 1:3)
+trains through train.py with data.max_patches (no square resize, no crop), and eval.py scores
+the one checkpoint at three patch budgets in one call (--suite)."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.data import builtin, decode
+from tests.helpers import run_entry
+
+NAMES = builtin.class_names("image_text")
+MEAN, STD = builtin.PIXEL_STATS["image_text"]
+PIXELS = (f"--config.data.image_mean={MEAN},{MEAN},{MEAN}",
+          f"--config.data.image_std={STD},{STD},{STD}")
+# (rows, cols) of 16 x 16 built-in scenes tiled into one image: 3:1 to 1:3
+TILINGS = ((1, 3), (1, 2), (1, 1), (2, 1), (3, 1))
+
+
+def _write(d, split, n):
+  """n built-in scenes of `split`, each tiled into a mixed-aspect PNG, and their manifest."""
+  src = builtin.BuiltinSource("image_text", split, size=n, image_size=16)
+  (d / split).mkdir()
+  rows = []
+  for i in range(n):
+    ex = src[i]
+    img = np.clip(np.round((ex["image"] * STD + MEAN) * 255), 0, 255).astype(np.uint8)
+    r, c = TILINGS[i % len(TILINGS)]
+    Image.fromarray(np.tile(img, (r, c, 1))).save(d / split / f"{i}.png")
+    rows.append({"image": f"{i}.png", "caption": NAMES[int(ex["label"])],
+                 "label": int(ex["label"])})
+  (d / split / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+  return d / split / "m.jsonl"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+  d = tmp_path_factory.mktemp("mixed")
+  return d, _write(d, "train", 320), _write(d, "test", 60)
+
+
+def test_mixed_aspect_trains_and_evaluates_at_three_budgets(mixed):
+  d, train, test = mixed
+  workdir = d / "run"
+  r = run_entry(["train.py", "--config=tests/tiny_config.py", f"--workdir={workdir}",
+                 "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
+                 "--config.loss_weights.mlm=0", "--config.loss_weights.mim=0",
+                 "--config.data.source=jsonl", f"--config.data.jsonl_path={train}",
+                 f"--config.data.jsonl_eval_path={test}", "--config.data.max_patches=16",
+                 *PIXELS, "--config.batch_size=32", "--config.total_steps=40",
+                 "--config.optimizer.warmup_steps=5", "--config.optimizer.learning_rate=3e-3",
+                 "--config.eval.every_steps=0", "--config.log_every_steps=40"])
+  assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  saved = json.load(open(next((workdir / "checkpoints").glob("*/config/metadata"))))
+  assert saved["data"]["max_patches"] == 16
+  for tiling in TILINGS:  # the aspect is kept: a 3:1 image is a 2 x 6 grid of patches
+    assert decode.native_grid(16 * tiling[0], 16 * tiling[1], 16) == {
+        (1, 3): (2, 6), (1, 2): (3, 5), (1, 1): (4, 4), (2, 1): (5, 3), (3, 1): (6, 2)}[tiling]
+  suite = d / "budgets.py"
+  suite.write_text("def get_config():\n  return {'sets': [\n" + "".join(
+      f"    {{'name': 'patches_{n}', 'data': {{'max_patches': {n}, 'class_names': {NAMES!r}, "
+      f"'prompt_templates': ['{{}}']}}, 'evaluators': 'zero_shot'}},\n" for n in (9, 16, 36))
+      + "  ]}\n")
+  r = run_entry(["eval.py", f"--workdir={workdir}", f"--suite={suite}", f"--out={d / 'out'}"])
+  assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  res = json.load(open(d / "out" / "results.json"))["sets"]
+  acc = {n: res[f"patches_{n}"]["zero_shot/accuracy"] for n in (9, 16, 36)}
+  chance = res["patches_16"]["zero_shot/chance"]
+  assert all(res[f"patches_{n}"]["zero_shot/examples"] == 60 for n in (9, 16, 36)), res
+  assert acc[16] >= 2.5 * chance, acc  # trained at 16 patches: well above chance
+  assert len(set(acc.values())) > 1, acc  # each budget is its own input
