@@ -218,6 +218,13 @@ class ObjectivesConfig:
   # pack_rows rows per step (0 = batch_size, which always fits). Text-tower designs only.
   pack_text: bool = False
   pack_rows: int = 0
+  # Native-aspect image packing (data.max_patches): the image tower runs on image_pack_rows
+  # rows (0 = batch_size) of image_pack_len token slots (0 = 1 + max_patches, one image's),
+  # several images per row, attention within each image (mmjax.packing). Designs with an
+  # image tower.
+  pack_images: bool = False
+  image_pack_rows: int = 0
+  image_pack_len: int = 0
   # Captioning (loss_weights.caption): the fraction of examples trained with CapPa's parallel
   # prediction (every decoder input a [MASK]) instead of teacher forcing.
   cappa_fraction: float = 0.0
@@ -600,6 +607,11 @@ def parse(config) -> Config:
   if cfg.nan_policy not in ("stop", "skip"):
     raise ConfigError(f"unknown nan_policy {cfg.nan_policy!r}; use 'stop' or 'skip'")
   return cfg
+
+
+def image_pack_rows(cfg: Config) -> int:
+  """Packed image rows per step: objectives.image_pack_rows, 0 meaning batch_size."""
+  return cfg.objectives.image_pack_rows or cfg.batch_size
 
 
 def pack_rows(cfg: Config) -> int:

@@ -188,6 +188,10 @@ def native_aspect(cfg: Config) -> None:
   the model cannot take patch rows."""
   data = cfg.data
   if not int(data.get("max_patches", 0)):
+    if cfg.objectives.pack_images:
+      raise ConfigError("objectives.pack_images packs native-aspect images, and "
+                        "data.max_patches=0 feeds square ones; set data.max_patches (e.g. 256) "
+                        "or objectives.pack_images=False")
     return
   image = next((m for m in cfg.model.modalities if m.name == "image"), None)
   if image is None or image.kind != "image":
@@ -208,12 +212,38 @@ def native_aspect(cfg: Config) -> None:
     raise ConfigError("data.max_patches (native-aspect patches) with loss_weights.mim > 0: "
                       "masked image modelling reads square images; set loss_weights.mim=0 or "
                       "data.max_patches=0")
+  if cfg.objectives.pack_images:
+    _check_image_packing(cfg)
   s = int(data.image_size)
   if data.source == "builtin" and (s % patch or (s // patch) ** 2 > int(data.max_patches)):
     raise ConfigError(f"the built-in scenes are drawn at data.image_size={s}, a grid of "
                       f"{s / patch:g}x{s / patch:g} patches of {patch}, which does not fit "
                       f"data.max_patches={data.max_patches}; raise max_patches to "
                       f"{(s // patch) ** 2} or use a multiple of {patch} for image_size")
+
+
+def _check_image_packing(cfg: Config) -> None:
+  """objectives.pack_images: one-line errors where the packed image tower would not be exact
+  or would pack nothing."""
+  model, o = cfg.model, cfg.objectives
+  if not model.fusion.depth_of("image"):
+    raise ConfigError(f"objectives.pack_images packs the image tower, and fusion "
+                      f"{model.fusion.name} has none here (model.depth.unimodal for image is "
+                      "0); give it a tower or set objectives.pack_images=False")
+  if "image" in tokenizers.dropped_patches(model):
+    raise ConfigError("objectives.pack_images with patch dropout: the rows are laid out "
+                      "for every patch; set model.patch_dropout=0 or pack_images=False")
+  if cfg.grad_accum_steps != 1:
+    raise ConfigError(f"objectives.pack_images packs whole steps; it needs grad_accum_steps=1, "
+                      f"got {cfg.grad_accum_steps}")
+  if not 0 <= o.image_pack_rows <= cfg.batch_size:
+    raise ConfigError(f"objectives.image_pack_rows={o.image_pack_rows} must be in [0, "
+                      f"batch_size={cfg.batch_size}] (0 = batch_size)")
+  slots = int(cfg.data.max_patches) + int(bool(model.modality("image").option("add_cls")))
+  if o.image_pack_len and o.image_pack_len < slots:
+    raise ConfigError(f"objectives.image_pack_len={o.image_pack_len} is shorter than one "
+                      f"image's {slots} token slots (1 + data.max_patches); use at least "
+                      f"{slots} (0 = {slots})")
 
 
 def text_ids(model: ModelConfig, data, mlm: bool) -> ModelConfig:

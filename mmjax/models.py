@@ -91,8 +91,21 @@ class MultimodalModel(nn.Module):
                                  mim_mask=mim_masks.get(m), **grids.get(m, {}))
             for m in present}
 
-  def encode(self, embedded):
-    return self.fusion.encode(embedded)
+  def encode(self, embedded, packs: Optional[Mapping[str, Any]] = None):
+    """Per-modality towers. packs {m: index [R, L]} (native-aspect image packing,
+    objectives.pack_images): modality m's tower runs on R packed rows of L token slots
+    (index: flat into its [B, L] tokens, -1 = empty; attention within each example's
+    segment), and its output is put back in the [B, L] layout, so everything after the towers
+    is unchanged."""
+    packs = {m: i for m, i in (packs or {}).items() if m in embedded}
+    out = self.fusion.encode({m: e for m, e in embedded.items() if m not in packs})
+    for m, index in packs.items():
+      tokens, mask = embedded[m]
+      seg, _ = packing.index_segments(index, tokens.shape[1])
+      rows = self.encode_packed(m, packing.gather_packed(tokens, index),
+                                packing.gather_packed(mask, index, False), seg)
+      out[m] = (packing.scatter_unpacked(rows, index, *tokens.shape[:2]), mask)
+    return {m: out[m] for m in embedded if m in out}
 
   def interact(self, encoded):
     return self.fusion.interact(encoded)

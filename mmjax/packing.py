@@ -59,9 +59,11 @@ def host_token_mask(ids: np.ndarray, key_mask: str = "pad", pad_id: int = 0,
                    "'none' the padding is attended to, so it cannot be dropped)")
 
 
-def assign_rows(lengths: np.ndarray, row_len: int, num_rows: Optional[int] = None):
+def assign_rows(lengths: np.ndarray, row_len: int, num_rows: Optional[int] = None,
+                key: str = "objectives.pack_rows"):
   """First-fit decreasing: lengths [B] (each <= row_len) -> (row [B], start [B], rows used).
-  Empty examples (length 0) get row -1. With num_rows set, more rows needed is an error."""
+  Empty examples (length 0) get row -1. With num_rows set, more rows needed is an error
+  naming the setting `key`."""
   lengths = np.asarray(lengths, np.int64)
   if lengths.size and lengths.max() > row_len:
     raise ValueError(f"an example of {lengths.max()} tokens does not fit a row of {row_len}")
@@ -82,13 +84,13 @@ def assign_rows(lengths: np.ndarray, row_len: int, num_rows: Optional[int] = Non
     row[b], start[b] = r, fill[r]
     fill[r] += n
   if num_rows is not None and len(fill) > num_rows:
-    raise ValueError(f"this batch needs {len(fill)} packed rows > objectives.pack_rows="
-                     f"{num_rows}; raise objectives.pack_rows (0 = batch size: always fits)")
+    raise ValueError(f"this batch needs {len(fill)} packed rows > {key}={num_rows}; raise "
+                     f"{key} (0 = batch size: always fits)")
   return row, start, len(fill)
 
 
 def pack(ids: np.ndarray, valid: np.ndarray, pad_id: int = 0,
-         num_rows: Optional[int] = None) -> Packed:
+         num_rows: Optional[int] = None, key: str = "objectives.pack_rows") -> Packed:
   """ids [B, L], valid [B, L] bool -> Packed with R = num_rows (else the rows needed) rows.
 
   Example b's span ids[b, :n_b] goes to row example_row[b], slots start..start + n_b - 1,
@@ -96,7 +98,7 @@ def pack(ids: np.ndarray, valid: np.ndarray, pad_id: int = 0,
   ids = np.asarray(ids)
   b, length = ids.shape
   lengths = span_lengths(valid)
-  row, start, used = assign_rows(lengths, length, num_rows)
+  row, start, used = assign_rows(lengths, length, num_rows, key)
   r_total = used if num_rows is None else num_rows
   out = np.full((r_total, length), pad_id, ids.dtype)
   seg = np.zeros((r_total, length), np.int32)
@@ -128,10 +130,11 @@ def unpack(packed: Packed, pad_id: int = 0) -> np.ndarray:
   return out
 
 
-def pack_index(ids: np.ndarray, valid: np.ndarray, num_rows: int, offset: int = 0) -> np.ndarray:
+def pack_index(ids: np.ndarray, valid: np.ndarray, num_rows: int, offset: int = 0,
+               key: str = "objectives.pack_rows") -> np.ndarray:
   """The one array a packed batch carries: [num_rows, L] int32 flat indices (+ offset, e.g.
   this process's first example * L), -1 at pads."""
-  idx = pack(ids, valid, num_rows=num_rows).index
+  idx = pack(ids, valid, num_rows=num_rows, key=key).index
   return np.where(idx >= 0, idx + offset, -1).astype(np.int32)
 
 
@@ -163,9 +166,10 @@ def index_segments(index, length: int):
   return seg, pos
 
 
-def scatter_unpacked(y, index, batch: int):
-  """The inverse of gather_packed: y [R, L, ...] -> [B, L, ...], zeros where nothing lands."""
-  length = y.shape[1]
+def scatter_unpacked(y, index, batch: int, length: Optional[int] = None):
+  """The inverse of gather_packed: y [R, L', ...] -> [B, L, ...] (L: the examples' length,
+  default L'), zeros where nothing lands."""
+  length = length or y.shape[1]
   flat = jnp.zeros((batch * length + 1,) + y.shape[2:], y.dtype)
   dst = jnp.where(index >= 0, index, batch * length).reshape(-1)
   flat = flat.at[dst].set(y.reshape((-1,) + y.shape[2:]))
@@ -190,3 +194,59 @@ def add_pack_index(batch, model_cfg, num_rows: int, process_index: int = 0):
     out[f"{m.name}_pack_index"] = pack_index(ids, valid, num_rows,
                                              offset=process_index * ids.size)
   return out
+
+
+def image_pack_index(lengths: np.ndarray, slots: int, num_rows: int, row_len: int,
+                     offset: int = 0) -> np.ndarray:
+  """lengths [B] (each example's tokens: a prefix of its `slots` token slots) -> [num_rows,
+  row_len] int32 flat indices into the [B, slots] tokens (+ offset), -1 where empty: first-fit
+  decreasing (`assign_rows`), examples whole, in their slot order."""
+  row, start, _ = assign_rows(lengths, row_len, num_rows, "objectives.image_pack_rows")
+  index = np.full((num_rows, row_len), -1, np.int32)
+  for b, n in enumerate(lengths):
+    if n:
+      index[row[b], start[b]:start[b] + n] = offset + b * slots + np.arange(n)
+  return index
+
+
+def add_image_pack_index(batch, model_cfg, num_rows: int, row_len: int = 0,
+                         process_index: int = 0):
+  """Host transform for objectives.pack_images: adds `<m>_pack_index` [num_rows, row_len] for
+  every native-aspect image modality m (its batch has `<m>_patch_grid`). Example b's tokens
+  are its [CLS] (with add_cls) and its gh gw patches, the first of the 1 + N token slots the
+  embedder gives each example; row_len (0: 1 + N, one example's slots) of several such are
+  filled first-fit decreasing (indices into the global [B, 1 + N] tokens, this process's
+  after process_index * B_local)."""
+  out = dict(batch)
+  for m in model_cfg.modalities:
+    grid_key = f"{m.name}_patch_grid"
+    if m.kind != "image" or grid_key not in batch:
+      continue
+    grid = np.asarray(batch[grid_key])
+    cls = int(bool(m.option("add_cls")))
+    slots = np.asarray(batch[m.name]).shape[1] + cls
+    lengths = cls + grid[:, 0] * grid[:, 1]
+    out[f"{m.name}_pack_index"] = image_pack_index(lengths, slots, num_rows, row_len or slots,
+                                                   process_index * len(grid) * slots)
+  return out
+
+
+def padding_fraction(batch, model_cfg, num_rows: Optional[int] = None, row_len: int = 0
+                     ) -> dict:
+  """{m: fraction of the image token slots that are padding} of a native-aspect batch: as fed
+  ([B, 1 + N]) and, with num_rows, packed (`<m>_packed`) into num_rows rows of row_len (0:
+  1 + N) slots."""
+  out = {}
+  for m in model_cfg.modalities:
+    grid = batch.get(f"{m.name}_patch_grid")
+    if m.kind != "image" or grid is None:
+      continue
+    grid = np.asarray(grid)
+    cls = int(bool(m.option("add_cls")))
+    slots = np.asarray(batch[m.name]).shape[1] + cls
+    used = float((cls + grid[:, 0] * grid[:, 1]).sum())
+    out[m.name] = 1.0 - used / (len(grid) * slots)
+    if num_rows:
+      out[f"{m.name}_packed"] = 1.0 - used / (num_rows * (row_len or slots))
+  return out
+

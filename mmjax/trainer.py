@@ -441,6 +441,10 @@ def _batch_source(cfg, model, mesh, data_it):
     if cfg.objectives.pack_text:  # MLM text packing: the rows' source indices (mmjax.packing)
       inputs = packing.add_pack_index(inputs, cfg.model, config_lib.pack_rows(cfg)
                                       // jax.process_count(), jax.process_index())
+    if cfg.objectives.pack_images:  # the image tower on packed rows (native aspect)
+      inputs = packing.add_image_pack_index(
+          inputs, cfg.model, config_lib.image_pack_rows(cfg) // jax.process_count(),
+          cfg.objectives.image_pack_len, jax.process_index())
     return pipeline.to_global_arrays(inputs, batch_sh)
   return next_batch, skips
 

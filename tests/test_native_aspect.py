@@ -156,7 +156,14 @@ def test_the_builtin_scenes_come_as_patch_rows_of_their_own_grid():
      "data.max_patches with fusion early_sum"),
     ({"loss_weights.mim": 1.0}, "masked image modelling reads square images"),
     ({"data.max_patches": 8}, "does not fit data.max_patches=8; raise max_patches to 16"),
-    ({"data.max_patches": -1}, "must be >= 0")])
+    ({"data.max_patches": -1}, "must be >= 0"),
+    ({"data.max_patches": 0, "objectives.pack_images": True}, "data.max_patches=0 feeds square"),
+    ({"objectives.pack_images": True, "objectives.image_pack_len": 12},
+     "image_pack_len=12 is shorter than one image's 21 token slots"),
+    ({"objectives.pack_images": True, "model.patch_dropout": 0.5}, "with patch dropout"),
+    ({"objectives.pack_images": True, "model.fusion": "early_concat",
+      "model.depth.unimodal": 0, "loss_weights.contrastive": 0.0},
+     "fusion early_concat has none here")])
 def test_what_the_model_cannot_take_is_one_clear_error(over, needle):
   c = tiny_config("hier_multi_to_one", **{"data.image_size": 16, "data.max_patches": 20,
                                          "loss_weights.mim": 0.0})
@@ -168,3 +175,70 @@ def test_what_the_model_cannot_take_is_one_clear_error(over, needle):
     node[last] = v
   with pytest.raises(config_lib.ConfigError, match=needle):
     configure.resolve(c)
+
+
+def _grids_batch(cfg, grids, seed=0):
+  """A native-aspect batch: random patch rows (zero padding) of `grids`, random text."""
+  rng = np.random.RandomState(seed)
+  b, n = len(grids), cfg.data.max_patches
+  rows = np.zeros((b, n, 48), np.float32)
+  for i, (gh, gw) in enumerate(grids):
+    rows[i, :gh * gw] = rng.randn(gh * gw, 48)
+  text = rng.randint(5, 200, (b, 12)).astype(np.int32)
+  text[:, 0] = 1
+  text[:, 8:] = 0
+  return {"image": rows, "image_patch_grid": np.asarray(grids, np.int32), "text": text}
+
+
+GRIDS = [(2, 6), (3, 5), (4, 4), (5, 3), (6, 2), (1, 4), (2, 2), (3, 3)]
+
+
+@pytest.mark.parametrize("fusion,rows,row_len", [("dual_encoder", 8, 0), ("dual_encoder", 6, 0),
+                                                 ("hier_multi_to_one", 3, 42)])
+def test_a_packed_image_tower_gives_the_unpacked_loss_and_gradients(fusion, rows, row_len,
+                                                                    monkeypatch):
+  """objectives.pack_images: 8 images of 4 to 16 patches (1 + 20 slots each) in `rows` rows of
+  `row_len` slots (0: 21); the loss, metrics and every gradient equal the padded batch's."""
+  from mmjax import objectives, packing, sharding  # pylint: disable=import-outside-toplevel
+  cfg = _native_cfg(fusion, **{"loss_weights.itm": 0.0, "loss_weights.mlm": 0.0,
+                               "objectives.pack_images": True,
+                               "objectives.image_pack_rows": rows,
+                               "objectives.image_pack_len": row_len})
+  model = models.build_model(cfg)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  params = init(model, jax.random.key(0), models.dummy_batch(cfg, 2), method=model.init_all)
+  batch = _grids_batch(cfg, GRIDS)
+  packed = packing.add_image_pack_index(batch, cfg.model, rows, row_len)
+  assert packed["image_pack_index"].shape == (rows, row_len or 21)
+  fill = packing.padding_fraction(batch, cfg.model, rows, row_len)
+  assert fill["image"] == pytest.approx(1 - (8 + sum(a * b for a, b in GRIDS)) / (8 * 21))
+  assert fill["image_packed"] == pytest.approx(
+      1 - (8 + sum(a * b for a, b in GRIDS)) / (rows * (row_len or 21)))
+  loss = jax.jit(jax.value_and_grad(lambda p, b: objectives.pretraining_loss(
+      model, p, b, jax.random.key(1), cfg.objectives, mesh), has_aux=True))
+  (want, want_m), want_g = loss(params, batch)
+  (got, got_m), got_g = loss(params, packed)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  chex.assert_trees_all_close(got_m, want_m, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got_g, want_g, rtol=1e-4, atol=1e-5)
+  # the packed tower is what ran, its segments keeping the images apart: one segment per
+  # row lets a row's images attend to each other, another loss
+  one_segment = lambda index, length: (jnp.where(index >= 0, 1, 0), None)
+  monkeypatch.setattr(packing, "index_segments", one_segment)
+  mixed = jax.jit(lambda p, b: objectives.pretraining_loss(
+      model, p, b, jax.random.key(1), cfg.objectives, mesh)[0])
+  assert abs(float(mixed(params, packed)) - float(want)) > 1e-4
+
+
+def test_too_few_packed_rows_is_one_line_through_train_py(tmp_path):
+  from tests.helpers import run_entry  # pylint: disable=import-outside-toplevel
+  r = run_entry(["train.py", "--config=tests/tiny_config.py", f"--workdir={tmp_path}",
+                 "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
+                 "--config.loss_weights.mlm=0", "--config.loss_weights.mim=0",
+                 "--config.data.max_patches=16", "--config.objectives.pack_images=True",
+                 "--config.objectives.image_pack_rows=4", "--config.batch_size=8",
+                 "--config.total_steps=2"])
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: ") and "needs 8 packed rows" in line and \
+      "objectives.image_pack_rows" in line, line

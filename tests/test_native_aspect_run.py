@@ -1,5 +1,6 @@
 """Native aspect end to end, as a user runs it: a JSONL set of mixed-aspect images (3:1 to 1:3)
-trains through train.py with data.max_patches (no square resize, no crop), and eval.py scores
+trains through train.py with data.max_patches (no square resize, no crop; the image tower on
+packed rows), and eval.py scores
 the one checkpoint at three patch budgets in one call (--suite)."""
 import json
 
@@ -48,6 +49,9 @@ def test_mixed_aspect_trains_and_evaluates_at_three_budgets(mixed):
                  "--config.loss_weights.mlm=0", "--config.loss_weights.mim=0",
                  "--config.data.source=jsonl", f"--config.data.jsonl_path={train}",
                  f"--config.data.jsonl_eval_path={test}", "--config.data.max_patches=16",
+                 # the image tower packed: rows of 4 images' 17 slots, 9 rows for 32 images
+                 "--config.objectives.pack_images=True", "--config.objectives.image_pack_len=68",
+                 "--config.objectives.image_pack_rows=9",
                  *PIXELS, "--config.batch_size=32", "--config.total_steps=40",
                  "--config.optimizer.warmup_steps=5", "--config.optimizer.learning_rate=3e-3",
                  "--config.eval.every_steps=0", "--config.log_every_steps=40"])

@@ -183,7 +183,8 @@ class SharedPass:
     return self._memo[key]
 
   def clean(self):
-    return self.once("clean", lambda: self.model.encode(self.model.embed(self.batch)))
+    return self.once("clean", lambda: self.model.encode(self.model.embed(self.batch),
+                                                        tower_packs(self.model, self.batch)))
 
   def embeddings(self):
     return self.once("embeddings", lambda: {
@@ -195,6 +196,13 @@ class SharedPass:
 
   def masked_tokens(self):
     return self.once("masked_tokens", lambda: masked_forward(self.model, self.masked()))
+
+
+def tower_packs(model, batch) -> Dict[str, Any]:
+  """{m: index [R, L]} of the patch modalities whose towers run packed (objectives.pack_images
+  adds `<m>_pack_index`; text's own index is the MLM pass's)."""
+  return {m: batch[f"{m}_pack_index"] for m in model.modalities
+          if model.cfg.modality(m).kind in PATCH_KINDS and f"{m}_pack_index" in batch}
 
 
 class Masked:
