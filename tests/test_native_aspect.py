@@ -242,3 +242,23 @@ def test_too_few_packed_rows_is_one_line_through_train_py(tmp_path):
   line = r.stderr.strip().splitlines()[-1]
   assert line.startswith("error: ") and "needs 8 packed rows" in line and \
       "objectives.image_pack_rows" in line, line
+
+
+def test_min_patches_draws_a_budget_per_training_example(tmp_path):
+  """data.min_patches: training examples get budgets drawn from [min, max] (the same for one
+  example every time it is read), evaluation always max_patches."""
+  from mmjax.data import config as data_config  # pylint: disable=import-outside-toplevel
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "sq.png")
+  (tmp_path / "m.jsonl").write_text('{"image": "sq.png"}\n')
+  cfg = data_config.resolve({"source": "jsonl", "jsonl_path": str(tmp_path / "m.jsonl"),
+                             "max_patches": 64, "min_patches": 16, "patch_size": 4})
+  train, test = decode.Preprocessor(cfg, "train"), decode.Preprocessor(cfg, "test")
+  budgets = [train.patch_budget(i) for i in range(200)]
+  assert min(budgets) >= 16 and max(budgets) <= 64 and len(set(budgets)) > 20
+  assert budgets == [train.patch_budget(i) for i in range(200)]
+  assert {test.patch_budget(i) for i in range(20)} == {64}
+  grids = [tuple(train(i, {"image": str(tmp_path / "sq.png")})["image_patch_grid"])
+           for i in range(5)]
+  assert [g[0] * g[1] for g in grids] == [int(np.sqrt(b)) ** 2 for b in budgets[:5]]
+  with pytest.raises(ValueError, match="data.min_patches=80 must be in"):
+    data_config.resolve({"max_patches": 64, "min_patches": 80})

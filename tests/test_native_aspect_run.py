@@ -74,3 +74,20 @@ def test_mixed_aspect_trains_and_evaluates_at_three_budgets(mixed):
   assert all(res[f"patches_{n}"]["zero_shot/examples"] == 60 for n in (9, 16, 36)), res
   assert acc[16] >= 2.5 * chance, acc  # trained at 16 patches: well above chance
   assert len(set(acc.values())) > 1, acc  # each budget is its own input
+
+
+def test_bench_packs_more_images_into_the_same_slots():
+  """mmjax.bench.native_aspect on the tiny model: square, padded and packed at equal image
+  slots per step; packing holds more images with less padding."""
+  r = run_entry(["-m", "mmjax.bench.native_aspect", "--config=tests/tiny_config.py",
+                 "--config.model.fusion=dual_encoder", "--config.loss_weights.itm=0",
+                 "--config.loss_weights.mlm=0", "--config.loss_weights.mim=0",
+                 "--config.batch_size=16", "--steps=1", "--warmup=0", "--repeats=1"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = {x["variant"]["images"]: x for x in json.loads(r.stdout.strip().splitlines()[-1])}
+  assert set(rows) == {"square", "padded", "packed"}
+  assert len({x["image_slots"] for x in rows.values()}) == 1  # 16 x 17 slots each
+  assert rows["square"]["padding"] == 0 and rows["padded"]["padding"] > 0.2
+  assert rows["packed"]["examples"] > 16 and rows["packed"]["padding"] < rows["padded"]["padding"]
+  assert all(x["step_s"] > 0 and x["all_tokens_per_s"] > x["real_tokens_per_s"]
+             for x in rows.values())

@@ -75,14 +75,17 @@ def synthetic_batch(config, seed: int = 0):
   return batch
 
 
-def benchmark(config, steps: int, warmup: int, repeats: int = 3):
+def benchmark(config, steps: int, warmup: int, repeats: int = 3, batch=None):
+  """One config's train step timed (the record below); `batch`: host inputs to time it on
+  (default: synthetic_batch)."""
   cfg = configure.resolve(config)
   model = models.build_model(cfg)
   tx, schedule = train_lib.make_optimizer(cfg)
   mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
   state, shard = train_lib.create_state(cfg, model, tx, mesh)
   step = train_lib.make_train_step(cfg, model, tx, schedule, mesh, shard)
-  batch = jax.device_put(synthetic_batch(cfg), sharding.batch_sharding(mesh))
+  batch = jax.device_put(synthetic_batch(cfg) if batch is None else batch,
+                         sharding.batch_sharding(mesh))
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
   step = lowered.compile()

@@ -89,7 +89,10 @@ def get_config() -> ml_collections.ConfigDict:
   # patch, filled in by mmjax.configure) and feeds the patches ('image' [N, p*p*3], zero rows
   # after the image's own) with 'image_patch_grid' (gh, gw); no square resize, no crop. The
   # built-in scenes keep their data.image_size grid. 0: square images of image_size.
+  # min_patches > 0 (training, external images): each example's budget is drawn uniformly
+  # from [min_patches, max_patches] (NaViT), its rows still padded to max_patches.
   c.max_patches = 0
+  c.min_patches = 0
   c.patch_size = 0
   # zero-shot classes of any labelled source (mmjax/data/prompts.py). () = the source's own:
   # the built-in set's names and templates, a TFDS ClassLabel's names (a JSONL manifest has
@@ -198,6 +201,12 @@ def validate(cfg) -> None:
   if int(cfg.max_patches) < 0 or int(cfg.patch_size) < 0:
     _fail(f"data.max_patches={cfg.max_patches} and data.patch_size={cfg.patch_size} must be "
           ">= 0 (max_patches 0: square images)")
+  if int(cfg.min_patches) and not 0 < int(cfg.min_patches) <= int(cfg.max_patches):
+    _fail(f"data.min_patches={cfg.min_patches} must be in [1, data.max_patches="
+          f"{cfg.max_patches}] (0: every image gets max_patches)")
+  if int(cfg.min_patches) and cfg.source == "builtin":
+    _fail("data.min_patches draws a budget per external image; the built-in scenes are drawn "
+          "at data.image_size: set data.min_patches=0 or an external source")
   if cfg.on_error not in ON_ERROR:
     _fail(f"unknown data.on_error {cfg.on_error!r}; use one of {', '.join(ON_ERROR)}")
   if not 0 <= float(cfg.max_skip_fraction) <= 1:

@@ -418,8 +418,8 @@ class Preprocessor:
   data.on_error='skip': an example that cannot be decoded (or a source row with '_error')
   becomes {SKIP: one-line reason}, which the pipeline drops and counts."""
 
-  def __init__(self, cfg):
-    self.cfg = cfg
+  def __init__(self, cfg, split: str = "test"):
+    self.cfg, self.split = cfg, split
     self._tok = None
 
   @property
@@ -429,7 +429,16 @@ class Preprocessor:
     return self._tok
 
   def __getstate__(self):
-    return {"cfg": self.cfg, "_tok": None}
+    return {"cfg": self.cfg, "split": self.split, "_tok": None}
+
+  def patch_budget(self, index: int) -> int:
+    """Example `index`'s patch budget: data.max_patches, or in training with data.min_patches
+    set, drawn uniformly from [min_patches, max_patches] (seeded by builtin_seed and the
+    index: NaViT's per-example resolution)."""
+    lo, hi = int(self.cfg.get("min_patches", 0)), int(self.cfg.max_patches)
+    if self.split != "train" or not lo or lo >= hi:
+      return hi
+    return int(np.random.default_rng([int(self.cfg.builtin_seed), int(index)]).integers(lo, hi + 1))
 
   def __call__(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:
     if self.cfg.get("on_error", "stop") != "skip":
@@ -447,7 +456,8 @@ class Preprocessor:
     cfg, where = self.cfg, raw.get("_where", "")
     out: Dict[str, Any] = {}
     if "image" in raw and max_patches(cfg):
-      img = native_image(raw["image"], cfg.patch_size, cfg.max_patches, image_resize(cfg), where,
+      budget = self.patch_budget(raw.get("_index", index))
+      img = native_image(raw["image"], cfg.patch_size, budget, image_resize(cfg), where,
                          jpeg_draft(cfg))
       out["image"], out["image_patch_grid"] = patch_rows(
           normalize_image(img, cfg.image_mean, cfg.image_std), cfg.patch_size, cfg.max_patches)

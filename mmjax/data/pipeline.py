@@ -71,7 +71,7 @@ def make_source(cfg, split: str, process_index: int = 0,
     src = sources.JsonlSource(path, cfg.on_error)
   if cfg.source != "jsonl" and cfg.on_error == "skip":
     src = _SafeSource(src)
-  return grain.MapDataset.source(src).map_with_index(decode.Preprocessor(cfg))
+  return grain.MapDataset.source(src).map_with_index(decode.Preprocessor(cfg, split))
 
 
 def make_dataset(data_cfg, split: str, *, global_batch_size: int, seed: int,
