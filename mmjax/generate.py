@@ -268,8 +268,13 @@ def _folder_images(config, folder: str, limit: int):
   if not files:
     raise ValueError(f"--images={folder} has no image files ({', '.join(exts)})")
   stats = restore.trained_on_builtin(config)
-  return files, np.stack([decode.model_image(os.path.join(folder, f), config.data, stats,
-                                             f"({f})") for f in files])
+  images = [decode.model_image(os.path.join(folder, f), config.data, stats, f"({f})")
+            for f in files]
+  src = config.model.caption_source
+  if decode.max_patches(config.data):  # native aspect: patch rows and their grids
+    return files, {src: np.stack([r for r, _ in images]),
+                   f"{src}_patch_grid": np.stack([g for _, g in images])}
+  return files, {src: np.stack(images)}
 
 
 def main(argv=None) -> int:
@@ -297,9 +302,9 @@ def main(argv=None) -> int:
   if args.images:
     if config.model.modality(src).kind != "image":
       raise ValueError(f"--images needs a model that captions images; this one captions {src}")
-    names, x = _folder_images(config, args.images, args.num_examples)
+    names, inputs = _folder_images(config, args.images, args.num_examples)
     rows = [{"file": n} for n in names]
-    batches = [{src: x}]
+    batches = [inputs]
   else:
     batches = restore.eval_batches(config, config.eval.batch_size, args.num_examples, mesh.size)
     rows = [{"index": int(i), "reference": r} for b in batches
@@ -307,13 +312,17 @@ def main(argv=None) -> int:
   n_dev = mesh.size
   captions = []
   for b in batches:
-    x = b[src]
-    pad = (-len(x)) % n_dev  # a folder of any size: pad to the device count, drop after
-    xb = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-    ev_put = jax.make_array_from_callback(xb.shape, sharding.batch_sharding(mesh),
-                                          lambda idx, a=xb: a[idx])
-    ids = gen({src: ev_put}, max_len=max_len, beam=args.beam, alpha=args.alpha)
-    captions += decode_texts(tok, ids[:len(x)])
+    n = len(b[src])
+    pad = (-n) % n_dev  # a folder of any size: pad to the device count, drop after
+    put = {}
+    for k in tokenizers.input_keys(src):
+      if k in b:
+        x = np.asarray(b[k])
+        xb = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+        put[k] = jax.make_array_from_callback(xb.shape, sharding.batch_sharding(mesh),
+                                              lambda idx, a=xb: a[idx])
+    ids = gen(put, max_len=max_len, beam=args.beam, alpha=args.alpha)
+    captions += decode_texts(tok, ids[:n])
   for r, c in zip(rows, captions):
     r["caption"] = c
     print(json.dumps(r), flush=True)

@@ -60,8 +60,9 @@ class Loaded:
 
   # -- preprocessing ------------------------------------------------------------------------
 
-  def preprocess(self, modality: str, inputs: Sequence[Any]) -> np.ndarray:
-    """Model-ready host inputs [N, ...] of one modality, as the data pipeline makes them."""
+  def preprocess(self, modality: str, inputs: Sequence[Any]):
+    """Model-ready host inputs [N, ...] of one modality, as the data pipeline makes them
+    (native-aspect images, data.max_patches: {modality: patch rows, '<m>_patch_grid': grids})."""
     kind = self._kind(modality)
     one_array = (kind == "image" and isinstance(inputs, np.ndarray)
                  and inputs.ndim in (2, 3))  # one [H, W(, C)] image, not a batch of rows
@@ -76,8 +77,11 @@ class Loaded:
       return np.stack([tok.encode(t, length) for t in inputs]).astype(np.int32)
     if kind == "image":
       stats = restore_lib.trained_on_builtin(self.config)
-      return np.stack([decode.model_image(_plain_image(x), self.config.data, stats)
-                       for x in inputs])
+      images = [decode.model_image(_plain_image(x), self.config.data, stats) for x in inputs]
+      if decode.max_patches(self.config.data):  # native aspect: patch rows and their grids
+        return {modality: np.stack([r for r, _ in images]),
+                f"{modality}_patch_grid": np.stack([g for _, g in images])}
+      return np.stack(images)
     if kind in ("video", "audio"):
       return np.stack([self._pre.decode(i, {kind: x})[kind] for i, x in enumerate(inputs)])
     return np.stack([np.asarray(x) for x in inputs])
@@ -100,16 +104,17 @@ class Loaded:
     x = self.preprocess(modality, inputs)
     return self.encode_preprocessed(modality, x, normalize)
 
-  def encode_preprocessed(self, modality: str, x: np.ndarray, normalize: bool = True):
-    """encode() of inputs already preprocessed ([N, ...] model-ready arrays)."""
-    n_dev, out = self.mesh.size, []
-    chunk = max(n_dev, min(self.config.eval.batch_size, len(x) + (-len(x)) % n_dev)
-                // n_dev * n_dev)
-    for i in range(0, len(x), chunk):
-      enc = self._ev.encode({modality: pad_rows(x[i:i + chunk], chunk)})
+  def encode_preprocessed(self, modality: str, x, normalize: bool = True):
+    """encode() of inputs already preprocessed ([N, ...] model-ready arrays, or preprocess's
+    dict of them)."""
+    inputs = x if isinstance(x, dict) else {modality: x}
+    n, n_dev, out = len(inputs[modality]), self.mesh.size, []
+    chunk = max(n_dev, min(self.config.eval.batch_size, n + (-n) % n_dev) // n_dev * n_dev)
+    for i in range(0, n, chunk):
+      enc = self._ev.encode({k: pad_rows(v[i:i + chunk], chunk) for k, v in inputs.items()})
       z = (self._ev.embeddings(enc)[modality] if normalize else
            restore_lib.to_host(self._raw(self.params, enc)[modality]))
-      out.append(z[:len(x) - i])
+      out.append(z[:n - i])
     return np.concatenate(out) if out else np.zeros((0, self.config.model.embed_dim), np.float32)
 
   def encode_image(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
@@ -147,9 +152,10 @@ class Loaded:
     except ValueError as e:
       raise LoadError(str(e)) from None
     x = self.preprocess(src, images)
-    n_dev = self.mesh.size
-    ids = gen(self._ev.put({src: pad_rows(x, len(x) + (-len(x)) % n_dev)}),
-              max_len=max_len or self.config.data.text_len, beam=beam)[:len(x)]
+    inputs = x if isinstance(x, dict) else {src: x}
+    n, n_dev = len(inputs[src]), self.mesh.size
+    ids = gen(self._ev.put({k: pad_rows(v, n + (-n) % n_dev) for k, v in inputs.items()}),
+              max_len=max_len or self.config.data.text_len, beam=beam)[:n]
     return generate.decode_texts(self._pre.tokenizer, ids)
 
 

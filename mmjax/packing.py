@@ -1,4 +1,5 @@
-"""Text packing: several short examples share one row of length L (masked language modelling).
+"""Packing: several short examples share one row of length L (masked language modelling text;
+native-aspect images in their tower).
 
 Host side (numpy, pure): `pack` places each example's span -- its first n_i positions, n_i =
 the last token the model sees + 1 -- whole into rows of length L by first-fit decreasing, and
@@ -13,6 +14,13 @@ layout, and `index_segments` gives the segment ids (example + 1: equal within on
 distinct across examples) and positions. The MLM mask is drawn on the unpacked [B, L] ids and
 then gathered, so the packed loss sees exactly the same masked tokens as the unpacked one:
   sum_{r,j} w'_{rj} ce'_{rj} / sum w' = sum_{b,l} w_{bl} ce_{bl} / sum w.
+
+Image packing (objectives.pack_images, native-aspect images): `add_image_pack_index` places
+each image's [CLS] + gh gw patch tokens, a prefix of its 1 + N slots, whole into rows of
+image_pack_len slots; MultimodalModel.encode runs the image tower on the gathered rows with
+segment ids and scatters its output back to [B, 1 + N], so every later stage sees the padded
+layout and the loss is the padded batch's. `padding_fraction` reports the slots spent on
+padding, as fed and packed.
 """
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ def grid_coordinates(patch_grid, n: int):
   """patch_grid [B, 2] int (gh, gw), n -> (rows, cols [B, n] int32, valid [B, n] bool): token k
   of an example is patch (k // gw, k % gw) of its grid; k >= gh gw is padding."""
   k = jnp.arange(n, dtype=jnp.int32)[None]
-  gh, gw = patch_grid[:, :1].astype(jnp.int32), jnp.maximum(patch_grid[:, 1:], 1).astype(jnp.int32)
+  gh = patch_grid[:, :1].astype(jnp.int32)
+  gw = jnp.maximum(patch_grid[:, 1:], 1).astype(jnp.int32)
   return k // gw, k % gw, k < gh * gw
 
 
@@ -335,7 +336,6 @@ class ImagePatchEmbedder(_PatchEmbedder):
     grid = (x.shape[1] // self.patch, x.shape[2] // self.patch)
     mask = jnp.ones(tokens.shape[:2], bool)
     return self._finish(tokens, mask, self.grid, grid, valid, self._dropped(mim_mask))
-
 
   def _native(self, x, patch_grid, valid, mim_mask):
     if x.ndim != 3 or x.shape[-1] % (self.patch * self.patch):

@@ -78,8 +78,8 @@ def test_generate_captions_the_test_split_and_a_folder(workdir, tmp_path):
   from mmjax.data import text  # pylint: disable=import-outside-toplevel
   config, model, params, mesh, _ = restore.restore(str(workdir))
   _, images = generate._folder_images(config, str(folder), 0)  # pylint: disable=protected-access
-  ids = generate.greedy(model, params, {model.cfg.caption_source: images},
-                        max_len=config.data.text_len, **_special_ids(config))
+  ids = generate.greedy(model, params, images, max_len=config.data.text_len,
+                        **_special_ids(config))
   want = generate.decode_texts(text.from_config(config.data), ids)
   assert [x["caption"] for x in rows] == want
   assert any(x["caption"].strip() for x in rows), rows

@@ -262,3 +262,21 @@ def test_min_patches_draws_a_budget_per_training_example(tmp_path):
   assert [g[0] * g[1] for g in grids] == [int(np.sqrt(b)) ** 2 for b in budgets[:5]]
   with pytest.raises(ValueError, match="data.min_patches=80 must be in"):
     data_config.resolve({"max_patches": 64, "min_patches": 80})
+
+
+def test_robustness_corrupts_the_image_a_patch_row_set_cuts():
+  """The robustness evaluator on native-aspect rows corrupts each image at its own grid (an
+  occlusion is a square of the image, not of the rows) and leaves the padding zero."""
+  from mmjax.evaluators import corruptions, robustness  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(0)
+  img = rng.rand(8, 24, 3).astype(np.float32)
+  rows, grid = decode.patch_rows(img, 4, 16)
+  np.testing.assert_array_equal(decode.rows_image(rows, grid), img)
+  batch = {"image": rows[None], "image_patch_grid": grid[None], "index": np.asarray([3])}
+  fn = robustness._corrupt("image", corruptions.get("occlusion"), 3, 0, None)  # pylint: disable=protected-access
+  out = fn(batch)["image"][0]
+  want = corruptions.get("occlusion").apply(
+      img, corruptions.get("occlusion").params[2],
+      corruptions.rng_for(0, "occlusion/image", 3, 3))
+  np.testing.assert_array_equal(out, decode.patch_rows(want, 4, 16)[0])
+  assert not out[12:].any() and (decode.rows_image(out, grid) == 0).any()

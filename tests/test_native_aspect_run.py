@@ -91,3 +91,21 @@ def test_bench_packs_more_images_into_the_same_slots():
   assert rows["packed"]["examples"] > 16 and rows["packed"]["padding"] < rows["padded"]["padding"]
   assert all(x["step_s"] > 0 and x["all_tokens_per_s"] > x["real_tokens_per_s"]
              for x in rows.values())
+
+
+def test_load_encodes_files_at_native_aspect_as_the_pipeline_does(mixed):
+  """mmjax.load on the native-aspect checkpoint: encode_image of the files equals the
+  embeddings of the pipeline's own batch of them (patch rows and grids alike)."""
+  import mmjax  # pylint: disable=import-outside-toplevel
+  from mmjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  d, _, test = mixed
+  model = mmjax.load(str(d / "run"))
+  batch = next(iter(pipeline.make_dataset(model.config.data, "test", global_batch_size=5,
+                                          seed=0, shuffle=False, repeat=False)))
+  files = [str(test.parent / f"{i}.png") for i in batch["index"]]
+  pre = model.preprocess("image", files)
+  np.testing.assert_array_equal(pre["image_patch_grid"], batch["image_patch_grid"])
+  np.testing.assert_allclose(pre["image"], batch["image"], atol=1e-6)
+  np.testing.assert_allclose(model.encode_image(files), model.encode_preprocessed(
+      "image", {"image": batch["image"], "image_patch_grid": batch["image_patch_grid"]}),
+                             atol=1e-5)

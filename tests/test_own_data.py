@@ -74,3 +74,24 @@ def test_missing_data_is_one_line(tmp_path):
   with pytest.raises(config_lib.ConfigError) as e:
     configure.resolve(own_data.get_config(str(tmp_path / "nowhere")))
   assert "\n" not in str(e.value) and "JSONL manifest not found" in str(e.value)
+
+
+def test_mixed_aspect_digits_sit_whole_on_canvases_of_1_3_to_3_1(tmp_path):
+  """--mixed_aspect: each digit, unscaled, on a black canvas of aspect 1:3 to 3:1; the
+  captions are the square set's."""
+  img = examples.upsample(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, 16)
+  aspects = []
+  for i in range(200):
+    c = examples.on_canvas(img, np.random.RandomState(i))
+    assert min(c.shape[:2]) == 16 and c.sum() == img.sum()
+    aspects.append(c.shape[1] / c.shape[0])
+  assert min(aspects) < 0.4 and max(aspects) > 2.5 and all(1 / 3.1 < a < 3.1 for a in aspects)
+  images, labels = examples.load_digits()
+  rows = examples._write_split(str(tmp_path), "test", images, labels, range(6), 16, 0, 0,
+                               mixed_aspect=True)  # pylint: disable=protected-access
+  square = examples._write_split(str(tmp_path / "sq"), "test", images, labels, range(6), 16, 0,
+                                 0)  # pylint: disable=protected-access
+  assert [r["caption"] for r in rows] == [r["caption"] for r in square]
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  shapes = {Image.open(tmp_path / r["image"]).size for r in rows}
+  assert len(shapes) > 1 and all(min(s) == 16 for s in shapes)

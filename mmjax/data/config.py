@@ -19,6 +19,29 @@ def _any(default):
   return ml_collections.FieldReference(default, field_type=object)
 
 
+def _image_preprocessing(c: ml_collections.ConfigDict) -> None:
+  """The keys of how an external image becomes the model's input (part of get_config)."""
+  # external pixel normalization (the built-in set uses its own measured statistics)
+  c.image_mean = CLIP_MEAN
+  c.image_std = CLIP_STD
+  # How an external image becomes image_size x image_size (mmjax/data/decode.py resize_image):
+  # pil: PIL bicubic in the image's own mode, shorter side, centre crop, then RGB (open_clip);
+  # torchvision: RGB, antialiased bicubic on uint8, shorter side, centre crop (HF); *_squash:
+  # to S x S (SigLIP). jpeg_draft: big JPEGs decode reduced first (PIL draft). Set by convert.
+  c.image_resize = "pil"           # pil | pil_squash | torchvision | torchvision_squash
+  c.jpeg_draft = True
+  # Native aspect (NaFlex / NaViT): max_patches = N > 0 resizes each image keeping its aspect
+  # to the best patch grid (decode.native_grid) of at most N patches of patch_size (0: the
+  # image modality's patch, filled in by mmjax.configure) and feeds the patches ('image'
+  # [N, p*p*3], zero rows after the image's own) with 'image_patch_grid' (gh, gw); no square
+  # resize, no crop. The built-in scenes keep their data.image_size grid. 0: square images.
+  # min_patches > 0 (training, external images): each example's budget is drawn uniformly
+  # from [min_patches, max_patches] (NaViT), its rows still padded to max_patches.
+  c.max_patches = 0
+  c.min_patches = 0
+  c.patch_size = 0
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Defaults for every data key (a train config's `data` may set any subset)."""
   c = ml_collections.ConfigDict()
@@ -75,25 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.shard_assign = "examples"      # examples: same stream as a manifest, any process count |
                                    # shards: process p reads only shards p, p+P, ... (training)
   c.member_exts = ml_collections.ConfigDict()  # output -> 'ext,ext' (shards.DEFAULT_EXTS)
-  # external pixel normalization (the built-in set uses its own measured statistics)
-  c.image_mean = CLIP_MEAN
-  c.image_std = CLIP_STD
-  # How an external image becomes image_size x image_size (mmjax/data/decode.py resize_image):
-  # pil: PIL bicubic in the image's own mode, shorter side, centre crop, then RGB (open_clip);
-  # torchvision: RGB, antialiased bicubic on uint8, shorter side, centre crop (HF); *_squash:
-  # to S x S (SigLIP). jpeg_draft: big JPEGs decode reduced first (PIL draft). Set by convert.
-  c.image_resize = "pil"           # pil | pil_squash | torchvision | torchvision_squash
-  c.jpeg_draft = True
-  # Native aspect (NaFlex / NaViT): max_patches = N > 0 resizes each image keeping its aspect
-  # to the largest patch grid of at most N patches of patch_size (0: the image modality's
-  # patch, filled in by mmjax.configure) and feeds the patches ('image' [N, p*p*3], zero rows
-  # after the image's own) with 'image_patch_grid' (gh, gw); no square resize, no crop. The
-  # built-in scenes keep their data.image_size grid. 0: square images of image_size.
-  # min_patches > 0 (training, external images): each example's budget is drawn uniformly
-  # from [min_patches, max_patches] (NaViT), its rows still padded to max_patches.
-  c.max_patches = 0
-  c.min_patches = 0
-  c.patch_size = 0
+  _image_preprocessing(c)
   # zero-shot classes of any labelled source (mmjax/data/prompts.py). () = the source's own:
   # the built-in set's names and templates, a TFDS ClassLabel's names (a JSONL manifest has
   # none); external sources' templates default to openai_imagenet.

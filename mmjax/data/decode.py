@@ -261,6 +261,14 @@ def max_patches(cfg) -> int:
   return int(cfg.get("max_patches", 0))
 
 
+def rows_image(rows: np.ndarray, grid, channels: int = 3) -> np.ndarray:
+  """The inverse of `patch_rows`: patch rows [N, p*p*C] of grid (gh, gw) -> [gh p, gw p, C]."""
+  gh, gw = (int(g) for g in grid)
+  p = int(round(np.sqrt(rows.shape[1] / channels)))
+  return (rows[:gh * gw].reshape(gh, gw, p, p, channels).transpose(0, 2, 1, 3, 4)
+          .reshape(gh * p, gw * p, channels))
+
+
 class CutPatches:
   """Example -> example with its square 'image' [S, S, 3] as native-aspect patch rows
   (`patch_rows`: 'image' [N, p*p*3], 'image_patch_grid' [2]); the built-in scenes, drawn at
@@ -282,12 +290,22 @@ def jpeg_draft(cfg) -> bool:
   return bool(cfg.get("jpeg_draft", False))
 
 
-def model_image(obj, cfg, builtin_stats: bool = False, where: str = "") -> np.ndarray:
+def model_image(obj, cfg, builtin_stats: bool = False, where: str = ""):
   """An external image (bytes | path | PIL image | array) as a model trained on `cfg`'s data
   sees one: resized to data.image_size by data.image_resize (`resize_image`), then normalized
   with data.image_mean / image_std, or with the built-in scenes' own pixel statistics when
-  builtin_stats (a model trained on data.source='builtin' saw those)."""
+  builtin_stats (a model trained on data.source='builtin' saw those). With data.max_patches:
+  (patch rows [N, p*p*3], grid [2]) of the native-aspect image (`native_image`,
+  `patch_rows`)."""
+  if max_patches(cfg):
+    img = native_image(obj, cfg.patch_size, cfg.max_patches, image_resize(cfg), where,
+                       jpeg_draft(cfg))
+    return patch_rows(_normalized(img, cfg, builtin_stats), cfg.patch_size, cfg.max_patches)
   img = resize_image(obj, cfg.image_size, image_resize(cfg), where, jpeg_draft(cfg))
+  return _normalized(img, cfg, builtin_stats)
+
+
+def _normalized(img, cfg, builtin_stats: bool) -> np.ndarray:
   if builtin_stats:
     from mmjax.data import builtin  # pylint: disable=import-outside-toplevel
     mean, std = builtin.PIXEL_STATS[cfg.task]

@@ -1,6 +1,7 @@
 """Small real labelled sets written as a JSONL manifest, for trying mmjax on your own data.
 
   python -m mmjax.data.examples digits --out DIR [--size 32] [--augment 0] [--seed 0]
+      [--mixed_aspect]
 
 `digits` is scikit-learn's bundled handwritten digits (load_digits: 1,797 real 8x8 grayscale
 scans, 10 classes, no download; needs the `bench` or `test` extra). It writes
@@ -22,6 +23,11 @@ caption is 36 bytes: longer than configs/default.py's text_len of 32 (30 bytes +
 --augment K adds K shifted and rotated copies of each *train* image (offline augmentation,
 +-1 source pixel, +-10 degrees; the pipeline itself does not augment). The test split is
 never augmented.
+
+--mixed_aspect puts each size x size digit on a black canvas whose aspect w / h is drawn
+log-uniform in [1/3, 3] (its short side = size), at a random place (`on_canvas`, seeded per
+example): a set of mixed-aspect images for native-aspect training (data.max_patches), where
+a square resize distorts the digit and a native one does not.
 """
 from __future__ import annotations
 
@@ -84,6 +90,18 @@ def upsample(img: np.ndarray, size: int) -> np.ndarray:
   return np.repeat(np.asarray(up)[..., None], 3, axis=-1)
 
 
+def on_canvas(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+  """uint8 [s, s, 3] -> uint8 [h, w, 3] of aspect w / h log-uniform in [1/3, 3], min(h, w) =
+  s, black, with img at a uniformly drawn offset."""
+  s = img.shape[0]
+  aspect = float(np.exp(rng.uniform(np.log(1 / 3), np.log(3))))
+  h, w = (s, int(round(s * aspect))) if aspect >= 1 else (int(round(s / aspect)), s)
+  out = np.zeros((h, w, 3), np.uint8)
+  top, left = rng.randint(0, h - s + 1), rng.randint(0, w - s + 1)
+  out[top:top + s, left:left + s] = img
+  return out
+
+
 def augment(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
   """A random shift (+-1 source pixel, in 1/4-pixel steps) and rotation (+-10 degrees) of an
   8x8 uint8 digit, done at 4x resolution and brought back to 8x8 (bilinear)."""
@@ -95,7 +113,7 @@ def augment(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
 
 
 def _write_split(out: str, split: str, images, labels, indices, size: int, copies: int,
-                 seed: int) -> List[Dict]:
+                 seed: int, mixed_aspect: bool = False) -> List[Dict]:
   folder = os.path.join(out, "images", split)
   os.makedirs(folder, exist_ok=True)
   rows = []
@@ -104,7 +122,10 @@ def _write_split(out: str, split: str, images, labels, indices, size: int, copie
     for k in range(copies + 1):
       img = images[i] if k == 0 else augment(images[i], rng)
       rel = f"images/{split}/{int(i):05d}" + (f"_{k}" if k else "") + ".png"
-      Image.fromarray(upsample(img, size)).save(os.path.join(out, rel))
+      pixels = upsample(img, size)
+      if mixed_aspect:  # its own stream: the captions stay those of the square set
+        pixels = on_canvas(pixels, np.random.RandomState([seed, int(i), k, 1]))
+      Image.fromarray(pixels).save(os.path.join(out, rel))
       template = DIGIT_TEMPLATES[rng.randint(len(DIGIT_TEMPLATES))]
       rows.append({"image": rel, "caption": template.format(DIGIT_NAMES[labels[i]]),
                    "label": int(labels[i])})
@@ -114,7 +135,8 @@ def _write_split(out: str, split: str, images, labels, indices, size: int, copie
   return rows
 
 
-def prepare_digits(out: str, size: int = 32, augment_copies: int = 0, seed: int = 0) -> Dict:
+def prepare_digits(out: str, size: int = 32, augment_copies: int = 0, seed: int = 0,
+                   mixed_aspect: bool = False) -> Dict:
   """Writes the digits set to `out` (see the module doc); returns meta.json's content.
   Rerunning with the same arguments rewrites identical files."""
   if size < 8:
@@ -124,16 +146,18 @@ def prepare_digits(out: str, size: int = 32, augment_copies: int = 0, seed: int 
   images, labels = load_digits()
   train, test = stratified_split(labels)
   os.makedirs(out, exist_ok=True)
-  rows = _write_split(out, "train", images, labels, train, size, augment_copies, seed)
+  rows = _write_split(out, "train", images, labels, train, size, augment_copies, seed,
+                      mixed_aspect)
   n_train = len(rows)
-  n_test = len(_write_split(out, "test", images, labels, test, size, 0, seed))
+  n_test = len(_write_split(out, "test", images, labels, test, size, 0, seed, mixed_aspect))
   longest = max(len(t.format(n).encode("utf-8")) for t in DIGIT_TEMPLATES for n in DIGIT_NAMES)
   with open(os.path.join(out, "class_names.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(DIGIT_NAMES) + "\n")
   with open(os.path.join(out, "prompt_templates.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(DIGIT_TEMPLATES) + "\n")
   meta = {"dataset": "sklearn.datasets.load_digits", "size": size, "seed": seed,
-          "split_seed": SPLIT_SEED, "augment": augment_copies, "train_examples": n_train,
+          "split_seed": SPLIT_SEED, "augment": augment_copies, "mixed_aspect": mixed_aspect,
+          "train_examples": n_train,
           "test_examples": n_test, "train_source_images": len(train),
           "test_source_images": len(test), "longest_caption_bytes": longest,
           "class_names": list(DIGIT_NAMES),
@@ -160,14 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
   p.add_argument("--augment", type=int, default=0, help="augmented copies per train image")
   p.add_argument("--seed", type=int, default=0, help="caption / augmentation seed")
+  p.add_argument("--mixed_aspect", action="store_true",
+                 help="each digit on a canvas of aspect 1:3 to 3:1 (native-aspect training)")
   a = p.parse_args(argv)
   try:
-    meta = DATASETS[a.dataset](a.out, size=a.size, augment_copies=a.augment, seed=a.seed)
+    meta = DATASETS[a.dataset](a.out, size=a.size, augment_copies=a.augment, seed=a.seed,
+                               mixed_aspect=a.mixed_aspect)
   except (ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  shape = (f"{meta['size']}x{meta['size']} digits on 1:3 to 3:1 canvases" if a.mixed_aspect
+           else f"{meta['size']}x{meta['size']}")
   print(f"wrote {meta['train_examples']} train / {meta['test_examples']} test examples "
-        f"({meta['size']}x{meta['size']}) to {a.out}: train.jsonl, test.jsonl, "
+        f"({shape}) to {a.out}: train.jsonl, test.jsonl, "
         "class_names.txt, prompt_templates.txt")
   print(f"longest caption: {meta['longest_caption_bytes']} bytes; the bytes tokenizer keeps "
         f"data.text_len - 2 of them (configs/default.py: 30), so train with data.text_len >= "

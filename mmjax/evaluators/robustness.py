@@ -19,6 +19,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from mmjax import config_lib
+from mmjax.data import decode
 from mmjax.data import text as text_lib
 from mmjax.evaluators import base, corruptions
 
@@ -45,6 +46,12 @@ def _corrupt(modality: str, c: corruptions.Corruption, severity: int, seed: int,
         rng = corruptions.rng_for(seed, f"{c.name}/{k}", severity, idx)
         x = batch[k]
         one = {f: v[i] for f, v in x.items()} if isinstance(x, dict) else np.asarray(x[i])
+        grid = batch.get(f"{k}_patch_grid")
+        if grid is not None:  # native-aspect patch rows: corrupt the image they cut
+          img = c.apply(decode.rows_image(one, grid[i]), param, rng, ctx_arg)
+          rows.append(decode.patch_rows(img, int(round(np.sqrt(one.shape[1] / img.shape[2]))),
+                                        one.shape[0])[0])
+          continue
         rows.append(c.apply(one, param, rng, ctx_arg))
       out[k] = ({f: np.stack([r[f] for r in rows]) for f in rows[0]}
                 if isinstance(rows[0], dict) else np.stack(rows))
