@@ -104,6 +104,11 @@ def _resolve_model(model: ModelConfig, config) -> ModelConfig:
   for name, rate in dropped.items():
     if not 0.0 < rate < 1.0:
       raise ConfigError(f"model.modalities.{name}.patch_dropout={rate} must be in [0, 1)")
+  for m in model.modalities:
+    mode = m.option("patch_dropout_mode") if m.kind == "image" else "random"
+    if mode not in tokenizers.DROPOUT_MODES:
+      raise ConfigError(f"unknown model.modalities.{m.name}.patch_dropout_mode={mode!r}; use "
+                        f"one of {', '.join(tokenizers.DROPOUT_MODES)}")
   if dropped and design.position_aligned:
     raise ConfigError(f"patch dropout on {sorted(dropped)} with fusion {design.name}: it adds the "
                       "modalities' tokens position by position, and dropped patches leave "

@@ -26,7 +26,8 @@ Optional arguments every embedder takes:
 Patch dropout (patch embedders, `patch_dropout` = r > 0; FLIP, Li et al. 2023): in training
 (an apply with a 'dropout' rng) and without a MIM mask, each example keeps a random
 N - round(r N) of its N patch tokens (`kept_patches`), positions already added, in patch order; [CLS] is kept.
-Evaluation encodes every patch.
+Evaluation encodes every patch. Images may keep a structured subset instead
+(`patch_dropout_mode`: grid, a lattice; block, one contiguous block; `structured_order`).
 """
 from __future__ import annotations
 
@@ -52,15 +53,43 @@ def kept_patches(n: int, rate: float) -> int:
   return max(1, n - int(math.floor(n * rate + 0.5)))
 
 
-def drop_patches(rng, tokens, mask, rate: float):
+def drop_patches(rng, tokens, mask, rate: float, order=None):
   """tokens [B, N, D], mask [B, N] -> [B, K, D], [B, K], K = kept_patches(N, rate): per example
   a uniformly random subset of the tokens, in their original order; tokens the mask holds
-  (native-aspect patches) are kept before padding."""
+  (native-aspect patches) are kept before padding. order [B, N] in [0, 2) (structured
+  dropout, `structured_order`): tokens of lower order are kept first, ties at random."""
   b, n = mask.shape
-  score = jax.random.uniform(rng, (b, n)) + (~mask).astype(jnp.float32)
+  u = jax.random.uniform(rng, (b, n))
+  score = 4.0 * (~mask).astype(jnp.float32) + (u if order is None else order + 1e-3 * u)
   keep = jnp.sort(jnp.argsort(score, axis=1)[:, :kept_patches(n, rate)], axis=1)
   return (jnp.take_along_axis(tokens, keep[..., None], axis=1),
           jnp.take_along_axis(mask, keep, axis=1))
+
+
+DROPOUT_MODES = ("random", "grid", "block")  # ImagePatchEmbedder.patch_dropout_mode
+
+
+def structured_order(rng, rows, cols, patch_grid, rate: float, mode: str):
+  """Which patches structured patch dropout keeps first: order [B, N] in [0, 2) (lower is
+  kept first; drop_patches breaks ties at random), from each token's (row, col) [B, N] of
+  its example's grid patch_grid [B, 2] (CLIPA's structured masks):
+    grid   0 on a lattice (a row + col + o) mod s = 0, s = round(1 / (1 - rate)),
+           a = round(sqrt(s)), o drawn per example (rate 0.5: a checkerboard), 1 elsewhere
+    block  the distance max(|row - cy| / gh, |col - cx| / gw) to a centre drawn per
+           example: one contiguous block is kept."""
+  b = rows.shape[0]
+  if mode == "grid":
+    s = max(1, int(round(1.0 / (1.0 - rate))))
+    a = max(1, int(round(math.sqrt(s))))
+    o = jax.random.randint(rng, (b, 1), 0, s)
+    return ((a * rows + cols + o) % s != 0).astype(jnp.float32)
+  if mode == "block":
+    size = jnp.maximum(patch_grid, 1).astype(jnp.float32)
+    centre = jax.random.uniform(rng, (b, 2)) * size
+    dy = jnp.abs(rows + 0.5 - centre[:, :1]) / size[:, :1]
+    dx = jnp.abs(cols + 0.5 - centre[:, 1:]) / size[:, 1:]
+    return jnp.minimum(jnp.maximum(dy, dx), 1.0)
+  raise ValueError(f"unknown patch_dropout_mode {mode!r}; use one of {', '.join(DROPOUT_MODES)}")
 
 
 def _pair(p: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -190,13 +219,19 @@ class _Embedder(nn.Module):
     table = self._param("pos_embedding", tuple(ref_grid) + (self.width,), axes)
     return _interpolate(table, grid)
 
-  def _finish(self, tokens, mask, ref_grid, grid, valid, patch_dropout: float = 0.0):
+  def _finish(self, tokens, mask, ref_grid, grid, valid, patch_dropout: float = 0.0,
+              coords=None):
     """tokens [B, N, D] (+ positions unless ref_grid is None, patch dropout, + type, then
-    [CLS])."""
+    [CLS]). coords (rows, cols [B, N], grid [B, 2]): where each patch is, for structured
+    patch dropout."""
     if ref_grid is not None:
       tokens = tokens + self._positions(ref_grid, grid).astype(tokens.dtype)[None]
     if patch_dropout > 0 and self.has_rng("dropout"):
-      tokens, mask = drop_patches(self.make_rng("dropout"), tokens, mask, patch_dropout)
+      order = None
+      mode = getattr(self, "patch_dropout_mode", "random")
+      if mode != "random":
+        order = structured_order(self.make_rng("dropout"), *coords, patch_dropout, mode)
+      tokens, mask = drop_patches(self.make_rng("dropout"), tokens, mask, patch_dropout, order)
     if self.add_cls:
       cls = self._param("cls", (self.width,), ("embed",)).astype(tokens.dtype)
       if self.cls_position:
@@ -312,6 +347,7 @@ class ImagePatchEmbedder(_PatchEmbedder):
   + 2D positions (learned at `grid`, interpolated to the input's grid) + type (+ [CLS])."""
   patch: int = 16
   grid: Sequence[int] = (14, 14)
+  patch_dropout_mode: str = "random"  # random | grid | block (structured_order)
 
   def _own_tokens(self, shape) -> int:  # (H, W, C)
     if len(shape) != 3:
@@ -335,7 +371,9 @@ class ImagePatchEmbedder(_PatchEmbedder):
                                      use_bias=self.patch_bias), mim_mask)
     grid = (x.shape[1] // self.patch, x.shape[2] // self.patch)
     mask = jnp.ones(tokens.shape[:2], bool)
-    return self._finish(tokens, mask, self.grid, grid, valid, self._dropped(mim_mask))
+    k = jnp.broadcast_to(jnp.arange(grid[0] * grid[1], dtype=jnp.int32), mask.shape)
+    coords = (k // grid[1], k % grid[1], jnp.broadcast_to(jnp.asarray(grid), (len(x), 2)))
+    return self._finish(tokens, mask, self.grid, grid, valid, self._dropped(mim_mask), coords)
 
   def _native(self, x, patch_grid, valid, mim_mask):
     if x.ndim != 3 or x.shape[-1] % (self.patch * self.patch):
@@ -346,7 +384,7 @@ class ImagePatchEmbedder(_PatchEmbedder):
     rows, cols, mask = grid_coordinates(patch_grid, x.shape[1])
     pos = self._native_positions(rows, cols, patch_grid)
     return self._finish(tokens + pos.astype(tokens.dtype), mask, None, None, valid,
-                        self._dropped(mim_mask))
+                        self._dropped(mim_mask), (rows, cols, patch_grid))
 
   def _native_positions(self, rows, cols, patch_grid):
     """[B, N, D]: each token's position at its (row, col) of its example's grid."""

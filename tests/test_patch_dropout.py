@@ -147,3 +147,43 @@ def test_dropped_patches_are_the_same_sharded_and_with_the_chunked_kernel():
   none = _first_step_loss(_cfg(rate=0.0, **base), jax.devices()[:1])
   np.testing.assert_allclose([sharded, chunked], [want, want], rtol=2e-5)
   assert abs(none - want) > 1e-4  # the tokens dropped change the loss
+
+
+@pytest.mark.parametrize("mode", ["grid", "block"])
+def test_structured_modes_keep_a_lattice_or_a_block(mode):
+  """patch_dropout_mode: 'grid' keeps a lattice (0.5: a checkerboard; 0.75: one patch in four,
+  every row and column alike), 'block' one contiguous block around a random centre; each
+  example draws its own offset or centre; evaluation keeps every patch."""
+  emb = tokenizers.ImagePatchEmbedder(width=8, patch=4, grid=(8, 8), patch_dropout=0.75,
+                                      patch_dropout_mode=mode, add_cls=False, pos="sincos")
+  x = jax.random.normal(jax.random.key(0), (6, 32, 32, 3))
+  params = emb.init(jax.random.key(1), x)
+  full = np.asarray(emb.apply(params, x)[0])
+  kept = np.asarray(emb.apply(params, x, rngs={"dropout": jax.random.key(2)})[0])
+  assert kept.shape == (6, 16, 8)
+  picks = []
+  for b in range(6):
+    idx = np.asarray([int(np.argmin(np.abs(full[b] - t).sum(-1))) for t in kept[b]])
+    rows, cols = idx // 8, idx % 8
+    if mode == "grid":  # (2 row + col + o) mod 4 == 0: 2 per row, spaced 4 apart
+      assert len(set(((2 * rows + cols) % 4).tolist())) == 1, idx
+      assert np.bincount(rows, minlength=8).tolist() == [2] * 8
+    else:  # a 4 x 4 block: its rows and columns are contiguous ranges
+      assert rows.max() - rows.min() == 3 and cols.max() - cols.min() == 3, idx
+    picks.append(tuple(idx))
+  assert len(set(picks)) > 1
+  half = tokenizers.ImagePatchEmbedder(width=8, patch=4, grid=(8, 8), patch_dropout=0.5,
+                                       patch_dropout_mode="grid", add_cls=False, pos="sincos")
+  kept = np.asarray(half.apply(params, x, rngs={"dropout": jax.random.key(3)})[0])
+  idx = np.asarray([int(np.argmin(np.abs(full[0] - t).sum(-1))) for t in kept[0]])
+  assert len(set(((idx // 8 + idx % 8) % 2).tolist())) == 1  # a checkerboard
+
+
+def test_an_unknown_mode_is_one_clear_error():
+  c = _cfg()
+  c.model.modalities.image.patch_dropout_mode = "stripes"
+  with pytest.raises(Exception, match="unknown model.modalities.image.patch_dropout_mode="):
+    configure.resolve(c)
+  c = tiny_config("dual_encoder", **{"model.modalities.text.patch_dropout_mode": "grid"})
+  with pytest.raises(Exception, match="patch_dropout_mode"):
+    configure.resolve(c)
