@@ -13,8 +13,12 @@ the micro-batches combine:
                 backward again, pulled back through its rows of the cached cotangent.
            Batch-level losses see every example of the step (contrastive and sigmoid
            negatives, over the mesh as without accumulation) and means over tokens or pairs
-           are over the whole batch. Random draws (masks, dropout, ITM's hard negatives) are
-           made per micro-batch. Cost: one more forward per micro-batch.
+           are over the whole batch. An objective whose loss runs part of the model on the
+           whole batch (ITM: hard negatives mined over every example, each pair through the
+           interaction) caches its inputs instead (Objective.cache) and runs that part in
+           step 2, in K rematerialized chunks (objectives.CachedRun): its parameters'
+           gradients come from step 2, the towers' through step 3. Masks and dropout are
+           drawn per micro-batch. Cost: one more forward per micro-batch.
   'micro'  each micro-batch's loss and gradients on its own, averaged; contrastive negatives
            are those of the micro-batch.
 
@@ -81,7 +85,7 @@ class _Flat:
 
   def __call__(self, params, micro, rng) -> List[jax.Array]:
     out = objectives.pretraining_outputs_of(self.model, self.prepare(params), micro, rng,
-                                            self.config.objectives)
+                                            self.config.objectives, cached=True)
     leaves, treedef = jax.tree.flatten(out)
     dynamic = [isinstance(x, jax.Array) for x in leaves]
     if self.treedef is None:
@@ -124,12 +128,16 @@ def cached_outputs(model, config, mesh, prepare: Callable, params, micro, rng, k
   full = [join(s) if e else s[0] for s, e in zip(stacked, per_example)]
   diff = [i for i, x in enumerate(full) if jnp.issubdtype(x.dtype, jnp.inexact)]
 
-  def losses(diff_arrays):
+  def losses(diff_arrays, p):
     arrays = list(full)
     for i, x in zip(diff, diff_arrays):
       arrays[i] = x
-    return objectives.losses_from_outputs(flat.tree(arrays), config.objectives, mesh)
-  (loss, metrics), cot = jax.value_and_grad(losses, has_aux=True)([full[i] for i in diff])
+    apply = lambda fn, *a, rng: model.apply(prepare(p), *a, method=fn,  # noqa: E731
+                                            rngs={"dropout": rng})
+    run = objectives.CachedRun(apply, k, rng, mesh, unroll > 1)
+    return objectives.losses_from_outputs(flat.tree(arrays), config.objectives, mesh, run)
+  (loss, metrics), (cot, direct) = jax.value_and_grad(losses, argnums=(0, 1), has_aux=True)(
+      [full[i] for i in diff], params)
   cot = [split({"x": g}, k, mesh)["x"] if per_example[i] else
          jnp.broadcast_to(g / k, (k,) + g.shape) for i, g in zip(diff, cot)]
 
@@ -138,6 +146,5 @@ def cached_outputs(model, config, mesh, prepare: Callable, params, micro, rng, k
     _, pull = jax.vjp(lambda p: [flat(p, mb, rng_i(i))[j] for j in diff], params)
     (grads,) = pull(g)
     return jax.tree.map(jnp.add, acc, grads), None
-  grads, _ = jax.lax.scan(backward, jax.tree.map(jnp.zeros_like, params),
-                          (micro, jnp.arange(k), cot), unroll=unroll)
+  grads, _ = jax.lax.scan(backward, direct, (micro, jnp.arange(k), cot), unroll=unroll)
   return loss, metrics, grads

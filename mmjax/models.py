@@ -218,11 +218,12 @@ class MultimodalModel(nn.Module):
       return patchify_spectrogram(x, tuple(emb.patch))
     raise ValueError(f"MIM is defined for image, video and audio inputs, not {kind!r}")
 
-  def pretraining_outputs(self, batch, rng, objectives: ObjectivesConfig) -> Dict[str, Any]:
+  def pretraining_outputs(self, batch, rng, objectives: ObjectivesConfig,
+                          cached: bool = False) -> Dict[str, Any]:
     """{objective: what its loss reads} for every objective weighted > 0, from one shared pass
     over `batch` (clean and masked encodings computed once; mmjax.objectives.SharedPass).
-    rng draws every mask, shuffle and negative."""
-    return objectives_lib.pretraining_outputs(self, batch, rng, objectives)
+    rng draws every mask, shuffle and negative. cached: exact accumulation's outputs."""
+    return objectives_lib.pretraining_outputs(self, batch, rng, objectives, cached)
 
   def real_tokens(self, modality: str, ids):
     """[B, L] bool: the text tokens that are real (key_mask 'none' attends to padding, so its

@@ -128,3 +128,53 @@ def test_bench_counts_the_extra_forward_of_exact_accumulation():
   assert 1.2 < exact / whole < 1.45 and 0.9 < micro / whole < 1.1
   assert len({x["model_flops_per_step_per_device"] for x in rows}) == 1
   assert all(x["memory_bytes_per_device"] > 0 and x["step_s"] > 0 for x in rows)
+
+
+def _fused_itm(batch_size=32, **kw):
+  return tiny_config("hier_multi_to_one", **{"loss_weights.mlm": 0.0, "loss_weights.mim": 0.0,
+                                             "batch_size": batch_size, **kw})
+
+
+def test_itm_in_batch_mode_mines_the_whole_batchs_hard_negatives():
+  """hier_multi_to_one with contrastive + ITM, batch 32 as 4 micro-batches: ITM's hard
+  negatives are mined over all 32 examples (a micro-batch's image paired with another
+  micro-batch's caption) and every pair runs through the interaction, so the loss, metrics
+  and every gradient are batch 32's; 'micro' mining is not."""
+  raw = _fused_itm()
+  cfg = configure.resolve(raw)
+  assert set(cfg.objectives.active) == {"contrastive", "itm"}
+  model = models.build_model(cfg)
+  mesh = sharding.make_mesh(raw.mesh, jax.devices()[:1])
+  params = model.init(jax.random.key(0), random_batch(raw), method=model.init_all)
+  batch = jax.tree.map(jnp.asarray, random_batch(raw, seed=3))
+  rng = jax.random.key(5)
+  whole = jax.jit(jax.value_and_grad(lambda p: objectives.pretraining_loss(
+      model, p, batch, rng, cfg.objectives, mesh), has_aux=True))
+  (want, want_m), want_g = whole(params)
+  micro = accumulation.split(batch, K)
+  got, got_m, got_g = jax.jit(lambda p: accumulation.cached_outputs(
+      model, cfg, mesh, lambda q: q, p, micro, rng, K))(params)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  chex.assert_trees_all_close(got_m, want_m, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got_g, want_g, rtol=1e-4, atol=1e-5)
+  itm_head = want_g["params"]["itm_head"]["kernel"]
+  itm_head = getattr(itm_head, "value", itm_head)
+  assert float(jnp.abs(itm_head).max()) > 1e-3  # the head's gradient is in the comparison
+  grad_fn = jax.value_and_grad(lambda p, b, r: objectives.pretraining_loss(
+      model, p, b, r, cfg.objectives, mesh), has_aux=True)
+  _, own_m, _ = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, K))(params)
+  assert abs(float(own_m["itm/loss"]) - float(want_m["itm/loss"])) > 1e-4
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_itm_accumulates_exactly_on_a_sharded_mesh():
+  """The same on mesh.data=4 x mesh.fsdp=2 (batch 32 as 4 micro-batches of 8, one example
+  per device): the train step equals one device's unaccumulated step."""
+  one = _fused_itm(**{"mesh.data": 1})
+  batch = random_batch(one, seed=1)
+  want_p, want_m = _step(one, jax.devices()[:1], batch)
+  got_p, got_m = _step(_fused_itm(**{"mesh.data": 4, "mesh.fsdp": 2, "grad_accum_steps": K}),
+                       jax.devices()[:8], batch)
+  for k in ("loss", "grad_norm", "itm/loss"):
+    np.testing.assert_allclose(got_m[k], want_m[k], rtol=1e-4)
+  chex.assert_trees_all_close(got_p, want_p, atol=2e-5)

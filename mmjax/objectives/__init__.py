@@ -15,8 +15,9 @@ from mmjax.objectives.losses import (AxisName, LossAndMetrics, Metrics, caption_
                                      combine_losses, contrastive_loss, global_loss, itm_loss,
                                      mim_loss, mlm_loss, mrc_loss, mrfr_loss, order_loss,
                                      sigmoid_loss)
-from mmjax.objectives.base import (Objective, SharedPass, capability, check, check_weights,  # noqa: F401
-                                   default_heads, dense, extra_heads, get, layer_norm,
+from mmjax.objectives.base import (CachedRun, Objective, SharedPass, capability, check,  # noqa: F401
+                                   check_weights, default_heads, dense, extra_heads, get,
+                                   layer_norm, streams,
                                    losses_from_outputs, names, per_modality,
                                    pretraining_loss, pretraining_outputs, pretraining_outputs_of,
                                    register, registered)

@@ -16,6 +16,13 @@ An `Objective` states what it needs as data and computes its part of a step:
   init(model, batch, encoded, out)   touches its heads so `init` creates their parameters
   outputs(model, shared)             what its loss reads, inside model.apply
   losses(outputs, objectives, mesh)  {loss name: (loss, metrics)}, outside the model
+  cache(model, shared), cached_losses(cached, objectives, mesh, run)
+                                     optional (cacheable = True): a loss that needs the whole
+                                     batch inside the model (ITM's hard negatives, mined over
+                                     every example, then re-paired through the interaction).
+                                     Exact gradient accumulation caches cache()'s per-example
+                                     outputs and runs the model part in cached_losses through
+                                     `run` (a CachedRun), chunk by chunk
 
 Registration order is the order outputs are computed and losses summed; the built-ins register
 alignment, matching, describing, ordering, region and masked modelling, in that order. A new
@@ -42,6 +49,7 @@ class Objective:
   default_head: bool = False
   requires: Mapping[str, str] = {}
   masks: Tuple[str, ...] = ()
+  cacheable: bool = False  # has cache / cached_losses (exact gradient accumulation)
 
   def check(self, model, objectives) -> None:
     """Raise ValueError (one line: the problem and the fix) for a config it cannot train."""
@@ -61,6 +69,48 @@ class Objective:
 
   def losses(self, outputs, objectives, mesh=None) -> Dict[str, LossAndMetrics]:
     raise NotImplementedError
+
+  def cache(self, model, shared: "SharedPass") -> Any:
+    """cacheable objectives: the per-example inputs of cached_losses, inside model.apply."""
+    raise NotImplementedError
+
+  def cached_losses(self, cached, objectives, mesh, run: "CachedRun"
+                    ) -> Dict[str, LossAndMetrics]:
+    """cacheable objectives: losses() of the whole batch from cache()'s outputs joined over
+    the micro-batches, running the model through `run`."""
+    raise NotImplementedError
+
+
+class CachedRun:
+  """How a cached loss runs the model (mmjax.accumulation, exact mode): apply(fn, *args, rng)
+  is model.apply(params, *args, method=fn) with a 'dropout' rng; `chunks` splits a batch of
+  rows into that many strided pieces, each recomputed in the backward pass (one micro-batch's
+  memory); rng is the step's key (the one SharedPass draws its streams from)."""
+
+  def __init__(self, apply, chunks: int, rng, mesh=None, unroll: bool = False):
+    self.apply, self.chunks, self.rng, self.mesh, self.unroll = apply, chunks, rng, mesh, unroll
+
+  def rows(self, fn, tree, rng):
+    """fn(model, tree_chunk) over `chunks` strided chunks of `tree` (leading axis R, R % chunks
+    == 0): the results joined back in row order. Chunk i is rows i::chunks, rematerialized."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
+    from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+    from mmjax import sharding  # pylint: disable=import-outside-toplevel
+    k = self.chunks
+
+    def cut(x):
+      x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+      if self.mesh is not None:
+        x = jax.lax.with_sharding_constraint(
+            x, NamedSharding(self.mesh, P(None, sharding.BATCH_AXES)))
+      return x
+
+    body = jax.checkpoint(lambda _, xs: (None, self.apply(fn, xs[0],
+                                                          rng=jax.random.fold_in(rng, xs[1]))))
+    _, out = jax.lax.scan(body, None, (jax.tree.map(cut, tree), jnp.arange(k)),
+                          unroll=k if self.unroll else 1)
+    return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape((-1,) + y.shape[2:]), out)
 
 
 _CLASSES = Registry("objective", "objective", Objective)
@@ -173,7 +223,7 @@ class SharedPass:
   def __init__(self, model, batch, rng, objectives, active: Sequence[Objective]):
     self.model, self.batch, self.config, self.rng = model, batch, objectives, rng
     self.active = tuple(o.name for o in active)
-    self.rng_itm, self.rng_mlm, self.rng_mim = jax.random.split(rng, 3)
+    self.rng_itm, self.rng_mlm, self.rng_mim = streams(rng)
     self.mask_kinds = {k for o in active for k in o.masks}
     self._memo: Dict[str, Any] = {}
 
@@ -196,6 +246,11 @@ class SharedPass:
 
   def masked_tokens(self):
     return self.once("masked_tokens", lambda: masked_forward(self.model, self.masked()))
+
+
+def streams(rng):
+  """(itm, mlm, mim): the step's random streams (SharedPass; exact accumulation's ITM)."""
+  return tuple(jax.random.split(rng, 3))
 
 
 def tower_packs(model, batch) -> Dict[str, Any]:
@@ -277,22 +332,28 @@ def per_modality(objective: str, outputs: Mapping[str, Any], fn) -> Dict[str, Lo
 
 # ------------------------------------------------------------------------------ the step
 
-def pretraining_outputs(model, batch, rng, objectives) -> Dict[str, Any]:
+def pretraining_outputs(model, batch, rng, objectives, cached: bool = False) -> Dict[str, Any]:
   """{objective name: its outputs} for every active objective, from one SharedPass (call it
-  inside model.apply: MultimodalModel.pretraining_outputs)."""
+  inside model.apply: MultimodalModel.pretraining_outputs); cached=True: a cacheable
+  objective's cache() instead (exact gradient accumulation)."""
   active = registered(objectives.active)
   shared = SharedPass(model, batch, rng, objectives, active)
-  return {o.name: o.outputs(model, shared) for o in active}
+  return {o.name: o.cache(model, shared) if cached and o.cacheable else o.outputs(model, shared)
+          for o in active}
 
 
-def losses_from_outputs(outputs: Mapping[str, Any], objectives, mesh=None
-                        ) -> Tuple[jax.Array, Metrics]:
+def losses_from_outputs(outputs: Mapping[str, Any], objectives, mesh=None,
+                        run: Optional[CachedRun] = None) -> Tuple[jax.Array, Metrics]:
   """(weighted total, metrics) of pretraining_outputs: each objective's losses weighted by
-  objectives.weight(<objective>), summed in registration order (combine_losses)."""
+  objectives.weight(<objective>), summed in registration order (combine_losses). run: the
+  outputs are pretraining_outputs(cached=True)'s, whose cacheable objectives' losses run the
+  model through it."""
   results: Dict[str, LossAndMetrics] = {}
   weights: Dict[str, float] = {}
   for o in registered(outputs):
-    for name, value in o.losses(outputs[o.name], objectives, mesh).items():
+    parts = (o.cached_losses(outputs[o.name], objectives, mesh, run)
+             if run is not None and o.cacheable else o.losses(outputs[o.name], objectives, mesh))
+    for name, value in parts.items():
       results[name] = value
       weights[name] = objectives.weight(o.name)
   return combine_losses(results, weights)
@@ -321,11 +382,11 @@ def pretraining_loss(model, params, batch, rng, objectives, mesh=None, train: bo
   return losses_from_outputs(outputs, objectives, mesh)
 
 
-def pretraining_outputs_of(model, params, batch, rng, objectives, train: bool = True
-                           ) -> Dict[str, Any]:
+def pretraining_outputs_of(model, params, batch, rng, objectives, train: bool = True,
+                           cached: bool = False) -> Dict[str, Any]:
   """model.apply of pretraining_outputs with `params`; train=True: dropout (and patch
-  dropout) on, drawn from fold_in(rng, 7)."""
-  return model.apply(params, batch, rng, objectives, method=model.pretraining_outputs,
+  dropout) on, drawn from fold_in(rng, 7); cached as in pretraining_outputs."""
+  return model.apply(params, batch, rng, objectives, cached, method=model.pretraining_outputs,
                      rngs={"dropout": jax.random.fold_in(rng, 7)} if train else {})
 
 
