@@ -1,6 +1,6 @@
 """Gradient accumulation (mmjax.accumulation): grad_accum_negatives='batch' gives the whole
 batch's loss and gradients from micro-batches, for the batch-level losses (contrastive,
-sigmoid) on one device and sharded over 8 simulated devices; 'micro' is each micro-batch's own
+sigmoid, ITM's hard negatives) on one device and sharded over 8 simulated devices; 'micro' is each micro-batch's own
 loss, and it too compiles on a sharded mesh."""
 import json
 
@@ -130,16 +130,16 @@ def test_bench_counts_the_extra_forward_of_exact_accumulation():
   assert all(x["memory_bytes_per_device"] > 0 and x["step_s"] > 0 for x in rows)
 
 
-def _fused_itm(batch_size=32, **kw):
+def _fused_itm(batch_size=64, **kw):
   return tiny_config("hier_multi_to_one", **{"loss_weights.mlm": 0.0, "loss_weights.mim": 0.0,
                                              "batch_size": batch_size, **kw})
 
 
 def test_itm_in_batch_mode_mines_the_whole_batchs_hard_negatives():
-  """hier_multi_to_one with contrastive + ITM, batch 32 as 4 micro-batches: ITM's hard
-  negatives are mined over all 32 examples (a micro-batch's image paired with another
+  """hier_multi_to_one with contrastive + ITM, batch 64 as 8 micro-batches: ITM's hard
+  negatives are mined over all 64 examples (a micro-batch's image paired with another
   micro-batch's caption) and every pair runs through the interaction, so the loss, metrics
-  and every gradient are batch 32's; 'micro' mining is not."""
+  and every gradient are batch 64's; 'micro' mining is not."""
   raw = _fused_itm()
   cfg = configure.resolve(raw)
   assert set(cfg.objectives.active) == {"contrastive", "itm"}
@@ -151,9 +151,9 @@ def test_itm_in_batch_mode_mines_the_whole_batchs_hard_negatives():
   whole = jax.jit(jax.value_and_grad(lambda p: objectives.pretraining_loss(
       model, p, batch, rng, cfg.objectives, mesh), has_aux=True))
   (want, want_m), want_g = whole(params)
-  micro = accumulation.split(batch, K)
+  micro = accumulation.split(batch, 8)
   got, got_m, got_g = jax.jit(lambda p: accumulation.cached_outputs(
-      model, cfg, mesh, lambda q: q, p, micro, rng, K))(params)
+      model, cfg, mesh, lambda q: q, p, micro, rng, 8))(params)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
   chex.assert_trees_all_close(got_m, want_m, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(got_g, want_g, rtol=1e-4, atol=1e-5)
@@ -162,18 +162,18 @@ def test_itm_in_batch_mode_mines_the_whole_batchs_hard_negatives():
   assert float(jnp.abs(itm_head).max()) > 1e-3  # the head's gradient is in the comparison
   grad_fn = jax.value_and_grad(lambda p, b, r: objectives.pretraining_loss(
       model, p, b, r, cfg.objectives, mesh), has_aux=True)
-  _, own_m, _ = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, K))(params)
+  _, own_m, _ = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, 8))(params)
   assert abs(float(own_m["itm/loss"]) - float(want_m["itm/loss"])) > 1e-4
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_itm_accumulates_exactly_on_a_sharded_mesh():
-  """The same on mesh.data=4 x mesh.fsdp=2 (batch 32 as 4 micro-batches of 8, one example
+  """The same on mesh.data=4 x mesh.fsdp=2 (batch 64 as 8 micro-batches of 8, one example
   per device): the train step equals one device's unaccumulated step."""
   one = _fused_itm(**{"mesh.data": 1})
   batch = random_batch(one, seed=1)
   want_p, want_m = _step(one, jax.devices()[:1], batch)
-  got_p, got_m = _step(_fused_itm(**{"mesh.data": 4, "mesh.fsdp": 2, "grad_accum_steps": K}),
+  got_p, got_m = _step(_fused_itm(**{"mesh.data": 4, "mesh.fsdp": 2, "grad_accum_steps": 8}),
                        jax.devices()[:8], batch)
   for k in ("loss", "grad_norm", "itm/loss"):
     np.testing.assert_allclose(got_m[k], want_m[k], rtol=1e-4)
