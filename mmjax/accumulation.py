@@ -32,7 +32,6 @@ from typing import Any, Callable, List, Tuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import objectives, sharding
 
@@ -40,18 +39,12 @@ MODES = ("batch", "micro")
 
 
 def split(batch, k: int, mesh=None):
-  """{key: [B, ...]} -> {key: [K, B / K, ...]}; micro-batch i is rows i::K."""
-  def one(x):
-    x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
-    if mesh is not None:
-      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
-    return x
-  return jax.tree.map(one, batch)
+  """{key: [B, ...]} -> {key: [K, B / K, ...]}; micro-batch i is rows i::K
+  (sharding.strided_chunks)."""
+  return jax.tree.map(lambda x: sharding.strided_chunks(x, k, mesh), batch)
 
 
-def join(x):
-  """[K, b, ...] -> [K * b, ...], the inverse of `split`."""
-  return x.swapaxes(0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+join = sharding.join_chunks  # [K, b, ...] -> [K * b, ...], the inverse of `split`
 
 
 def micro_average(grad_fn: Callable, params, micro, rng, k: int, unroll: bool = False):

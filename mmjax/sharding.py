@@ -108,3 +108,18 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
     jax.distributed.initialize()
     return True
   return False
+
+
+def strided_chunks(x, k: int, mesh=None):
+  """[R, ...] -> [K, R / K, ...]: chunk i is rows i, K + i, 2K + i, ... (each chunk spread over
+  the batch shards as the rows are: sharded over the batch axes on `mesh`)."""
+  x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+  if mesh is not None:
+    x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, BATCH_AXES)))
+  return x
+
+
+def join_chunks(x):
+  """[K, b, ...] -> [K * b, ...]: the inverse of `strided_chunks`."""
+  return x.swapaxes(0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+

@@ -16,6 +16,7 @@ data.max_patches = N > 0: native aspect, 'image' float32 [N, p*p*3] patch rows a
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Any, Dict
@@ -147,6 +148,7 @@ def _resized(img, nh: int, nw: int, recipe: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- native aspect
 
+@functools.lru_cache(maxsize=4096)  # a set's images share a few sizes; O(N) candidates each
 def native_grid(h: int, w: int, max_patches: int):
   """(gh, gw): the patch grid of an h x w image at native aspect within a budget of N =
   max_patches patches. Candidates: gh x gw <= N with gw the floor or ceiling of gh w / h, or
@@ -159,10 +161,11 @@ def native_grid(h: int, w: int, max_patches: int):
       grids.add((a, min(max(int(b), 1), n // a)))
     for b in (np.floor(a / aspect), np.ceil(a / aspect)):
       grids.add((min(max(int(b), 1), n // a), a))
+
   def loss(g):
     return (round(2 * abs(np.log(g[1] / (g[0] * aspect))) + abs(np.log(g[0] * g[1] / n)), 9),
             -g[0] * g[1], g)
-  return min((g for g in grids if g[0] >= 1 and g[1] >= 1), key=loss)
+  return min(grids, key=loss)
 
 
 def native_image(obj, patch: int, max_patches: int, recipe: str = "pil", where: str = "",
@@ -274,8 +277,8 @@ class CutPatches:
   (`patch_rows`: 'image' [N, p*p*3], 'image_patch_grid' [2]); the built-in scenes, drawn at
   data.image_size, keep their own grid. Picklable."""
 
-  def __init__(self, patch: int, max_patches_: int):
-    self.patch, self.max_patches = int(patch), int(max_patches_)
+  def __init__(self, patch: int, budget: int):
+    self.patch, self.max_patches = int(patch), int(budget)
 
   def __call__(self, ex: Dict[str, Any]) -> Dict[str, Any]:
     if "image" not in ex:

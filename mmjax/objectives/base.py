@@ -34,7 +34,9 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 
+from mmjax import sharding
 from mmjax.objectives.losses import LossAndMetrics, Metrics, combine_losses
 from mmjax.registry import Registry
 from mmjax.fusion import design_of
@@ -92,25 +94,14 @@ class CachedRun:
 
   def rows(self, fn, tree, rng):
     """fn(model, tree_chunk) over `chunks` strided chunks of `tree` (leading axis R, R % chunks
-    == 0): the results joined back in row order. Chunk i is rows i::chunks, rematerialized."""
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
-    from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
-    from mmjax import sharding  # pylint: disable=import-outside-toplevel
+    == 0; sharding.strided_chunks): the results joined back in row order. Chunk i runs with
+    fold_in(rng, i) and is rematerialized in the backward pass."""
     k = self.chunks
-
-    def cut(x):
-      x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
-      if self.mesh is not None:
-        x = jax.lax.with_sharding_constraint(
-            x, NamedSharding(self.mesh, P(None, sharding.BATCH_AXES)))
-      return x
-
     body = jax.checkpoint(lambda _, xs: (None, self.apply(fn, xs[0],
                                                           rng=jax.random.fold_in(rng, xs[1]))))
-    _, out = jax.lax.scan(body, None, (jax.tree.map(cut, tree), jnp.arange(k)),
-                          unroll=k if self.unroll else 1)
-    return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape((-1,) + y.shape[2:]), out)
+    chunks = jax.tree.map(lambda x: sharding.strided_chunks(x, k, self.mesh), tree)
+    _, out = jax.lax.scan(body, None, (chunks, jnp.arange(k)), unroll=k if self.unroll else 1)
+    return jax.tree.map(sharding.join_chunks, out)
 
 
 _CLASSES = Registry("objective", "objective", Objective)
