@@ -24,7 +24,7 @@ from typing import Dict, Mapping, Tuple
 
 from mmjax import attention, fusion, layers, objectives, plugins, tokenizers
 from mmjax.config_lib import (EMBEDDER_OWN, BlockConfig, Config, ConfigError, ModalityConfig,
-                              ModelConfig, pack_rows, parse, parse_model)
+                              ModelConfig, image_pack_rows, pack_rows, parse, parse_model)
 
 
 def _imports(config) -> None:
@@ -169,12 +169,7 @@ def check_packing(cfg: Config) -> None:
   if o.weight("mlm") <= 0:
     raise ConfigError("objectives.pack_text packs the MLM pass; set loss_weights.mlm > 0 or "
                       "objectives.pack_text=False")
-  if cfg.grad_accum_steps != 1:
-    raise ConfigError(f"objectives.pack_text packs whole steps; it needs grad_accum_steps=1, "
-                      f"got {cfg.grad_accum_steps}")
-  if not 0 <= o.pack_rows <= cfg.batch_size:
-    raise ConfigError(f"objectives.pack_rows={o.pack_rows} must be in [0, batch_size="
-                      f"{cfg.batch_size}] (0 = batch_size)")
+  _check_whole_step_rows(cfg, "objectives.pack_text", "objectives.pack_rows", o.pack_rows)
   for m in model.modalities:
     if m.kind != "text":
       continue
@@ -227,6 +222,17 @@ def native_aspect(cfg: Config) -> None:
                       f"{(s // patch) ** 2} or use a multiple of {patch} for image_size")
 
 
+def _check_whole_step_rows(cfg: Config, what: str, rows_key: str, rows: int) -> None:
+  """A packing (`what`) lays out whole steps: no gradient accumulation, and its rows per
+  step (`rows_key`) within [0, batch_size]."""
+  if cfg.grad_accum_steps != 1:
+    raise ConfigError(f"{what} packs whole steps; it needs grad_accum_steps=1, "
+                      f"got {cfg.grad_accum_steps}")
+  if not 0 <= rows <= cfg.batch_size:
+    raise ConfigError(f"{rows_key}={rows} must be in [0, batch_size={cfg.batch_size}] "
+                      "(0 = batch_size)")
+
+
 def _check_image_packing(cfg: Config) -> None:
   """objectives.pack_images: one-line errors where the packed image tower would not be exact
   or would pack nothing."""
@@ -238,12 +244,8 @@ def _check_image_packing(cfg: Config) -> None:
   if "image" in tokenizers.dropped_patches(model):
     raise ConfigError("objectives.pack_images with patch dropout: the rows are laid out "
                       "for every patch; set model.patch_dropout=0 or pack_images=False")
-  if cfg.grad_accum_steps != 1:
-    raise ConfigError(f"objectives.pack_images packs whole steps; it needs grad_accum_steps=1, "
-                      f"got {cfg.grad_accum_steps}")
-  if not 0 <= o.image_pack_rows <= cfg.batch_size:
-    raise ConfigError(f"objectives.image_pack_rows={o.image_pack_rows} must be in [0, "
-                      f"batch_size={cfg.batch_size}] (0 = batch_size)")
+  _check_whole_step_rows(cfg, "objectives.pack_images", "objectives.image_pack_rows",
+                         o.image_pack_rows)
   slots = int(cfg.data.max_patches) + int(bool(model.modality("image").option("add_cls")))
   if o.image_pack_len and o.image_pack_len < slots:
     raise ConfigError(f"objectives.image_pack_len={o.image_pack_len} is shorter than one "
@@ -342,9 +344,11 @@ def check_mesh(cfg: Config, num_devices: int) -> Tuple[int, int, int]:
     raise ConfigError(f"batch_size={cfg.batch_size} (per micro-batch {micro}) is not "
                       f"divisible by the {d * f} batch shards (mesh.data x mesh.fsdp); change "
                       "batch_size or the mesh")
-  if cfg.objectives.pack_text and pack_rows(cfg) % (d * f):
-    raise ConfigError(f"objectives.pack_rows={pack_rows(cfg)} is not divisible by the {d * f} "
-                      "batch shards (mesh.data x mesh.fsdp); change pack_rows")
+  for on, key, rows in ((cfg.objectives.pack_text, "pack_rows", pack_rows(cfg)),
+                        (cfg.objectives.pack_images, "image_pack_rows", image_pack_rows(cfg))):
+    if on and rows % (d * f):
+      raise ConfigError(f"objectives.{key}={rows} is not divisible by the {d * f} batch shards "
+                        f"(mesh.data x mesh.fsdp); change {key}")
   return d, f, t
 
 

@@ -31,31 +31,37 @@ def test_split_and_join_are_inverse_and_strided():
   np.testing.assert_array_equal(accumulation.join(micro), x)
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "sigmoid"])
-def test_batch_mode_is_the_whole_batch_and_micro_mode_is_not(loss):
-  """Batch 64 as 8 micro-batches of 8: the loss, metrics and every gradient of batch 64."""
-  raw = _dual({loss: 1.0}, batch_size=64)
+def _batch_64_as_8(raw):
+  """(whole, batch, micro): (loss, metrics, grads) of batch 64 in one step, as 8 micro-batches
+  in 'batch' mode (asserted equal to the whole, loss and every gradient), and in 'micro'
+  mode, on one device."""
   cfg = configure.resolve(raw)
   model = models.build_model(cfg)
   mesh = sharding.make_mesh(raw.mesh, jax.devices()[:1])
   params = model.init(jax.random.key(0), random_batch(raw), method=model.init_all)
   batch = jax.tree.map(jnp.asarray, random_batch(raw, seed=3))
   rng = jax.random.key(5)
-  whole = jax.jit(jax.value_and_grad(lambda p: objectives.pretraining_loss(
-      model, p, batch, rng, cfg.objectives, mesh), has_aux=True))
-  (want, want_m), want_g = whole(params)
+  grad_fn = jax.value_and_grad(lambda p, b, r: objectives.pretraining_loss(
+      model, p, b, r, cfg.objectives, mesh), has_aux=True)
+  (want, want_m), want_g = jax.jit(lambda p: grad_fn(p, batch, rng))(params)
   micro = accumulation.split(batch, 8)
-  got, got_m, got_g = jax.jit(lambda p: accumulation.cached_outputs(
+  got = jax.jit(lambda p: accumulation.cached_outputs(
       model, cfg, mesh, lambda q: q, p, micro, rng, 8))(params)
-  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-  chex.assert_trees_all_close(got_m, want_m, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(got_g, want_g, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(float(got[0]), float(want), rtol=1e-5)
+  chex.assert_trees_all_close(got[1], want_m, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got[2], want_g, rtol=1e-4, atol=1e-5)
+  own = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, 8))(params)
+  return (want, want_m, want_g), got, own
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "sigmoid"])
+def test_batch_mode_is_the_whole_batch_and_micro_mode_is_not(loss):
+  """Batch 64 as 8 micro-batches of 8: the loss, metrics and every gradient of batch 64."""
+  (want, _, want_g), (_, _, got_g), (own, _, own_g) = _batch_64_as_8(
+      _dual({loss: 1.0}, batch_size=64))
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(got_g)) > 1e-3
   # each micro-batch with only its own 8 examples as negatives is a different loss (sigmoid's
   # bias of -10 at init makes its negatives' part of the loss small, not its gradient)
-  grad_fn = jax.value_and_grad(lambda p, b, r: objectives.pretraining_loss(
-      model, p, b, r, cfg.objectives, mesh), has_aux=True)
-  own, _, own_g = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, 8))(params)
   assert abs(float(own) - float(want)) > 1e-4
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), own_g, want_g))
   assert max(gap) > 1e-2
@@ -141,28 +147,11 @@ def test_itm_in_batch_mode_mines_the_whole_batchs_hard_negatives():
   micro-batch's caption) and every pair runs through the interaction, so the loss, metrics
   and every gradient are batch 64's; 'micro' mining is not."""
   raw = _fused_itm()
-  cfg = configure.resolve(raw)
-  assert set(cfg.objectives.active) == {"contrastive", "itm"}
-  model = models.build_model(cfg)
-  mesh = sharding.make_mesh(raw.mesh, jax.devices()[:1])
-  params = model.init(jax.random.key(0), random_batch(raw), method=model.init_all)
-  batch = jax.tree.map(jnp.asarray, random_batch(raw, seed=3))
-  rng = jax.random.key(5)
-  whole = jax.jit(jax.value_and_grad(lambda p: objectives.pretraining_loss(
-      model, p, batch, rng, cfg.objectives, mesh), has_aux=True))
-  (want, want_m), want_g = whole(params)
-  micro = accumulation.split(batch, 8)
-  got, got_m, got_g = jax.jit(lambda p: accumulation.cached_outputs(
-      model, cfg, mesh, lambda q: q, p, micro, rng, 8))(params)
-  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-  chex.assert_trees_all_close(got_m, want_m, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(got_g, want_g, rtol=1e-4, atol=1e-5)
+  assert set(configure.resolve(raw).objectives.active) == {"contrastive", "itm"}
+  (_, want_m, want_g), _, (_, own_m, _) = _batch_64_as_8(raw)
   itm_head = want_g["params"]["itm_head"]["kernel"]
   itm_head = getattr(itm_head, "value", itm_head)
   assert float(jnp.abs(itm_head).max()) > 1e-3  # the head's gradient is in the comparison
-  grad_fn = jax.value_and_grad(lambda p, b, r: objectives.pretraining_loss(
-      model, p, b, r, cfg.objectives, mesh), has_aux=True)
-  _, own_m, _ = jax.jit(lambda p: accumulation.micro_average(grad_fn, p, micro, rng, 8))(params)
   assert abs(float(own_m["itm/loss"]) - float(want_m["itm/loss"])) > 1e-4
 
 

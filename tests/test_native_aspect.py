@@ -280,3 +280,14 @@ def test_robustness_corrupts_the_image_a_patch_row_set_cuts():
       corruptions.rng_for(0, "occlusion/image", 3, 3))
   np.testing.assert_array_equal(out, decode.patch_rows(want, 4, 16)[0])
   assert not out[12:].any() and (decode.rows_image(out, grid) == 0).any()
+
+
+def test_packed_image_rows_must_split_over_the_batch_shards():
+  c = tiny_config("dual_encoder", **{"data.image_size": 16, "data.max_patches": 20,
+                                    "loss_weights.mim": 0.0, "objectives.pack_images": True,
+                                    "objectives.image_pack_rows": 6, "mesh.data": 4})
+  with pytest.raises(config_lib.ConfigError, match="image_pack_rows=6 is not divisible by the "
+                     "4 batch shards"):
+    configure.check_mesh(configure.resolve(c), 4)
+  c.objectives.image_pack_rows = 4
+  assert configure.check_mesh(configure.resolve(c), 4)[0] == 4
