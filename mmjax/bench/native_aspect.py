@@ -99,7 +99,7 @@ def variants(config, per_row: int, min_patches: int = -1, seed: int = 0):
   pool = aspect_grids(b * 4, n, n // 4 if min_patches < 0 else min_patches, seed)
   out = [("square", config, step_bench.synthetic_batch(square, seed)),
          ("padded", native, native_batch(padded, pool[:b], seed))]
-  rows, row_len = b // per_row, per_row * (1 + n) if per_row > 1 else 1 + n
+  rows, row_len = b // per_row, per_row * (cls + n)  # the same slots as b padded images
   k = fill_rows(pool, rows, row_len, cls)
   packed = copy.deepcopy(native)
   packed.batch_size = k
