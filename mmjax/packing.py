@@ -217,6 +217,17 @@ def image_pack_index(lengths: np.ndarray, slots: int, num_rows: int, row_len: in
   return index
 
 
+def image_tokens(batch, mod):
+  """(lengths [B], slots) of a native-aspect image modality config `mod` in `batch`: each
+  image's tokens ([CLS] with add_cls, then its gh gw patches) and the token slots the
+  embedder gives every image (1 + N); None where the batch has no `<m>_patch_grid`."""
+  grid = batch.get(f"{mod.name}_patch_grid")
+  if mod.kind != "image" or grid is None:
+    return None
+  grid, cls = np.asarray(grid), int(bool(mod.option("add_cls")))
+  return cls + grid[:, 0] * grid[:, 1], np.asarray(batch[mod.name]).shape[1] + cls
+
+
 def add_image_pack_index(batch, model_cfg, num_rows: int, row_len: int = 0,
                          process_index: int = 0):
   """Host transform for objectives.pack_images: adds `<m>_pack_index` [num_rows, row_len] for
@@ -227,15 +238,12 @@ def add_image_pack_index(batch, model_cfg, num_rows: int, row_len: int = 0,
   after process_index * B_local)."""
   out = dict(batch)
   for m in model_cfg.modalities:
-    grid_key = f"{m.name}_patch_grid"
-    if m.kind != "image" or grid_key not in batch:
+    tokens = image_tokens(batch, m)
+    if tokens is None:
       continue
-    grid = np.asarray(batch[grid_key])
-    cls = int(bool(m.option("add_cls")))
-    slots = np.asarray(batch[m.name]).shape[1] + cls
-    lengths = cls + grid[:, 0] * grid[:, 1]
+    lengths, slots = tokens
     out[f"{m.name}_pack_index"] = image_pack_index(lengths, slots, num_rows, row_len or slots,
-                                                   process_index * len(grid) * slots)
+                                                   process_index * len(lengths) * slots)
   return out
 
 
@@ -246,14 +254,12 @@ def padding_fraction(batch, model_cfg, num_rows: Optional[int] = None, row_len: 
   1 + N) slots."""
   out = {}
   for m in model_cfg.modalities:
-    grid = batch.get(f"{m.name}_patch_grid")
-    if m.kind != "image" or grid is None:
+    tokens = image_tokens(batch, m)
+    if tokens is None:
       continue
-    grid = np.asarray(grid)
-    cls = int(bool(m.option("add_cls")))
-    slots = np.asarray(batch[m.name]).shape[1] + cls
-    used = float((cls + grid[:, 0] * grid[:, 1]).sum())
-    out[m.name] = 1.0 - used / (len(grid) * slots)
+    lengths, slots = tokens
+    used = float(lengths.sum())
+    out[m.name] = 1.0 - used / (len(lengths) * slots)
     if num_rows:
       out[f"{m.name}_packed"] = 1.0 - used / (num_rows * (row_len or slots))
   return out

@@ -119,15 +119,15 @@ def run(config, per_row: int, steps: int, warmup: int, repeats: int, min_patches
     res = step_bench.benchmark(cfg, steps, warmup, repeats, batch=batch)
     resolved = configure.resolve(cfg)
     image = resolved.model.modality("image")
-    cls = int(bool(image.option("add_cls")))
-    if "image_patch_grid" in batch:
-      grid = batch["image_patch_grid"]
-      real = float((cls + grid[:, 0] * grid[:, 1]).sum())
+    tokens = packing.image_tokens(batch, image)
+    if tokens is not None:
+      lengths, per_image = tokens
+      real = float(lengths.sum())
       slots = (batch["image_pack_index"].size if "image_pack_index" in batch
-               else len(grid) * (batch["image"].shape[1] + cls))
-    else:
+               else len(lengths) * per_image)
+    else:  # square: every slot is a real token
       per = batch["image"].shape[1] * batch["image"].shape[2] // image.option("patch") ** 2
-      real = slots = float(resolved.batch_size * (cls + per))
+      real = slots = float(resolved.batch_size * (int(bool(image.option("add_cls"))) + per))
     other = float(sum(np.asarray(batch[m]).shape[0] * np.asarray(batch[m]).shape[1]
                       for m in resolved.model.names if m != "image"))  # text: all L slots
     res.update(variant={"images": name}, processor=processor(), examples=len(batch["image"]),
