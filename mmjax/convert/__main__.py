@@ -12,11 +12,14 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m mmjax.convert",
-                              description="Convert a CLIP / SigLIP checkpoint to an mmjax "
+                              description="Convert a CLIP / SigLIP / SigLIP 2 checkpoint to an mmjax "
                                           "workdir (eval.py --workdir, train.py init_from).")
   sub = p.add_subparsers(dest="format", required=True)
   hf = sub.add_parser("hf", help="a Hugging Face folder (config.json + model.safetensors)")
   hf.add_argument("--src", required=True, help="the folder save_pretrained wrote")
+  hf.add_argument("--max_patches", type=int, default=-1,
+                  help="SigLIP 2 only: -1 (default) NaFlex at the checkpoint's num_patches, "
+                       "0 fixed resolution (square images), N NaFlex at N patches")
   oc = sub.add_parser("open_clip", help="an open_clip state dict")
   oc.add_argument("--weights", required=True, help=".safetensors, .bin or .pt state dict")
   oc.add_argument("--model", default="", help="open_clip model name, e.g. ViT-B-16")
@@ -29,7 +32,7 @@ def _main(argv=None) -> int:
   from mmjax.convert import common  # pylint: disable=import-outside-toplevel
   if args.format == "hf":
     from mmjax.convert import hf  # pylint: disable=import-outside-toplevel
-    config, params = hf.convert(args.src, args.tokenizer)
+    config, params = hf.convert(args.src, args.tokenizer, args.max_patches)
     source = f"hf:{args.src}"
   else:
     if not args.model and not args.model_config:

@@ -4,7 +4,8 @@ workdir writer.
 
 Layouts: PyTorch Linear weights are [out, in] (mmjax Dense kernels [in, out]); attention
 projections become [E, H, Dh] (q, k, v) and [H, Dh, E] (out); a conv patch embedding
-[D, C, ph, pw] becomes the Dense kernel over patches flattened (dy, dx, c) [ph*pw*C, D];
+[D, C, ph, pw] becomes the Dense kernel over patches flattened (dy, dx, c) [ph*pw*C, D]
+(SigLIP 2's Linear over patches flattened (dy, dx, c) is already that kernel, transposed);
 images are NHWC.
 """
 from __future__ import annotations
@@ -34,8 +35,8 @@ class Tower:
 
 @dataclasses.dataclass(frozen=True)
 class DualEncoderSpec:
-  """Everything that fixes a CLIP / SigLIP architecture."""
-  family: str                    # clip | siglip
+  """Everything that fixes a CLIP / SigLIP / SigLIP 2 architecture."""
+  family: str                    # clip | siglip | siglip2
   vision: Tower
   text: Tower
   embed_dim: int
@@ -47,15 +48,19 @@ class DualEncoderSpec:
   norm_eps: float = 1e-5
   text_activation: str = ""      # '' = activation (open_clip's SigLIP: exact GELU in text)
   text_norm_eps: float = 0.0     # 0 = norm_eps
+  max_patches: int = 0           # > 0: native-aspect patch rows (data.max_patches, NaFlex)
 
 
 # Tokenizer framing of each family (mmjax/data/text.py): CLIP starts with <|startoftext|>,
 # ends with <|endoftext|> (pooled there) and lowercases; SigLIP has no start token, ends with
 # </s> and pads with it (its text tower attends over the padding and pools the last position).
+# SigLIP 2 (Gemma's tokenizer, lowercased by Hugging Face's Siglip2Tokenizer) ends with <eos>
+# and pads with <pad>, on the right; its text tower also attends over the padding.
 # The text cleaning (lowercase, canonicalize) is the tokenizer's: model_config's arguments.
 FRAMING = {
     "clip": ({"cls": "<|startoftext|>", "sep": "<|endoftext|>", "pad": 0}, True),
     "siglip": ({"cls": "", "sep": "</s>", "pad": "</s>"}, False),
+    "siglip2": ({"cls": "", "sep": "<eos>", "pad": "<pad>"}, True),
 }
 
 
@@ -108,6 +113,8 @@ def model_config(spec: DualEncoderSpec, tokenizer: str, lowercase: Optional[bool
   c.data.canonicalize = canonicalize
   if not clip:
     c.data.image_mean, c.data.image_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+  if spec.max_patches:  # NaFlex: each image at its own aspect, the table resized per image
+    c.data.max_patches, c.data.patch_size = spec.max_patches, spec.patch
   c.eval.evaluators = ("zero_shot", "retrieval")
   return c
 

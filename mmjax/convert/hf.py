@@ -8,6 +8,13 @@ or pytorch_model.bin, as `save_pretrained` writes it) -> mmjax parameters and co
           (probe, MHA, LN, MLP), no projection; text: bidirectional over all 64 positions
           (padding included), LN, last position, a Dense head with bias; logit_scale and
           logit_bias (sigmoid_t, sigmoid_b).
+  SigLIP 2 (Siglip2Model, model_type 'siglip2') SigLIP's towers and heads, but patches come
+          flattened (dy, dx, c), the order mmjax cuts them in, through a Linear, and the
+          square position table (num_patches) is resized per image with
+          F.interpolate(bilinear, antialias=True), the weights tokenizers.resize_weights
+          computes. Converted for NaFlex (data.max_patches = num_patches: patch rows of each
+          image's own grid) or, with max_patches=0, fixed resolution (square images of
+          sqrt(num_patches) patches a side, which read the table as it is).
 """
 from __future__ import annotations
 
@@ -22,8 +29,8 @@ ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _activation(cfg, where) -> str:
-  act = cfg.get("hidden_act", "quick_gelu")
+def _activation(cfg, where, default="quick_gelu") -> str:
+  act = cfg.get("hidden_act", default)
   if act not in ACTIVATIONS:
     raise C.ConvertError(f"{where}.hidden_act={act!r} is not supported; known: "
                          f"{', '.join(ACTIVATIONS)}")
@@ -43,36 +50,82 @@ def read_config(folder: str) -> Dict[str, Any]:
                          "download is incomplete") from None
 
 
-def spec_of(cfg: Dict[str, Any]) -> C.DualEncoderSpec:
-  """The architecture of a CLIPConfig / SiglipConfig dict."""
-  family = cfg.get("model_type")
-  if family not in ("clip", "siglip"):
-    raise C.ConvertError(f"model_type={family!r} is not supported; mmjax converts 'clip' "
-                         "and 'siglip' checkpoints")
-  v, t = cfg.get("vision_config", {}), cfg.get("text_config", {})
-  # transformers' defaults where a config.json leaves a key out (CLIP ViT-B/32; SigLIP B/16)
+FAMILIES = ("clip", "siglip", "siglip2")
+
+
+def _defaults(family: str):
+  """transformers' defaults where a config.json leaves a key out (CLIP ViT-B/32; SigLIP and
+  SigLIP 2 B/16): (vision, text)."""
   clip = family == "clip"
   dv = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
             num_hidden_layers=12, image_size=224, patch_size=32 if clip else 16,
-            layer_norm_eps=1e-5 if clip else 1e-6)
+            layer_norm_eps=1e-5 if clip else 1e-6, num_patches=256, num_channels=3,
+            vision_use_head=True)
   dt = dict(hidden_size=512 if clip else 768, intermediate_size=2048 if clip else 3072,
             num_attention_heads=8 if clip else 12, num_hidden_layers=12,
             vocab_size=49408 if clip else 32000, max_position_embeddings=77 if clip else 64,
             layer_norm_eps=1e-5 if clip else 1e-6)
+  return dv, dt
+
+
+def siglip2_geometry(v: Dict[str, Any], max_patches: int) -> Tuple[int, int, int]:
+  """(patch, image_size, max_patches) of a Siglip2VisionConfig dict: the square table's side
+  in patches gives the fixed-resolution image size; max_patches < 0 is the table's own
+  num_patches (NaFlex), 0 fixed resolution. One-line errors for what mmjax cannot hold."""
+  dv, _ = _defaults("siglip2")
+  g = lambda k: v.get(k, dv[k])
+  patch, n = g("patch_size"), int(g("num_patches"))
+  if isinstance(patch, (list, tuple)):
+    if len(set(patch)) != 1:
+      raise C.ConvertError(f"vision_config.patch_size={list(patch)} is not square; mmjax "
+                           "imports square patches only")
+    patch = patch[0]
+  side = int(round(n ** 0.5))
+  if side * side != n:
+    raise C.ConvertError(f"vision_config.num_patches={n} is not a square number; the "
+                         "position table of a Siglip2 checkpoint is a square grid")
+  if int(g("num_channels")) != 3:
+    raise C.ConvertError(f"vision_config.num_channels={g('num_channels')} is not supported; "
+                         "mmjax imports RGB (3-channel) image towers")
+  if not g("vision_use_head"):
+    raise C.ConvertError("vision_config.vision_use_head=false (no attention-pool head) is not "
+                         "supported; mmjax imports Siglip2 with its pooling head")
+  return int(patch), side * int(patch), n if max_patches < 0 else int(max_patches)
+
+
+def spec_of(cfg: Dict[str, Any], max_patches: int = -1) -> C.DualEncoderSpec:
+  """The architecture of a CLIPConfig / SiglipConfig / Siglip2Config dict. max_patches
+  (SigLIP 2 only): < 0 the checkpoint's num_patches (NaFlex), 0 fixed resolution, N a budget."""
+  family = cfg.get("model_type")
+  if family not in FAMILIES:
+    raise C.ConvertError(f"model_type={family!r} is not supported; mmjax converts 'clip', "
+                         "'siglip' and 'siglip2' checkpoints")
+  if family != "siglip2" and max_patches > 0:
+    raise C.ConvertError(f"max_patches={max_patches} applies to siglip2 (NaFlex) checkpoints, "
+                         f"not {family}; leave it out (eval.py --config.data.max_patches=N "
+                         "reads any converted model at native aspect)")
+  v, t = cfg.get("vision_config", {}), cfg.get("text_config", {})
+  clip = family == "clip"
+  dv, dt = _defaults(family)
   gv = lambda k: v.get(k, dv[k])
   gt = lambda k: t.get(k, dt[k])
   tower = lambda g: C.Tower(g("hidden_size"), g("num_hidden_layers"), g("num_attention_heads"),
                             g("intermediate_size"))
   embed = cfg.get("projection_dim", 512) if clip else gv("hidden_size")
-  if not clip and t.get("projection_size", gt("hidden_size")) != gv("hidden_size"):
+  if not clip and (t.get("projection_size") or gt("hidden_size")) != gv("hidden_size"):
     raise C.ConvertError("SigLIP text projection_size differs from the vision width; this "
                          "layout is not supported yet")
+  patch, size, budget = gv("patch_size"), gv("image_size"), 0
+  if family == "siglip2":
+    patch, size, budget = siglip2_geometry(v, max_patches)
+  act = "gelu_pytorch_tanh" if family == "siglip2" else "quick_gelu"
   return C.DualEncoderSpec(
       family=family, vision=tower(gv), text=tower(gt), embed_dim=embed,
-      image_size=gv("image_size"), patch=gv("patch_size"), vocab_size=gt("vocab_size"),
+      image_size=size, patch=patch, vocab_size=gt("vocab_size"),
       text_len=gt("max_position_embeddings"),
-      activation=_activation(v, "vision_config"), norm_eps=gv("layer_norm_eps"),
-      text_activation=_activation(t, "text_config"), text_norm_eps=gt("layer_norm_eps"))
+      activation=_activation(v, "vision_config", act), norm_eps=gv("layer_norm_eps"),
+      text_activation=_activation(t, "text_config", act), text_norm_eps=gt("layer_norm_eps"),
+      max_patches=budget)
 
 
 def _encoder(w: C.Weights, prefix: str, depth: int, heads: int, final: str):
@@ -93,13 +146,17 @@ def _encoder(w: C.Weights, prefix: str, depth: int, heads: int, final: str):
 
 
 def convert_params(sd, spec: C.DualEncoderSpec) -> Dict[str, Any]:
-  """mmjax parameter tree of a CLIPModel / SiglipModel state dict."""
+  """mmjax parameter tree of a CLIPModel / SiglipModel / Siglip2Model state dict."""
   w = C.Weights(sd, ignore=("position_ids",))
   g = spec.image_size // spec.patch
   v, t = spec.vision, spec.text
   ve, te = "vision_model.embeddings", "text_model.embeddings"
   pos = w(f"{ve}.position_embedding.weight")
-  image = {"proj": {"kernel": C.conv_patch(w(f"{ve}.patch_embedding.weight"))}}
+  patches = w(f"{ve}.patch_embedding.weight")
+  if spec.family == "siglip2":  # a Linear over patches already flattened (dy, dx, c)
+    image = {"proj": {"kernel": C.linear(patches)["kernel"]}}
+  else:
+    image = {"proj": {"kernel": C.conv_patch(patches)}}
   text = {"token_embedding": w(f"{te}.token_embedding.weight"),
           "pos_embedding": w(f"{te}.position_embedding.weight")}
   params: Dict[str, Any] = {"embed_image": image, "embed_text": text}
@@ -160,6 +217,39 @@ def text_cleaning(folder: str, tokenizer: str, family: str) -> Tuple[bool, str]:
   return bool(cfg.get("do_lower_case", True)), "hf"
 
 
+def _token_name(value) -> str:
+  """A tokenizer_config.json special token: a string or an AddedToken dict."""
+  return str(value.get("content", "")) if isinstance(value, dict) else str(value or "")
+
+
+def siglip2_framing(folder: str) -> Dict[str, str]:
+  """data.tokenizer_specials of a SigLIP 2 folder: FRAMING's (no start token, <eos>, <pad>),
+  with the token names, add_bos_token / add_eos_token of its tokenizer_config.json when it has
+  one. Left padding (the tower pools the last position) is a one-line error: mmjax pads on the
+  right, as the published SigLIP 2 tokenizers do."""
+  specials = dict(C.FRAMING["siglip2"][0])
+  path = os.path.join(folder, "tokenizer_config.json")
+  if not os.path.isfile(path):
+    return specials
+  try:
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except json.JSONDecodeError as e:
+    raise C.ConvertError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the "
+                         "download is incomplete") from None
+  if cfg.get("padding_side", "right") != "right":
+    raise C.ConvertError(f"{path} pads on the {cfg['padding_side']}; mmjax frames text padded "
+                         "on the right (the text tower pools the last position), so "
+                         "embeddings would differ: set padding_side to right")
+  for role, key in (("sep", "eos_token"), ("pad", "pad_token")):
+    specials[role] = _token_name(cfg.get(key)) or specials[role]
+  if cfg.get("add_bos_token", False):
+    specials["cls"] = _token_name(cfg.get("bos_token")) or "<bos>"
+  if not cfg.get("add_eos_token", True):
+    specials["sep"] = ""
+  return specials
+
+
 def set_image_preprocessing(config, folder: str, family: str) -> None:
   """data.image_resize as Hugging Face's image processors resize (torchvision; SigLIP's and
   any processor without a centre crop: straight to the square size; JPEGs decoded in full),
@@ -183,11 +273,14 @@ def set_image_preprocessing(config, folder: str, family: str) -> None:
     config.data.image_std = tuple(float(x) for x in pre["image_std"])
 
 
-def convert(folder: str, tokenizer: str = "") -> Tuple[Any, Dict[str, Any]]:
-  """(mmjax ConfigDict, parameter tree) of a Hugging Face CLIP / SigLIP folder."""
+def convert(folder: str, tokenizer: str = "", max_patches: int = -1
+            ) -> Tuple[Any, Dict[str, Any]]:
+  """(mmjax ConfigDict, parameter tree) of a Hugging Face CLIP / SigLIP / SigLIP 2 folder.
+  max_patches (SigLIP 2): < 0 NaFlex at the checkpoint's num_patches, 0 fixed resolution,
+  N > 0 NaFlex at a budget of N patches."""
   if not os.path.isdir(folder):
     raise C.ConvertError(f"{folder} is not a folder; pass the folder save_pretrained wrote")
-  spec = spec_of(read_config(folder))
+  spec = spec_of(read_config(folder), max_patches)
   files = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f))]
   if not files:
     raise C.ConvertError(f"{folder} has no {' or '.join(WEIGHT_FILES)}; download the "
@@ -197,6 +290,8 @@ def convert(folder: str, tokenizer: str = "") -> Tuple[Any, Dict[str, Any]]:
     raise C.ConvertError(f"{folder} has no tokenizer.json or spiece.model; pass "
                          "--tokenizer=hf:/path/tokenizer.json (or sentencepiece:/path)")
   config = C.model_config(spec, tokenizer, *text_cleaning(folder, tokenizer, spec.family))
+  if spec.family == "siglip2":
+    config.data.tokenizer_specials.update(siglip2_framing(folder))
   set_image_preprocessing(config, folder, spec.family)
   params = convert_params(C.load_state_dict(os.path.join(folder, files[0])), spec)
   return config, C.check_params(params, config)

@@ -11,6 +11,15 @@ text embeddings before normalization, image->text logits).
 Layouts: hf_clip, hf_siglip (small), open_clip_clip, open_clip_siglip (small),
 open_clip_vit_b16 (full-size ViT-B/16 CLIP).
 
+  python tests/reference/make_reference.py hf_siglip2 OUT_DIR
+
+A small transformers Siglip2Model (a 4 x 4 position table of patches of 8), saved with
+save_pretrained, and OUT_DIR/reference.npz: the same outputs for square 32 x 32 images (the
+fixed-resolution use, patches cut by the Siglip2 image processor's own function), and
+`naflex_*`: one batch of patch rows of three grids of other aspects, zero-padded to the
+table's 16 patches (pixel_attention_mask, spatial_shapes), and `interp_<h>x<w>`: the table
+resized by F.interpolate(bilinear, antialias=True, align_corners=False) to each grid.
+
   python tests/reference/make_reference.py inputs OUT_DIR
 
 The four small layouts in OUT_DIR/<layout> (each as above), image files of several sizes and
@@ -183,6 +192,80 @@ def main(layout, out):
            n_params=np.int64(n_params))
   print(f"{layout}: {n_params} parameters -> {out}")
   return model
+
+
+NAFLEX_GRIDS = ((2, 6), (5, 3), (3, 3))  # wider, taller, smaller than the 4 x 4 table
+
+
+def siglip2_model():
+  import transformers as tf
+  cfg = tf.Siglip2Config(
+      text_config=dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                       num_hidden_layers=2, max_position_embeddings=L, pad_token_id=0,
+                       eos_token_id=1, bos_token_id=2),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                         num_hidden_layers=2, patch_size=PATCH, num_patches=(IMG // PATCH) ** 2))
+  return perturb(tf.Siglip2Model(cfg))
+
+
+def siglip2_rows(images, n):
+  """NHWC float images (one grid each) -> (pixel_values [B, n, p*p*3], pixel_attention_mask
+  [B, n], spatial_shapes [B, 2]) as Siglip2ImageProcessor lays them out."""
+  from transformers.models.siglip2 import image_processing_siglip2 as ip
+  rows, masks, shapes = [], [], []
+  for img in images:
+    chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    r, m = ip.pad_along_first_dim(ip.convert_image_to_patches(chw, PATCH), n)
+    rows.append(r)
+    masks.append(m)
+    shapes.append((img.shape[0] // PATCH, img.shape[1] // PATCH))
+  return torch.stack(rows), torch.stack(masks), torch.tensor(shapes, dtype=torch.long)
+
+
+def siglip2_outputs(model, rows, mask, shapes, ids):
+  with torch.no_grad():
+    out = model(input_ids=ids, pixel_values=rows, pixel_attention_mask=mask,
+                spatial_shapes=shapes)
+    img = model.get_image_features(pixel_values=rows, pixel_attention_mask=mask,
+                                   spatial_shapes=shapes).pooler_output
+    txt = model.get_text_features(input_ids=ids).pooler_output  # no attention_mask
+  return img.numpy(), txt.numpy(), out.logits_per_image.numpy()
+
+
+def siglip2(out):
+  """See the module doc (layout hf_siglip2). Text: words <eos> then <pad> padding."""
+  import torch.nn.functional as F
+  os.makedirs(out, exist_ok=True)
+  torch.manual_seed(0)
+  rng = np.random.default_rng(0)
+  model = siglip2_model()
+  model.save_pretrained(out)
+  word_tokenizer(os.path.join(out, "tokenizer.json"),
+                 {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>"})
+  ids = np.zeros((3, L), np.int64)
+  for i, k in enumerate((3, 7, L - 1)):
+    ids[i, :k], ids[i, k] = rng.integers(4, V, k), 1
+  t_ids = torch.from_numpy(ids)
+  n = (IMG // PATCH) ** 2
+  squares = rng.normal(size=(2, IMG, IMG, 3)).astype(np.float32)
+  img, txt, logits = siglip2_outputs(model, *siglip2_rows(squares, n), t_ids)
+  naflex = [rng.normal(size=(h * PATCH, w * PATCH, 3)).astype(np.float32)
+            for h, w in NAFLEX_GRIDS]
+  rows, mask, shapes = siglip2_rows(naflex, n)
+  n_img, n_txt, n_logits = siglip2_outputs(model, rows, mask, shapes, t_ids)
+  g = IMG // PATCH
+  table = model.vision_model.embeddings.position_embedding.weight.detach()
+  table = table.reshape(g, g, -1).permute(2, 0, 1)[None]
+  interp = {f"interp_{h}x{w}": F.interpolate(table, size=(h, w), mode="bilinear",
+                                             align_corners=False, antialias=True)[0]
+            .permute(1, 2, 0).numpy() for h, w in NAFLEX_GRIDS + ((8, 8), (1, 16))}
+  n_params = sum(p.numel() for p in model.parameters())
+  np.savez(os.path.join(out, "reference.npz"), images=squares, ids=ids.astype(np.int32),
+           image_embeds=img, text_embeds=txt, logits=logits, n_params=np.int64(n_params),
+           naflex_rows=rows.numpy(), naflex_mask=mask.numpy(),
+           naflex_grids=shapes.numpy().astype(np.int32), naflex_image_embeds=n_img,
+           naflex_text_embeds=n_txt, naflex_logits=n_logits, **interp)
+  print(f"hf_siglip2: {n_params} parameters -> {out}")
 
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -411,5 +494,7 @@ if __name__ == "__main__":
     clip_tokenizer(sys.argv[2])
   elif sys.argv[1] == "zeroshot":
     zero_shot(*sys.argv[2:7])
+  elif sys.argv[1] == "hf_siglip2":
+    siglip2(sys.argv[2])
   else:
     main(*sys.argv[1:3])
