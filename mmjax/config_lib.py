@@ -180,6 +180,8 @@ class ModelConfig:
   decoder_depth: int = 2      # captioning decoder layers (mmjax.decoder), with 'caption'
   caption_from: str = ""      # the modality the decoder reads ('' = the first non-text one)
   order_segments: int = 3     # sentence ordering: text bodies cut into this many segments
+  loc_bins: int = 100         # LocCa: location tokens per box coordinate (decoder vocab + bins)
+  prototypes: int = 1024      # SILC / TIPS: the self-distillation heads' output classes
 
   @property
   def caption_text(self) -> str:
@@ -232,10 +234,32 @@ class ObjectivesConfig:
   # (SimVLM); False keeps only [CLS] in the prefix (the other modality is the prefix).
   prefix_random: bool = True
   frame_order_ratio: float = 0.5  # frame ordering: fraction of tubelet groups shuffled
+  # LocCa (loss_weights.locca): the weights of its captioning, referring-expression and
+  # grounded-captioning tasks (objectives/localization.py)
+  locca_caption: float = 1.0
+  locca_referring: float = 1.0
+  locca_grounded: float = 1.0
+  # SILC / TIPS (loss_weights.silc / tips; objectives/distillation.py): student and teacher
+  # temperatures, local crops per image and their area range (fractions of the image)
+  distill_student_temp: float = 0.1
+  distill_teacher_temp: float = 0.04
+  silc_crops: int = 2
+  silc_crop_scale: Tuple[float, float] = (0.05, 0.4)
+  tips_mask_ratio: float = 0.5
+  # {objective: step}: an objective weighted > 0 trains only from its step on (SigLIP 2's late
+  # SILC / TIPS phase); before it, the step's executable leaves it out (one more is compiled
+  # when it starts)
+  starts: Tuple[Tuple[str, int], ...] = ()
   mrm_ratio: float = 0.15         # masked region modelling: fraction of regions masked
 
   def weight(self, name: str) -> float:
     return dict(self.weights).get(name, 0.0)
+
+  def at_step(self, step: int) -> "ObjectivesConfig":
+    """The objectives that train at `step`: those whose start (starts) is > step left out."""
+    start = dict(self.starts)
+    return dataclasses.replace(self, weights=tuple(
+        (k, w) for k, w in self.weights if start.get(k, 0) <= step))
 
   @property
   def active(self) -> Tuple[str, ...]:
@@ -411,7 +435,7 @@ FUSION_KEYS = tuple(f.name for f in dataclasses.fields(FusionConfig)
 _MODEL_KEYS = ("fusion", "width", "heads", "mlp_dim", "embed_dim", "dtype", "param_dtype",
                "remat", "scan", "dropout", "patch_dropout", "depth", "modalities", "activation",
                "norm_eps", "key_bias", "objective_heads", "decoder_depth", "caption_from",
-               "order_segments") + FUSION_KEYS
+               "order_segments", "loc_bins", "prototypes") + FUSION_KEYS
 
 
 def _modality(name: str, o, base: BlockConfig) -> ModalityConfig:
@@ -481,10 +505,11 @@ def _model(mc, att) -> ModelConfig:
   if caption_from and caption_from not in names:
     raise ConfigError(f"model.caption_from={caption_from!r} is not a modality; use one of "
                       f"{', '.join(names)}")
-  rest = {k: int(mc.get(k, _default(ModelConfig, k))) for k in ("decoder_depth", "order_segments")}
+  rest = {k: int(mc.get(k, _default(ModelConfig, k)))
+          for k in ("decoder_depth", "order_segments", "loc_bins", "prototypes")}
   for k, v in rest.items():
-    if v < 1:
-      raise ConfigError(f"model.{k}={v} must be >= 1")
+    if v < (2 if k in ("loc_bins", "prototypes") else 1):
+      raise ConfigError(f"model.{k}={v} must be >= {2 if k in ('loc_bins', 'prototypes') else 1}")
   return ModelConfig(fusion=fcfg, block=block, modalities=mods, embed_dim=embed_dim,
                      objective_heads=heads, caption_from=caption_from, **rest)
 
@@ -493,15 +518,19 @@ def _objectives(config) -> ObjectivesConfig:
   """The objectives section and the positive loss weights (configure.resolve checks them
   against the model: design capabilities, heads, each objective's own rules)."""
   weights = {k: float(v) for k, v in config.loss_weights.items()}
-  o = _fields(ObjectivesConfig, config.get("objectives"), "objectives", skip=("weights",))
-  out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0), **o)
+  o = _fields(ObjectivesConfig, config.get("objectives"), "objectives",
+              skip=("weights", "starts"))
+  starts = _starts(config.get("objectives", {}).get("starts", None), weights)
+  out = ObjectivesConfig(weights=tuple((k, w) for k, w in weights.items() if w > 0),
+                         starts=starts, **o)
   if not 0.0 <= out.cappa_fraction <= 1.0:
     raise ConfigError(f"objectives.cappa_fraction={out.cappa_fraction} must be in [0, 1]")
   for k in ("frame_order_ratio", "mrm_ratio"):
     v = getattr(out, k)
     if not (math.isfinite(v) and 0.0 < v <= 1.0):
       raise ConfigError(f"objectives.{k}={v} must be in (0, 1]")
-  for k in ("mlm_prob", "mim_ratio"):
+  _check_distillation(out)
+  for k in ("mlm_prob", "mim_ratio", "tips_mask_ratio"):
     v = getattr(out, k)
     if not (math.isfinite(v) and 0.0 < v < 1.0):
       raise ConfigError(f"objectives.{k}={v} must be in (0, 1)")
@@ -517,6 +546,34 @@ def _objectives(config) -> ObjectivesConfig:
     raise ConfigError(f"objectives.temperature={t} must be 0 (learned) or >= 0.01 (the logit "
                       "scale is capped at 100)")
   return out
+
+
+def _check_distillation(o: ObjectivesConfig) -> None:
+  """SILC / TIPS settings: positive temperatures, >= 1 crop, a crop area range in (0, 1]."""
+  for k in ("distill_student_temp", "distill_teacher_temp"):
+    v = getattr(o, k)
+    if not (math.isfinite(v) and v > 0):
+      raise ConfigError(f"objectives.{k}={v} must be > 0")
+  if o.silc_crops < 1:
+    raise ConfigError(f"objectives.silc_crops={o.silc_crops} must be >= 1")
+  lo, hi = (tuple(o.silc_crop_scale) + (0, 0))[:2] if len(o.silc_crop_scale) == 2 else (0, -1)
+  if not 0 < lo <= hi <= 1:
+    raise ConfigError(f"objectives.silc_crop_scale={o.silc_crop_scale} must be (min, max) "
+                      "areas with 0 < min <= max <= 1, e.g. (0.05, 0.4)")
+
+
+def _starts(node, weights) -> Tuple[Tuple[str, int], ...]:
+  """objectives.starts ({objective: step}) as ((name, step), ...), steps > 0 only."""
+  out = []
+  for k, v in (dict(node) if node else {}).items():
+    if k not in weights:
+      raise ConfigError(f"objectives.starts.{k} names no loss weight; starts are for objectives "
+                        f"in loss_weights ({', '.join(weights)})")
+    if int(v) < 0 or int(v) != v:
+      raise ConfigError(f"objectives.starts.{k}={v} must be a step >= 0")
+    if int(v) > 0:
+      out.append((k, int(v)))
+  return tuple(out)
 
 
 def freeze_entries(freeze) -> Tuple[str, ...]:
@@ -643,7 +700,8 @@ def base_config() -> ml_collections.ConfigDict:
        "post": _default(FusionConfig, "post_depth"),
        "cross": _default(FusionConfig, "cross_depth")})
   c.attention = ml_collections.ConfigDict(_defaults(_AttentionKeys))
-  c.objectives = ml_collections.ConfigDict(_defaults(ObjectivesConfig, ("weights",)))
+  c.objectives = ml_collections.ConfigDict(_defaults(ObjectivesConfig, ("weights", "starts")))
+  c.objectives.starts = ml_collections.ConfigDict()  # {objective: step}
   for name, cls in (("optimizer", OptimizerConfig), ("mesh", MeshConfig),
                     ("checkpoint", CheckpointConfig), ("eval", EvalConfig)):
     c[name] = ml_collections.ConfigDict(_defaults(cls))

@@ -145,6 +145,7 @@ def resolve(config) -> Config:
   cfg = dataclasses.replace(cfg, model=model, resolved=True)
   check_packing(cfg)
   native_aspect(cfg)
+  check_siglip2_objectives(cfg)
   if cfg.unmasked_steps and not tokenizers.dropped_patches(model):
     raise ConfigError(f"unmasked_steps={cfg.unmasked_steps} ends patch dropout, and no "
                       "modality drops patches; set model.patch_dropout (e.g. 0.5) or drop "
@@ -154,6 +155,49 @@ def resolve(config) -> Config:
                       "keeps none; train with optimizer.ema_decay (e.g. 0.999) or drop "
                       "eval.use_ema")
   return cfg
+
+
+def check_siglip2_objectives(cfg: Config) -> None:
+  """LocCa needs region boxes in the data; SILC / TIPS an EMA teacher and square images;
+  objectives.starts steps inside the run. One-line ConfigError."""
+  o, data = cfg.objectives, cfg.data
+  if o.weight("locca") > 0 and not (data.source == "builtin" and data.get("regions", False)):
+    raise ConfigError("loss_weights.locca trains on region boxes and captions: use the built-in "
+                      "image_text scenes with data.regions=True, or set loss_weights.locca=0")
+  for name in ("silc", "tips"):
+    if o.weight(name) <= 0:
+      continue
+    if not cfg.optimizer.ema_decay:
+      raise ConfigError(f"loss_weights.{name} distils from an EMA teacher and "
+                        f"optimizer.ema_decay=0 keeps none; set optimizer.ema_decay (e.g. 0.999)")
+    if data.get("max_patches", 0) or o.pack_images:
+      raise ConfigError(f"loss_weights.{name} crops and masks square images; set "
+                        "data.max_patches=0 and objectives.pack_images=False, or "
+                        f"loss_weights.{name}=0")
+  for name, step in o.starts:
+    if step >= cfg.total_steps:
+      raise ConfigError(f"objectives.starts.{name}={step} is not before total_steps="
+                        f"{cfg.total_steps}: the objective would never train; lower it")
+  if o.starts and not o.at_step(0).weights:
+    raise ConfigError("objectives.starts leaves no objective training at step 0; start at "
+                      "least one at step 0")
+
+
+def phase_starts(cfg: Config) -> Tuple[int, ...]:
+  """The steps > 0 at which the step's program changes: each objectives.starts step and
+  total_steps - unmasked_steps (sorted, distinct)."""
+  steps = {s for _, s in cfg.objectives.starts}
+  if cfg.unmasked_steps:
+    steps.add(cfg.total_steps - cfg.unmasked_steps)
+  return tuple(sorted(s for s in steps if s > 0))
+
+
+def phase_config(cfg: Config, step: int) -> Config:
+  """The config the train step runs at `step`: the objectives started by then
+  (ObjectivesConfig.at_step), patch dropout off from total_steps - unmasked_steps on."""
+  if cfg.unmasked_steps and step >= cfg.total_steps - cfg.unmasked_steps:
+    cfg = without_patch_dropout(cfg)
+  return dataclasses.replace(cfg, objectives=cfg.objectives.at_step(step))
 
 
 def check_packing(cfg: Config) -> None:

@@ -225,6 +225,11 @@ class MultimodalModel(nn.Module):
     rng draws every mask, shuffle and negative. cached: exact accumulation's outputs."""
     return objectives_lib.pretraining_outputs(self, batch, rng, objectives, cached)
 
+  def teacher_outputs(self, batch, objectives: ObjectivesConfig) -> Dict[str, Any]:
+    """{teacher key: what the EMA teacher computes} for the objectives that distil from one
+    (objectives.teacher_outputs; applied with the teacher's parameters)."""
+    return objectives_lib.teacher_outputs(self, batch, objectives)
+
   def real_tokens(self, modality: str, ids):
     """[B, L] bool: the text tokens that are real (key_mask 'none' attends to padding, so its
     padding is told apart by the pad id here)."""

@@ -219,6 +219,13 @@ def create_state(config: Config, model, tx, mesh) -> Tuple[TrainState, Any]:
 
 # ------------------------------------------------------------------------------ step
 
+def teacher_batch(model, teacher_params, batch, objectives_cfg):
+  """The batch plus the EMA teacher's outputs (MultimodalModel.teacher_outputs, no dropout,
+  no gradient) under the distilling objectives' teacher keys."""
+  out = model.apply(teacher_params, batch, objectives_cfg, method=model.teacher_outputs)
+  return dict(batch, **jax.lax.stop_gradient(out))
+
+
 def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding,
                     unroll_accumulation: bool = False) -> Callable:
   """jit(step)(state, batch) -> (state, metrics), sharded per the rules; state donated.
@@ -239,6 +246,8 @@ def make_train_step(config: Config, model, tx, schedule, mesh, state_sharding,
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    if objectives.needs_teacher(config.objectives):  # SILC / TIPS: the EMA teacher's outputs
+      batch = teacher_batch(model, ema_params(state.opt_state), batch, config.objectives)
 
     def trainable(params):  # frozen parameters pass no gradient
       return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)

@@ -36,6 +36,7 @@ import numpy as np
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config_lib, configure, models, packing, sharding, tokenizers, train_lib
 from mmjax import evaluators as evaluators_lib
+from mmjax import objectives as objectives_lib
 from mmjax.perf import chip_peak
 from mmjax.workdir_lock import WorkdirLock
 from mmjax.data import pipeline
@@ -156,7 +157,8 @@ def _summary(config: config_lib.Config, state, flops, mesh, peak) -> str:
       f"device(s), {jax.process_count()} process(es)",
       f"  data        {config.data.source}:{config.data.task}, global batch "
       f"{config.batch_size}",
-      "  objectives  " + ", ".join(f"{k}={v}" for k, v in config.objectives.weights),
+      "  objectives  " + ", ".join(f"{k}={v}" for k, v in config.objectives.weights)
+      + "".join(f"; {k} from step {s}" for k, s in config.objectives.starts),
       f"  peak        {peak[0] * 1e3:.1f} GFLOP/s per device ({peak[1]})",
   ]
   return "\n".join(lines)
@@ -294,9 +296,10 @@ class _Run:
   flops: Tuple[float, float]  # model and hardware FLOPs per device per step
   peak: Tuple[float, str]
   evals: Optional[PeriodicEval]
-  # unmasked_steps: the step from which every patch is encoded, and the step that does so
-  unmasked_from: Optional[int] = None
-  unmasked: Optional[Callable[[], Tuple[Any, Tuple[float, float]]]] = None
+  # the steps at which the program changes (configure.phase_starts: objectives.starts,
+  # unmasked_steps), and compile(step) -> (executable, flops) of the phase from that step
+  phases: Tuple[int, ...] = ()
+  compile: Optional[Callable[[int], Tuple[Any, Tuple[float, float]]]] = None
 
 
 @dataclasses.dataclass
@@ -390,14 +393,14 @@ def _set_up(cfg: config_lib.Config, workdir: str, devices) -> _Run:
       lowered = train_lib.make_train_step(c, model, tx, schedule, mesh, shard).lower(*abstract)
       return lowered.compile(), tuple(
           f / mesh.size for f in train_lib.flop_counts(c, mesh, abstract[1], lowered))
-    compiled, flops = compile_step(cfg)
+    # the phase the run starts in (a resume may start past a switch); the later ones are
+    # compiled when due, with the same parameters and state
+    compiled, flops = compile_step(configure.phase_config(cfg, start))
     evals = PeriodicEval(cfg, model, mesh) if cfg.eval.every_steps else None
-    unmasked = {}
-    if cfg.unmasked_steps:  # same parameters; the second executable is compiled when due
-      unmasked = dict(unmasked_from=cfg.total_steps - cfg.unmasked_steps,
-                      unmasked=lambda: compile_step(configure.without_patch_dropout(cfg)))
+    phases = tuple(p for p in configure.phase_starts(cfg) if p > start)
     return _Run(cfg, model, mesh, ckpt, data_it, state, start, notes, compiled, next_batch,
-                skips, batch, flops, chip_peak(), evals, **unmasked)
+                skips, batch, flops, chip_peak(), evals, phases,
+                lambda step: compile_step(configure.phase_config(cfg, step)))
   except BaseException:
     ckpt.close()
     raise
@@ -432,7 +435,8 @@ def _batch_source(cfg, model, mesh, data_it):
   """(next_batch, skips): next_batch() is the next global batch of model inputs; skips counts
   the examples data.on_error='skip' dropped so far."""
   batch_sh = sharding.batch_sharding(mesh)
-  extra = ("label",) if cfg.objectives.multi_positive == "label" else ()  # multi-positive keys
+  extra = (("label",) if cfg.objectives.multi_positive == "label" else ()  # multi-positive
+           ) + objectives_lib.batch_keys(cfg.objectives.active)  # LocCa's regions
   skips = pipeline.SkipCounter()
 
   def next_batch():
@@ -487,8 +491,8 @@ def _loop(run: _Run, prog: _Progress, stop: _StopSignal, writer: MetricWriter, b
   run.state is the latest state whatever ends the loop."""
   cfg, batch = run.cfg, run.batch
   while prog.step < cfg.total_steps:
-    if run.unmasked_from is not None and prog.step >= run.unmasked_from:
-      _unmask(run, prog, verbose)
+    if run.phases and prog.step >= run.phases[0]:
+      _next_phase(run, prog, verbose)
     run.state, metrics = run.compiled(run.state, batch)
     prog.step += 1
     prog.since_log += 1
@@ -515,16 +519,22 @@ def _loop(run: _Run, prog: _Progress, stop: _StopSignal, writer: MetricWriter, b
       break
 
 
-def _unmask(run: _Run, prog: _Progress, verbose: bool) -> None:
-  """From here on the step encodes every patch (unmasked_steps); compiling it is left out of
-  the next logged step_time."""
+def _next_phase(run: _Run, prog: _Progress, verbose: bool) -> None:
+  """From this step on the step runs the next phase's program (objectives.starts switching an
+  objective on, unmasked_steps encoding every patch); compiling it is left out of the next
+  logged step_time."""
   t0 = time.perf_counter()
-  run.compiled, run.flops = run.unmasked()
-  run.unmasked_from = None
+  cfg, step = run.cfg, prog.step
+  run.compiled, run.flops = run.compile(step)
+  run.phases = tuple(p for p in run.phases if p > step)
   if verbose:
-    print(f"unmasked from step {prog.step}: every patch encoded, "
-          f"{run.flops[0] * run.mesh.size / run.cfg.batch_size / 1e9:.3f} GFLOP model per "
-          "example per train step", flush=True)
+    gflop = f"{run.flops[0] * run.mesh.size / cfg.batch_size / 1e9:.3f} GFLOP model per example"
+    started = [k for k, s in cfg.objectives.starts if s == step]
+    if started:
+      print(f"from step {step}: {', '.join(started)} on, {gflop} per train step", flush=True)
+    if cfg.unmasked_steps and step == cfg.total_steps - cfg.unmasked_steps:
+      print(f"unmasked from step {step}: every patch encoded, {gflop} per train step",
+            flush=True)
   prog.t_last += time.perf_counter() - t0
 
 

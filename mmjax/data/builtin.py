@@ -18,6 +18,12 @@ from the caption in exactly one binding: two objects' colours or shapes swapped,
 motion, pitch pattern or sync flipped first; then a single attribute replaced), 'label' int32 [],
 'index' int32 [] (position in the split), and with include_caption the raw 'caption' / 'neg_caption'
 strings. Splits 'train' and 'test' draw from disjoint random streams.
+
+With regions=True (image_text; data.regions) each example also has its objects as regions, R =
+max_objects slots: 'region_boxes' float32 [R, 4] (y0, x0, y1, x1 of the shape's extent, in [0, 1]
+of the image), 'region_text' int32 [R, L] (the object's own caption, "a red circle"),
+'region_valid' bool [R], and 'pixel_labels' int32 [S, S] (0 background, 1 + colour x shape index
+of the object painted at each pixel: the dense probe's targets).
 """
 from __future__ import annotations
 
@@ -369,6 +375,37 @@ def label_of(task: str, sem) -> int:
   return COUNTS.index(sem["count"]) * len(SYNCS) + SYNCS.index(sem["sync"])
 
 
+REGION_CLASSES = 1 + len(COLOURS) * len(SHAPES)  # pixel_labels: background + colour x shape
+
+
+def region_caption(obj: Tuple[str, str]) -> str:
+  """One object's own caption: ('red', 'circle') -> 'a red circle'."""
+  return f"a {obj[0]} {obj[1]}"
+
+
+def shape_box(shape: str, cy: float, cx: float, r: float, s: int) -> np.ndarray:
+  """The extent of render.shape_mask's shape as (y0, x0, y1, x1) in [0, 1] of an S x S image."""
+  half = 0.85 * r if shape == "square" else r
+  top, bottom = (cy - r, cy + 0.8 * r) if shape == "triangle" else (cy - half, cy + half)
+  box = np.asarray([top, cx - half, bottom, cx + half], np.float32) / np.float32(s)
+  return np.clip(box, 0.0, 1.0)
+
+
+def _regions(sem, lay, s: int, slots: int, tokenizer, text_len: int) -> Dict[str, np.ndarray]:
+  """The region keys of an image_text example (module docstring)."""
+  boxes = np.zeros((slots, 4), np.float32)
+  valid = np.zeros(slots, bool)
+  caps, labels = [], np.zeros((s, s), np.int32)
+  for i, ((c, h), (y, x, r)) in enumerate(zip(sem["objects"], lay["pos"])):
+    boxes[i], valid[i] = shape_box(h, y, x, r, s), True
+    caps.append(region_caption((c, h)))
+    labels[render.shape_mask(h, y, x, r, s)] = 1 + label_of("image_text", {"objects": [(c, h)]})
+  text = text_lib.encode_batch(tokenizer, caps + [""] * (slots - len(caps)), text_len)
+  text[~valid] = 0
+  return {"region_boxes": boxes, "region_text": text, "region_valid": valid,
+          "pixel_labels": labels}
+
+
 def _normalize_pixels(task: str, x: np.ndarray) -> np.ndarray:
   mean, std = PIXEL_STATS[task]
   return ((x - np.float32(mean)) * np.float32(1.0 / std)).astype(np.float32)
@@ -383,8 +420,11 @@ class BuiltinSource:
                seed: int = 0, image_size: int = 32, num_frames: int = 8, audio_frames: int = 64,
                mel_bins: int = 32, sample_rate: int = 16_000, text_len: int = 32,
                tokenizer: str = "bytes", num_hard_negatives: int = 3, max_objects: int = 3,
-               include_caption: bool = False):
+               include_caption: bool = False, regions: bool = False):
     _check_task(task)
+    if regions and task != "image_text":
+      raise ValueError(f"data.regions=True needs data.task='image_text' (objects with boxes); "
+                       f"task {task} has none")
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r} for the built-in set; use 'train' or 'test'")
     if not 1 <= max_objects <= 5:
@@ -401,7 +441,7 @@ class BuiltinSource:
     self.sample_rate = int(sample_rate)
     self.text_len, self.tokenizer_spec = int(text_len), tokenizer
     self.k, self.max_objects = int(num_hard_negatives), int(max_objects)
-    self.include_caption = bool(include_caption)
+    self.include_caption, self.regions = bool(include_caption), bool(regions)
     self.tokenizer = text_lib.get_tokenizer(tokenizer)
 
   def __len__(self) -> int:
@@ -426,6 +466,8 @@ class BuiltinSource:
     if self.task == "image_text":
       sem, lay = _sample_image_text(rng, s, self.max_objects)
       ex["image"] = _normalize_pixels(self.task, _render_image_text(rng, sem, lay, s))
+      if self.regions:
+        ex.update(_regions(sem, lay, s, self.max_objects, self.tokenizer, self.text_len))
     elif self.task == "video_text":
       sem, video = _sample_video_text(rng, s, t)
       ex["video"] = _normalize_pixels(self.task, video)
@@ -456,4 +498,5 @@ def source_from_config(cfg, split: str) -> BuiltinSource:
       image_size=cfg.image_size, num_frames=cfg.num_frames, audio_frames=cfg.audio_frames,
       mel_bins=cfg.mel_bins, sample_rate=cfg.sample_rate, text_len=cfg.text_len,
       tokenizer=text_lib.spec_from_config(cfg), num_hard_negatives=cfg.num_hard_negatives,
-      max_objects=cfg.max_objects, include_caption=cfg.include_caption)
+      max_objects=cfg.max_objects, include_caption=cfg.include_caption,
+      regions=cfg.get("regions", False))

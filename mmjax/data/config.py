@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.test_examples = 1_000
   c.builtin_seed = 0               # generation seed (the shuffle seed is make_dataset's seed)
   c.include_caption = False        # add raw 'caption' strings (not for jitted steps)
+  # image_text: each object's box, own caption and the pixel class map (data/builtin.py;
+  # the LocCa objective and the referring / grounded-caption / dense-probe evaluators)
+  c.regions = False
   # Several captions per example (a JSONL list, a TFDS Sequence such as captions/text, a
   # webdataset json list). 1: the first caption only. C > 1: up to C kept; training samples
   # one per example per epoch (seeded by position), evaluation gets 'texts' [C, L] and

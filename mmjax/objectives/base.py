@@ -23,6 +23,12 @@ An `Objective` states what it needs as data and computes its part of a step:
                                      Exact gradient accumulation caches cache()'s per-example
                                      outputs and runs the model part in cached_losses through
                                      `run` (a CachedRun), chunk by chunk
+  batch_keys             data keys beyond the model's inputs that its outputs read (LocCa's
+                         regions); the trainer passes them into the step
+  teacher_key, teacher(model, batch)
+                         optional: what an EMA teacher computes for it (without gradient,
+                         inside model.apply with the teacher's parameters; teacher_outputs);
+                         the train step puts it in the batch under teacher_key
 
 Registration order is the order outputs are computed and losses summed; the built-ins register
 alignment, matching, describing, ordering, region and masked modelling, in that order. A new
@@ -52,6 +58,8 @@ class Objective:
   requires: Mapping[str, str] = {}
   masks: Tuple[str, ...] = ()
   cacheable: bool = False  # has cache / cached_losses (exact gradient accumulation)
+  batch_keys: Tuple[str, ...] = ()
+  teacher_key: str = ""     # has teacher(): distils from the EMA of the parameters
 
   def check(self, model, objectives) -> None:
     """Raise ValueError (one line: the problem and the fix) for a config it cannot train."""
@@ -70,6 +78,10 @@ class Objective:
     raise NotImplementedError
 
   def losses(self, outputs, objectives, mesh=None) -> Dict[str, LossAndMetrics]:
+    raise NotImplementedError
+
+  def teacher(self, model, batch) -> Any:
+    """Objectives with a teacher_key: the teacher's per-example outputs on `batch`."""
     raise NotImplementedError
 
   def cache(self, model, shared: "SharedPass") -> Any:
@@ -149,6 +161,23 @@ def registered(which: Sequence[str]) -> List[Objective]:
   """The registered objectives named in `which`, in registration order."""
   which = set(which)
   return [o for n, o in _REGISTRY.items() if n in which]
+
+
+def batch_keys(active: Sequence[str]) -> Tuple[str, ...]:
+  """The data keys the objectives named in `active` read beyond the model's inputs."""
+  return tuple(k for o in registered(active) for k in o.batch_keys)
+
+
+def needs_teacher(objectives) -> bool:
+  """Whether an active objective distils from the EMA teacher (teacher_key)."""
+  return any(o.teacher_key for o in registered(objectives.active))
+
+
+def teacher_outputs(model, batch, objectives) -> Dict[str, Any]:
+  """{teacher_key: teacher(model, batch)} of the active objectives that have a teacher (call
+  inside model.apply with the teacher's parameters: MultimodalModel.teacher_outputs)."""
+  return {o.teacher_key: o.teacher(model, batch) for o in registered(objectives.active)
+          if o.teacher_key}
 
 
 def extra_heads(weights: Mapping[str, float], heads: Sequence[str]) -> Tuple[str, ...]:

@@ -296,6 +296,31 @@ def caption_loss(logits, targets, weights) -> LossAndMetrics:
   return loss, dict(metrics, perplexity=jnp.exp(jax.lax.stop_gradient(loss)))
 
 
+# ------------------------------------------------------------------------------ distillation
+
+def self_distillation_loss(student, teacher, weights, student_temp: float, teacher_temp: float
+                           ) -> LossAndMetrics:
+  """Distillation from a teacher's logits (DINO / iBOT form; SILC, TIPS).
+
+  student, teacher [..., K] logits; weights [...] (1 on the rows that count). The teacher is
+  centred by its weighted mean over the rows, c, and sharpened; no gradient reaches it:
+    p = softmax((teacher - c) / teacher_temp),  q = log_softmax(student / student_temp)
+    L = sum w (-sum_k p_k q_k) / sum w.
+  Metrics: loss, agreement (argmax student == argmax p), teacher_entropy (mean of H(p))."""
+  student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
+  w = weights.astype(jnp.float32)
+  t = jax.lax.stop_gradient(teacher)
+  center = jnp.sum(t * w[..., None], axis=tuple(range(t.ndim - 1))) / jnp.maximum(jnp.sum(w), 1)
+  p = jax.nn.softmax((t - center) / teacher_temp, axis=-1)
+  q = jax.nn.log_softmax(student / student_temp, axis=-1)
+  ce = -jnp.sum(p * q, axis=-1)
+  loss = _weighted_mean(ce, w)
+  agree = (jnp.argmax(student, -1) == jnp.argmax(p, -1)).astype(jnp.float32)
+  entropy = -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=-1)
+  return loss, {"loss": loss, "agreement": _weighted_mean(agree, w),
+                "teacher_entropy": _weighted_mean(entropy, w)}
+
+
 # ------------------------------------------------------------------------------ ordering
 
 def order_loss(logits, targets, weights) -> LossAndMetrics:
