@@ -325,7 +325,8 @@ def _unscanned(config: Config) -> Config:
 def flop_counts(config: Config, mesh, batch, lowered_step=None) -> Tuple[float, float]:
   """(model FLOPs, hardware FLOPs) of one global train step, from XLA's count of lowered
   programs (perf.step_flops). Model FLOPs: 3 x the forward loss (backward = 2 x forward, no
-  recomputation, no optimizer) -> MFU. Hardware FLOPs: the whole step as it runs (remat
+  recomputation, no optimizer), plus 1 x the EMA teacher's forward where an objective distils
+  from one -> MFU. Hardware FLOPs: the whole step as it runs (remat
   recomputation and the optimizer included) -> HFU. A scanned stack is counted unrolled (XLA
   counts a loop body once), and so is the micro-batch loop of grad_accum_steps > 1;
   `lowered_step` (the step already lowered) is reused when neither loop is there.
@@ -342,8 +343,23 @@ def flop_counts(config: Config, mesh, batch, lowered_step=None) -> Tuple[float, 
   if lowered_step is None:
     lowered_step = make_train_step(config, model, tx, schedule, mesh, shard,
                                    unroll_accumulation=True).lower(state, batch)
+  teacher = 0.0
+  if objectives.needs_teacher(config.objectives):  # the EMA teacher: a forward, no backward
+    lowered, outputs = _lower_teacher(config, model, mesh, shard, state, batch)
+    teacher, batch = step_flops(lowered), dict(batch, **outputs)
   forward = lower_forward_loss(config, model, mesh, shard, state, batch)
-  return 3.0 * step_flops(forward), step_flops(lowered_step)
+  return 3.0 * step_flops(forward) + teacher, step_flops(lowered_step)
+
+
+def _lower_teacher(config: Config, model, mesh, state_sharding, state, batch):
+  """(the lowered teacher forward, its outputs as ShapeDtypeStructs): counted once in the
+  model FLOPs, and handed to the forward loss so that it does not recount it."""
+  fn = lambda p, b: model.apply(p, b, config.objectives, method=model.teacher_outputs)
+  jitted = jax.jit(fn, in_shardings=(state_sharding.params,
+                                     NamedSharding(mesh, P(sharding.BATCH_AXES))))
+  with _step_context(mesh):
+    outputs = jax.eval_shape(fn, state.params, batch)
+  return _lower(jitted, mesh, state.params, batch), outputs
 
 
 @contextlib.contextmanager

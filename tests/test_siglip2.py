@@ -247,3 +247,20 @@ def test_all_five_objectives_step_the_same_on_one_and_eight_devices():
     for k in ("loss", "sigmoid/loss", "locca/loss", "silc/loss", "tips/loss", "grad_norm"):
       np.testing.assert_allclose(g[k], r[k], rtol=2e-5, atol=2e-5, err_msg=k)
   chex.assert_trees_all_close(params, ref_params, atol=2e-5, rtol=2e-5)
+
+
+def test_shipped_siglip2_configs_resolve_with_all_five_objectives_at_their_shapes():
+  small = configure.resolve(mmjax.load_config("configs/siglip2.py"))
+  b16 = configure.resolve(mmjax.load_config("configs/siglip2_b16.py"))
+  for cfg in (small, b16):
+    assert set(cfg.objectives.active) == {"sigmoid", "locca", "silc", "tips"}
+    assert dict(cfg.objectives.starts) == {"silc": 0.8 * cfg.total_steps,
+                                           "tips": 0.8 * cfg.total_steps}
+    assert cfg.optimizer.ema_decay > 0 and cfg.data.regions
+  m = b16.model
+  assert (m.block.width, m.block.num_heads, m.block.mlp_dim) == (768, 12, 3072)
+  assert configure.token_counts(m)["image"] == 256 and m.loc_bins == 500  # 16 x 16, no [CLS]
+  shapes = jax.eval_shape(lambda: mmjax.init_params(models.build_model(m), jax.random.key(0)))
+  tower = shapes["params"]["fusion"]
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tower)) / 1e6
+  assert 160 < n < 180  # two 12-layer 768-wide towers (85M each)

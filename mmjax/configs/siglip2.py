@@ -26,6 +26,7 @@ def get_config():
   c.model.decoder_depth = 2
   c.model.loc_bins = 32          # one bin per pixel of the 32 px scenes
   c.model.prototypes = 256
+  c.model.objective_heads = ("sigmoid",)  # + the weighted ones (locca, silc, tips)
   c.model.modalities.text.max_len = 48
   c.data.text_len = 48           # two-object captions are <= 44 bytes + [CLS], [SEP]
   c.data.max_objects = 2
