@@ -556,8 +556,8 @@ def _check_distillation(o: ObjectivesConfig) -> None:
       raise ConfigError(f"objectives.{k}={v} must be > 0")
   if o.silc_crops < 1:
     raise ConfigError(f"objectives.silc_crops={o.silc_crops} must be >= 1")
-  lo, hi = (tuple(o.silc_crop_scale) + (0, 0))[:2] if len(o.silc_crop_scale) == 2 else (0, -1)
-  if not 0 < lo <= hi <= 1:
+  scale = tuple(o.silc_crop_scale)
+  if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
     raise ConfigError(f"objectives.silc_crop_scale={o.silc_crop_scale} must be (min, max) "
                       "areas with 0 < min <= max <= 1, e.g. (0.05, 0.4)")
 

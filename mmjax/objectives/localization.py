@@ -96,8 +96,9 @@ def decoder_logits(model, ids, memory, memory_mask):
 
 
 def task_rows(model, batch, rng, cfg) -> Tuple[jax.Array, jax.Array, jax.Array]:
-  """(inputs [3B, L-1], targets [3B, L-1], weights [3B, L-1]): the caption, referring and
-  grounded rows of the batch, in that order."""
+  """(inputs, targets, weights), each [B, 3, L-1]: every example's caption, referring and
+  grounded rows, in that order (the example axis first, so gradient accumulation joins them
+  per example)."""
   t = model.cfg.caption_text
   emb, ids = model.embedders[t], batch[t]
   vocab = emb.vocab_size
@@ -117,9 +118,9 @@ def task_rows(model, batch, rng, cfg) -> Tuple[jax.Array, jax.Array, jax.Array]:
   ref, ref_w = referring_sequence(text.astype(ids.dtype), loc)
   gnd, gnd_w = grounded_sequence(text.astype(ids.dtype), loc)
   has = has[:, None].astype(jnp.float32)
-  inputs = jnp.concatenate([cap_in, ref[:, :-1], gnd[:, :-1]])
-  targets = jnp.concatenate([cap_t, ref[:, 1:], gnd[:, 1:]])
-  return inputs, targets, jnp.concatenate([cap_w, ref_w * has, gnd_w * has])
+  stack = lambda *rows: jnp.stack(rows, axis=1)
+  return (stack(cap_in, ref[:, :-1], gnd[:, :-1]), stack(cap_t, ref[:, 1:], gnd[:, 1:]),
+          stack(cap_w, ref_w * has, gnd_w * has))
 
 
 @base.register
@@ -159,13 +160,14 @@ class LocCa(base.Objective):
     inputs, targets, weights = task_rows(model, shared.batch, jax.random.fold_in(shared.rng, 13),
                                          shared.config)
     memory, mask = shared.clean()[model.cfg.caption_source]
-    memory, mask = jnp.concatenate([memory] * 3), jnp.concatenate([mask] * 3)
-    return decoder_logits(model, inputs, memory, mask), targets, weights
+    b, tasks, n = inputs.shape
+    logits = decoder_logits(model, inputs.reshape(b * tasks, n), jnp.repeat(memory, tasks, 0),
+                            jnp.repeat(mask, tasks, 0))  # rows example-major, as inputs
+    return logits.reshape(b, tasks, n, -1), targets, weights
 
   def losses(self, outputs, objectives, mesh=None):
     logits, targets, weights = outputs
-    parts = [caption_loss(*(jnp.split(x, 3)[i] for x in (logits, targets, weights)))
-             for i in range(3)]
+    parts = [caption_loss(logits[:, i], targets[:, i], weights[:, i]) for i in range(3)]
     w = task_weights(objectives)
     loss = sum(wi * p[0] for wi, p in zip(w, parts)) / sum(w)
     metrics = {"loss": loss}
