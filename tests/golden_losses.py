@@ -67,6 +67,7 @@ def small(config):
   config.batch_size = 8
   config.grad_accum_steps = 1
   config.total_steps = STEPS
+  config.objectives.starts = {}  # late objectives (SigLIP 2's SILC / TIPS) from step 0
   config.log_every_steps = 1
   config.optimizer.warmup_steps = 0
   config.checkpoint.every_steps = 1000
