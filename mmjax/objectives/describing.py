@@ -25,11 +25,11 @@ def check_text_and_source(which: str, model) -> None:
                      "add_cls=False (the tokenizer's [CLS] starts the caption)")
 
 
-def teacher_forced_caption(model, batch, encoded, rng, cappa_fraction: float):
-  """(logits [B, L-1, V], targets, weights): teacher-forced captioning of the caption source
-  (decoder.teacher_forcing). A fraction of rows (CapPa) sees only [MASK] inputs: with inputs
-  that carry no content, causal and full attention see the same information (memory and
-  positions), so the same decoder does parallel prediction in its one forward pass."""
+def caption_rows(model, batch, rng, cappa_fraction: float):
+  """(inputs, targets, weights) [B, L-1]: the caption teacher-forced (decoder.teacher_forcing).
+  A fraction of rows (CapPa) sees only [MASK] inputs: with inputs that carry no content,
+  causal and full attention see the same information (memory and positions), so the same
+  decoder does parallel prediction in its one forward pass."""
   t = model.cfg.caption_text
   emb, ids = model.embedders[t], batch[t]
   mask = model.real_tokens(t, ids)
@@ -41,6 +41,13 @@ def teacher_forced_caption(model, batch, encoded, rng, cappa_fraction: float):
     parallel = jax.random.bernoulli(rng, cappa_fraction, (ids.shape[0],))
     fill = emb.mask_id if emb.mask_id >= 0 else emb.pad_id
     inputs = jnp.where(parallel[:, None], jnp.asarray(fill, inputs.dtype), inputs)
+  return inputs, targets, weights
+
+
+def teacher_forced_caption(model, batch, encoded, rng, cappa_fraction: float):
+  """(logits [B, L-1, V], targets, weights): caption_rows through the captioning decoder on
+  the caption source's tokens."""
+  inputs, targets, weights = caption_rows(model, batch, rng, cappa_fraction)
   logits, _ = model.caption_logits(inputs, *encoded[model.cfg.caption_source])
   return logits, targets, weights
 

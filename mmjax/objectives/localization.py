@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from mmjax import decoder as decoder_lib
 from mmjax.objectives import base
-from mmjax.objectives.describing import check_text_and_source
+from mmjax.objectives.describing import caption_rows, check_text_and_source
 from mmjax.objectives.losses import caption_loss
 
 REGION_KEYS = ("region_boxes", "region_text", "region_valid")
@@ -99,19 +99,10 @@ def task_rows(model, batch, rng, cfg) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """(inputs, targets, weights), each [B, 3, L-1]: every example's caption, referring and
   grounded rows, in that order (the example axis first, so gradient accumulation joins them
   per example)."""
-  t = model.cfg.caption_text
-  emb, ids = model.embedders[t], batch[t]
-  vocab = emb.vocab_size
-  mask = model.real_tokens(t, ids)
-  valid = batch.get(f"{t}_valid")
-  if valid is not None:
-    mask = mask & valid[:, None]
-  cap_in, cap_t, cap_w = decoder_lib.teacher_forcing(ids, mask)
+  ids = batch[model.cfg.caption_text]
+  vocab = model.embedders[model.cfg.caption_text].vocab_size
   r_cappa, r_region = jax.random.split(rng)
-  if cfg.cappa_fraction > 0:
-    parallel = jax.random.bernoulli(r_cappa, cfg.cappa_fraction, (ids.shape[0],))
-    fill = emb.mask_id if emb.mask_id >= 0 else emb.pad_id
-    cap_in = jnp.where(parallel[:, None], jnp.asarray(fill, cap_in.dtype), cap_in)
+  cap_in, cap_t, cap_w = caption_rows(model, batch, r_cappa, cfg.cappa_fraction)
   box, text, has = pick_region(r_region, batch["region_boxes"], batch["region_text"],
                                batch["region_valid"])
   loc = box_tokens(box, model.cfg.loc_bins, vocab)
