@@ -157,13 +157,22 @@ def resolve(config) -> Config:
   return cfg
 
 
+REGION_SOURCES = ("builtin", "jsonl", "wds", "array_record")  # sources that carry regions
+
+
 def check_siglip2_objectives(cfg: Config) -> None:
   """LocCa needs region boxes in the data; SILC / TIPS an EMA teacher and square images;
   objectives.starts steps inside the run. One-line ConfigError."""
   o, data = cfg.objectives, cfg.data
-  if o.weight("locca") > 0 and not (data.source == "builtin" and data.get("regions", False)):
-    raise ConfigError("loss_weights.locca trains on region boxes and captions: use the built-in "
-                      "image_text scenes with data.regions=True, or set loss_weights.locca=0")
+  if o.weight("locca") > 0 and not data.get("regions", False):
+    raise ConfigError("loss_weights.locca trains on region boxes and captions: set "
+                      "data.regions=True (the built-in image_text scenes, or a JSONL / "
+                      "webdataset source whose examples carry \"regions\"), or set "
+                      "loss_weights.locca=0")
+  if data.get("regions", False) and data.source not in REGION_SOURCES:
+    raise ConfigError(f"data.regions=True reads regions from the built-in scenes or a JSONL / "
+                      f"webdataset / ArrayRecord source, not data.source={data.source!r}; "
+                      "convert the set to a JSONL manifest or set data.regions=False")
   for name in ("silc", "tips"):
     if o.weight(name) <= 0:
       continue

@@ -220,6 +220,17 @@ def test_siglip2_trains_from_the_command_line(tmp_path):
           "from step 2") in p.stdout, p.stdout
   assert "from step 2: silc, tips on" in p.stdout
   assert "Traceback" not in p.stderr
+  # the region evaluators score the checkpoint through eval.py
+  e = run_entry(["eval.py", f"--workdir={tmp_path / 'w'}",
+                 "--evaluators=referring,grounded_caption,dense_probe",
+                 "--config.eval.probe_train_examples=32", "--config.eval.num_examples=16"],
+                timeout=300)
+  assert e.returncode == 0 and "Traceback" not in e.stderr, e.stderr[-3000:]
+  res = json.loads((tmp_path / "w" / "eval" / "results.json").read_text())
+  for key in ("referring/accuracy", "referring/shuffled_accuracy", "grounded_caption/cider",
+              "dense_probe/object_accuracy", "dense_probe/majority_object_accuracy"):
+    assert 0.0 <= res[key] <= 10.0, (key, res)
+  assert res["referring/regions"] == res["grounded_caption/regions"] > 16
 
 
 def _steps(cfg, n_devices, steps=2):

@@ -36,6 +36,7 @@ def get_config():
   c.objectives.cappa_fraction = 0.5
   c.objectives.starts = {"silc": 320, "tips": 320}
   c.optimizer.ema_decay = 0.99
-  c.eval.evaluators = ("zero_shot", "retrieval")
+  c.eval.evaluators = ("zero_shot", "retrieval", "referring", "grounded_caption", "dense_probe")
+  c.eval.probe_train_examples = 1000
   c.eval.num_examples = 500
   return c

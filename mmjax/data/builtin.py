@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from mmjax.data import audio as audio_lib
+from mmjax.data import decode
 from mmjax.data import render
 from mmjax.data import text as text_lib
 
@@ -393,17 +394,14 @@ def shape_box(shape: str, cy: float, cx: float, r: float, s: int) -> np.ndarray:
 
 def _regions(sem, lay, s: int, slots: int, tokenizer, text_len: int) -> Dict[str, np.ndarray]:
   """The region keys of an image_text example (module docstring)."""
-  boxes = np.zeros((slots, 4), np.float32)
-  valid = np.zeros(slots, bool)
-  caps, labels = [], np.zeros((s, s), np.int32)
-  for i, ((c, h), (y, x, r)) in enumerate(zip(sem["objects"], lay["pos"])):
-    boxes[i], valid[i] = shape_box(h, y, x, r, s), True
+  boxes, caps, labels = [], [], np.zeros((s, s), np.int32)
+  for (c, h), (y, x, r) in zip(sem["objects"], lay["pos"]):
+    boxes.append(shape_box(h, y, x, r, s))
     caps.append(region_caption((c, h)))
     labels[render.shape_mask(h, y, x, r, s)] = 1 + label_of("image_text", {"objects": [(c, h)]})
-  text = text_lib.encode_batch(tokenizer, caps + [""] * (slots - len(caps)), text_len)
-  text[~valid] = 0
-  return {"region_boxes": boxes, "region_text": text, "region_valid": valid,
-          "pixel_labels": labels}
+  out = decode.region_arrays(np.asarray(boxes, np.float32).reshape(-1, 4), caps, slots,
+                             tokenizer, text_len)
+  return dict(out, pixel_labels=labels)
 
 
 def _normalize_pixels(task: str, x: np.ndarray) -> np.ndarray:

@@ -6,11 +6,14 @@ A raw example maps output names to raw values:
   audio  waveform [N] (with 'audio_rate') | spectrogram [T, F] | .wav / .npy path
   text   str | bytes | sequence of them (the first is used; up to data.max_captions of them)
   label  int
+  regions [{"box": [y0, x0, y1, x1] in [0, 1] of the image, "caption": str}, ...]
 `Preprocessor(cfg)(index, raw)` turns it into model inputs: 'image' float32 [S, S, 3] (with
 data.max_patches = N > 0: native aspect, 'image' float32 [N, p*p*3] patch rows and
 'image_patch_grid' int32 [2], `native_image` / `patch_rows`),
 'video' float32 [T, S, S, 3], 'audio' float32 [A, F], 'text' int32 [L], 'label' int32 [],
-'index' int32 [] (and 'caption' when cfg.include_caption). With C = data.max_captions > 1 also
+'index' int32 [] (and 'caption' when cfg.include_caption; with data.regions, the first
+data.max_objects regions as 'region_boxes' [R, 4], 'region_text' [R, L], 'region_valid' [R],
+boxes mapped through the image's centre crop). With C = data.max_captions > 1 also
 'texts' int32 [C, L] (the first C captions, missing rows all PAD) and 'num_captions' int32 []
 (>= 1; an empty list counts as one empty caption); 'text' is then the first caption.
 """
@@ -114,6 +117,13 @@ def resize_image(obj, size: int, recipe: str = "pil", where: str = "", draft: bo
     torchvision_squash  the same, straight to size x size
   draft: a JPEG larger than twice the resize is decoded reduced first (`open_image`), to no
   less than the resize's size, and resized from there (data.jpeg_draft)."""
+  return resize_image_window(obj, size, recipe, where, draft)[0]
+
+
+def resize_image_window(obj, size: int, recipe: str = "pil", where: str = "",
+                        draft: bool = False):
+  """(resize_image's result, window (top, left, nh, nw)): the crop kept, in pixels of the
+  nh x nw resized image (what `crop_boxes` maps boxes through)."""
   squash = recipe.endswith("_squash")
   img = open_image(obj, where, (lambda h, w: (size, size) if squash else
                                 shorter_side_size(h, w, size)) if draft else None)
@@ -124,7 +134,17 @@ def resize_image(obj, size: int, recipe: str = "pil", where: str = "", draft: bo
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
   else:
     top, left = int((nh - size) / 2.0), int((nw - size) / 2.0)
-  return out[top:top + size, left:left + size].astype(np.float32) * np.float32(1 / 255.0)
+  out = out[top:top + size, left:left + size].astype(np.float32) * np.float32(1 / 255.0)
+  return out, (top, left, nh, nw)
+
+
+def crop_boxes(boxes: np.ndarray, window, size: int) -> np.ndarray:
+  """Boxes [R, 4] (y0, x0, y1, x1 in [0, 1] of the source image) -> the same objects' boxes in
+  the size x size crop `window` (resize_image_window) of it, clipped to [0, 1]."""
+  top, left, nh, nw = window
+  scale = np.asarray([nh, nw, nh, nw], np.float32)
+  shift = np.asarray([top, left, top, left], np.float32)
+  return np.clip((boxes * scale - shift) / np.float32(size), 0.0, 1.0)
 
 
 def _size(img):
@@ -428,6 +448,43 @@ def parse_label(value, where: str = "") -> np.int32:
   return np.int32(x)
 
 
+# ----------------------------------------------------------------------------- regions
+
+def parse_regions(value, where: str = ""):
+  """A manifest's 'regions' [{"box": [y0, x0, y1, x1], "caption": str}, ...] (box in [0, 1]
+  of the whole source image, y0 <= y1, x0 <= x1) -> (boxes float32 [n, 4], captions [n]);
+  else a one-line error naming the fix."""
+  fix = ('write "regions": [{"box": [y0, x0, y1, x1], "caption": "..."}] with the box in '
+         "[0, 1] of the image")
+  if not isinstance(value, (list, tuple)):
+    raise ValueError(one_line(f"bad regions {str(value)[:60]!r} {where}: not a list; {fix}"))
+  boxes, captions = [], []
+  for r in value:
+    box = np.asarray(r.get("box", ()) if isinstance(r, dict) else (), np.float64)
+    ok = (isinstance(r, dict) and isinstance(r.get("caption"), str) and box.shape == (4,)
+          and np.isfinite(box).all() and box.min() >= 0 and box.max() <= 1
+          and box[0] <= box[2] and box[1] <= box[3])
+    if not ok:
+      raise ValueError(one_line(f"bad region {str(r)[:80]!r} {where}; {fix}"))
+    boxes.append(box.astype(np.float32))
+    captions.append(r["caption"])
+  return np.asarray(boxes, np.float32).reshape(-1, 4), captions
+
+
+def region_arrays(boxes: np.ndarray, captions, slots: int, tokenizer, text_len: int
+                  ) -> Dict[str, np.ndarray]:
+  """The first `slots` regions as 'region_boxes' [R, 4], 'region_text' [R, L] and
+  'region_valid' [R] (R = slots; a box cropped to nothing is not valid)."""
+  n = min(len(captions), slots)
+  out_boxes = np.zeros((slots, 4), np.float32)
+  out_boxes[:n] = boxes[:n]
+  valid = np.zeros(slots, bool)
+  valid[:n] = (out_boxes[:n, 2] > out_boxes[:n, 0]) & (out_boxes[:n, 3] > out_boxes[:n, 1])
+  text = text_lib.encode_batch(tokenizer, list(captions[:n]) + [""] * (slots - n), text_len)
+  text[~valid] = 0
+  return {"region_boxes": out_boxes, "region_text": text, "region_valid": valid}
+
+
 # ----------------------------------------------------------------------------- preprocessor
 
 SKIP = "_skip"  # key of the sentinel a bad example becomes under data.on_error='skip'
@@ -472,10 +529,24 @@ class Preprocessor:
       msg, where = one_line(e) or type(e).__name__, raw.get("_where", "")
       return {SKIP: msg if where in msg else f"{msg} {where}"}
 
+  def regions(self, raw: Dict[str, Any], where: str, window) -> Dict[str, np.ndarray]:
+    """data.regions: the example's regions (boxes mapped through the image's crop `window`;
+    None: the whole image is kept, as in native aspect) in data.max_objects slots."""
+    if "regions" not in raw:
+      raise ValueError(f"example {where} has no regions, and data.regions=True: give every "
+                       'example "regions": [{"box": [y0, x0, y1, x1], "caption": "..."}] or '
+                       "set data.regions=False")
+    boxes, captions = parse_regions(raw["regions"], where)
+    if window is not None:
+      boxes = crop_boxes(boxes, window, self.cfg.image_size)
+    return region_arrays(boxes, captions, int(self.cfg.max_objects), self.tokenizer,
+                         self.cfg.text_len)
+
   def decode(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:
     """The model-ready example; a bad one raises a one-line error naming where it is."""
     cfg, where = self.cfg, raw.get("_where", "")
     out: Dict[str, Any] = {}
+    window = None
     if "image" in raw and max_patches(cfg):
       budget = self.patch_budget(raw.get("_index", index))
       img = native_image(raw["image"], cfg.patch_size, budget, image_resize(cfg), where,
@@ -483,8 +554,11 @@ class Preprocessor:
       out["image"], out["image_patch_grid"] = patch_rows(
           normalize_image(img, cfg.image_mean, cfg.image_std), cfg.patch_size, cfg.max_patches)
     elif "image" in raw:
-      img = resize_image(raw["image"], cfg.image_size, image_resize(cfg), where, jpeg_draft(cfg))
+      img, window = resize_image_window(raw["image"], cfg.image_size, image_resize(cfg), where,
+                                        jpeg_draft(cfg))
       out["image"] = normalize_image(img, cfg.image_mean, cfg.image_std)
+    if cfg.get("regions", False):
+      out.update(self.regions(raw, where, None if max_patches(cfg) else window))
     if "video" in raw:
       frames = load_video(raw["video"], cfg.num_frames, where)
       vid = np.stack([resize_image(f, cfg.image_size, image_resize(cfg), draft=jpeg_draft(cfg))

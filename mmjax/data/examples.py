@@ -13,7 +13,9 @@ scans, 10 classes, no download; needs the `bench` or `test` extra). It writes
   DIR/prompt_templates.txt                one template per line, '{}' marks the class name
   DIR/meta.json                           counts, split seed, templates, what was written
 
-The split is fixed and stratified (TEST_SIZE = 450 test, 1,347 train, every class in both at
+The split is fixed and stratified (REGION_TEMPLATE = "the digit {}"  # --regions: each digit's region caption
+INK = 32  # --regions: a pixel brighter than this (of 255) is ink
+TEST_SIZE = 450 test, 1,347 train, every class in both at
 its own frequency). Every image gets one caption: a template drawn at random (seeded per
 example) filled with its class name, e.g. 'a photo of the digit seven.'. This is the
 'labelled images + templated captions' set that configs/own_data.py is tuned on. The longest
@@ -28,6 +30,12 @@ never augmented.
 log-uniform in [1/3, 3] (its short side = size), at a random place (`on_canvas`, seeded per
 example): a set of mixed-aspect images for native-aspect training (data.max_patches), where
 a square resize distorts the digit and a native one does not.
+
+--canvas N puts each size x size digit at a random place (seeded per example) on a black
+N x N square: where the digit is becomes something to find. --regions gives every line the
+digit as its one region, {"regions": [{"box": [y0, x0, y1, x1], "caption": "the digit seven"}]}
+with the box the extent of its ink (pixels above INK) in [0, 1] of the written image: the
+region data of LocCa (data.regions=True).
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ DIGIT_TEMPLATES = (
     "a scan of a handwritten digit {}.",
     "a small grey image of a {}.",
 )
+REGION_TEMPLATE = "the digit {}"  # --regions: each digit's region caption
+INK = 32  # --regions: a pixel brighter than this (of 255) is ink
 TEST_SIZE = 450
 SPLIT_SEED = 0
 
@@ -102,6 +112,27 @@ def on_canvas(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
   return out
 
 
+def on_square_canvas(img: np.ndarray, canvas: int, rng: np.random.RandomState) -> np.ndarray:
+  """uint8 [s, s, 3] -> uint8 [canvas, canvas, 3], black, with img at a uniformly drawn offset."""
+  s = img.shape[0]
+  out = np.zeros((canvas, canvas, 3), np.uint8)
+  top, left = rng.randint(0, canvas - s + 1), rng.randint(0, canvas - s + 1)
+  out[top:top + s, left:left + s] = img
+  return out
+
+
+def ink_box(pixels: np.ndarray, threshold: int = INK) -> List[float]:
+  """The extent of the pixels brighter than `threshold` as [y0, x0, y1, x1] in [0, 1] of the
+  image (pixel edges: a lone pixel at (i, j) of an h x w image is [i/h, j/w, (i+1)/h,
+  (j+1)/w]); the whole image when nothing is that bright."""
+  h, w = pixels.shape[:2]
+  ys, xs = np.nonzero(pixels.reshape(h, w, -1).max(axis=-1) > threshold)
+  if not len(ys):
+    return [0.0, 0.0, 1.0, 1.0]
+  return [float(ys.min()) / h, float(xs.min()) / w, float(ys.max() + 1) / h,
+          float(xs.max() + 1) / w]
+
+
 def augment(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
   """A random shift (+-1 source pixel, in 1/4-pixel steps) and rotation (+-10 degrees) of an
   8x8 uint8 digit, done at 4x resolution and brought back to 8x8 (bilinear)."""
@@ -113,7 +144,8 @@ def augment(img: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
 
 
 def _write_split(out: str, split: str, images, labels, indices, size: int, copies: int,
-                 seed: int, mixed_aspect: bool = False) -> List[Dict]:
+                 seed: int, mixed_aspect: bool = False, canvas: int = 0,
+                 regions: bool = False) -> List[Dict]:
   folder = os.path.join(out, "images", split)
   os.makedirs(folder, exist_ok=True)
   rows = []
@@ -123,12 +155,18 @@ def _write_split(out: str, split: str, images, labels, indices, size: int, copie
       img = images[i] if k == 0 else augment(images[i], rng)
       rel = f"images/{split}/{int(i):05d}" + (f"_{k}" if k else "") + ".png"
       pixels = upsample(img, size)
+      if canvas:  # its own stream, like mixed_aspect's: the captions stay the square set's
+        pixels = on_square_canvas(pixels, canvas, np.random.RandomState([seed, int(i), k, 2]))
       if mixed_aspect:  # its own stream: the captions stay those of the square set
         pixels = on_canvas(pixels, np.random.RandomState([seed, int(i), k, 1]))
       Image.fromarray(pixels).save(os.path.join(out, rel))
       template = DIGIT_TEMPLATES[rng.randint(len(DIGIT_TEMPLATES))]
-      rows.append({"image": rel, "caption": template.format(DIGIT_NAMES[labels[i]]),
-                   "label": int(labels[i])})
+      row = {"image": rel, "caption": template.format(DIGIT_NAMES[labels[i]]),
+             "label": int(labels[i])}
+      if regions:
+        row["regions"] = [{"box": ink_box(pixels),
+                           "caption": REGION_TEMPLATE.format(DIGIT_NAMES[labels[i]])}]
+      rows.append(row)
   with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
     for r in rows:
       f.write(json.dumps(r) + "\n")
@@ -136,20 +174,23 @@ def _write_split(out: str, split: str, images, labels, indices, size: int, copie
 
 
 def prepare_digits(out: str, size: int = 32, augment_copies: int = 0, seed: int = 0,
-                   mixed_aspect: bool = False) -> Dict:
+                   mixed_aspect: bool = False, canvas: int = 0, regions: bool = False) -> Dict:
   """Writes the digits set to `out` (see the module doc); returns meta.json's content.
   Rerunning with the same arguments rewrites identical files."""
   if size < 8:
     raise ValueError(f"--size {size} is below the digits' own 8x8; use 8 or more")
+  if canvas and canvas < size:
+    raise ValueError(f"--canvas {canvas} is smaller than --size {size}; use at least {size}")
   if augment_copies < 0:
     raise ValueError(f"--augment {augment_copies} must be >= 0")
   images, labels = load_digits()
   train, test = stratified_split(labels)
   os.makedirs(out, exist_ok=True)
   rows = _write_split(out, "train", images, labels, train, size, augment_copies, seed,
-                      mixed_aspect)
+                      mixed_aspect, canvas, regions)
   n_train = len(rows)
-  n_test = len(_write_split(out, "test", images, labels, test, size, 0, seed, mixed_aspect))
+  n_test = len(_write_split(out, "test", images, labels, test, size, 0, seed, mixed_aspect,
+                            canvas, regions))
   longest = max(len(t.format(n).encode("utf-8")) for t in DIGIT_TEMPLATES for n in DIGIT_NAMES)
   with open(os.path.join(out, "class_names.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(DIGIT_NAMES) + "\n")
@@ -157,7 +198,7 @@ def prepare_digits(out: str, size: int = 32, augment_copies: int = 0, seed: int 
     f.write("\n".join(DIGIT_TEMPLATES) + "\n")
   meta = {"dataset": "sklearn.datasets.load_digits", "size": size, "seed": seed,
           "split_seed": SPLIT_SEED, "augment": augment_copies, "mixed_aspect": mixed_aspect,
-          "train_examples": n_train,
+          "canvas": canvas, "regions": regions, "train_examples": n_train,
           "test_examples": n_test, "train_source_images": len(train),
           "test_source_images": len(test), "longest_caption_bytes": longest,
           "class_names": list(DIGIT_NAMES),
@@ -186,15 +227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--seed", type=int, default=0, help="caption / augmentation seed")
   p.add_argument("--mixed_aspect", action="store_true",
                  help="each digit on a canvas of aspect 1:3 to 3:1 (native-aspect training)")
+  p.add_argument("--canvas", type=int, default=0,
+                 help="each digit at a random place on a black canvas x canvas square")
+  p.add_argument("--regions", action="store_true",
+                 help="each line gets the digit's ink box and 'the digit <name>' (LocCa)")
   a = p.parse_args(argv)
   try:
     meta = DATASETS[a.dataset](a.out, size=a.size, augment_copies=a.augment, seed=a.seed,
-                               mixed_aspect=a.mixed_aspect)
+                               mixed_aspect=a.mixed_aspect, canvas=a.canvas,
+                               regions=a.regions)
   except (ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   shape = (f"{meta['size']}x{meta['size']} digits on 1:3 to 3:1 canvases" if a.mixed_aspect
            else f"{meta['size']}x{meta['size']}")
+  if a.canvas:
+    shape += f" at random places on {a.canvas}x{a.canvas}"
   print(f"wrote {meta['train_examples']} train / {meta['test_examples']} test examples "
         f"({shape}) to {a.out}: train.jsonl, test.jsonl, "
         "class_names.txt, prompt_templates.txt")

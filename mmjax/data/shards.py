@@ -14,6 +14,7 @@ Members -> raw example (`members_to_raw`), by extension (`data.member_exts`):
   image  jpg jpeg png webp         encoded bytes (decoded by the Preprocessor)
   text   txt | json                utf-8 text | {"caption": str or [str, ...]} or a list of str
   label  cls | json "label"        an integer class id as text
+  regions  json "regions"          [{"box": [y0, x0, y1, x1], "caption": str}, ...] (data.regions)
   video  npy | mp4                 uint8 [T, H, W, C] .npy bytes | mp4 (PyAV, `.[media]` extra)
   audio  wav | flac | npy          PCM WAV | FLAC (soundfile, `.[media]`) | waveform / log-mel
 
@@ -301,6 +302,11 @@ def members_to_raw(members: Dict[str, bytes], exts: Dict[str, Tuple[str, ...]], 
       raw["audio"] = wave_or_spec
       if rate:
         raw["audio_rate"] = rate
+  if "json" in members:  # regions (data.regions) ride in the json member: {"regions": [...]}
+    parsed_json = parsed_json if parsed_json is not None else _json_member(members["json"],
+                                                                            where)
+    if isinstance(parsed_json, dict) and "regions" in parsed_json:
+      raw["regions"] = parsed_json["regions"]
   return raw
 
 

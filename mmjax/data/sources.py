@@ -5,7 +5,7 @@
                ('caption' or nested 'captions/text').
   JsonlSource  a manifest, one JSON object per line: {"image": "rel/a.png", "video": "rel/clip.npy"
                or "rel/frames_dir", "audio": "rel/a.wav" or "rel/a.npy", "caption": "...",
-               "label": 3}; paths relative to the manifest's folder; all keys optional.
+               "label": 3, "regions": [{"box": [y0, x0, y1, x1], "caption": "..."}]}; paths relative to the manifest's folder; all keys optional.
   FolderSource an image folder with one sub-folder per class (ImageNet's layout:
                root/<class>/<image>): 'image' (a path) and 'label' (the class folder's index
                in sorted order); class names: the folder names.
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from mmjax.data.decode import one_line
 
 JSONL_KEYS = {"image": "image", "video": "video", "audio": "audio", "caption": "text",
-              "text": "text", "label": "label"}
+              "text": "text", "label": "label", "regions": "regions"}
 
 
 def split_name(cfg, split: str) -> str:

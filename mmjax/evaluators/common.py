@@ -3,7 +3,7 @@ evaluation context: mmjax.evaluators.base; the eval splits: mmjax.restore)."""
 from __future__ import annotations
 
 
-from typing import Any, Callable, Dict, Hashable
+from typing import Any, Callable, Dict, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +49,10 @@ class Evaluated:
     """log P(match) for each row's pairing of the encoded modalities."""
     return to_host(self._itm(self.params, encoded))
 
-  def put(self, batch):
-    """Host batch (the same on every process) -> global arrays sharded over the batch axes."""
-    keep = {k for m in self.model.modalities for k in tokenizers.input_keys(m)}
+  def put(self, batch, extra: Sequence[str] = ()):
+    """Host batch (the same on every process) -> global arrays sharded over the batch axes:
+    the model's inputs and the `extra` keys (e.g. an evaluator's region queries)."""
+    keep = {k for m in self.model.modalities for k in tokenizers.input_keys(m)} | set(extra)
     batch = {k: v for k, v in batch.items() if k in keep}
     return jax.tree.map(lambda x: jax.make_array_from_callback(
         np.shape(x), self.batch_sharding, lambda idx, x=x: np.asarray(x)[idx]), batch)
