@@ -18,6 +18,7 @@ import pytest
 from mmjax import evaluate, models, tokenizers
 from mmjax.convert import common, hf
 from tests.helpers import apply, reference  # noqa: F401  (reference: a fixture)
+from tests.test_convert import _one_error_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -96,14 +97,6 @@ def test_position_table_resizes_as_torch_interpolate(reference):
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "mmjax.convert", *args], capture_output=True,
                         text=True, cwd=ROOT, env=ENV, timeout=600)
-
-
-def _one_error_line(r):
-  assert r.returncode != 0
-  assert "Traceback" not in r.stderr, r.stderr[-2000:]
-  lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1, r.stderr[-2000:]
-  return lines[0]
 
 
 def test_command_line_writes_a_naflex_workdir_that_restores(reference, tmp_path):

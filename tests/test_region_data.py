@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmjax.data import config as data_config
-from mmjax.data import decode, examples, pipeline, shards
+from mmjax.data import examples, pipeline, regions, shards, write
 from tests.helpers import run_entry
 
 
@@ -24,7 +24,8 @@ def _manifest(tmp_path, regions):
 
 def _first(path, **kw):
   cfg = data_config.get_config()
-  cfg.update({"source": "jsonl", "jsonl_path": path, "image_size": 16, "regions": True,
+  cfg.update({"source": "jsonl", "jsonl_path": path or "unused", "image_size": 16,
+              "regions": True,
               "max_objects": 3, "text_len": 24, **kw})
   return next(iter(pipeline.make_dataset(cfg, "train", global_batch_size=2, seed=0,
                                          shuffle=False)))
@@ -71,6 +72,17 @@ def test_webdataset_json_member_carries_regions():
   assert raw["regions"] == regions and raw["text"] == "c"
 
 
+def test_shards_written_from_a_manifest_give_its_regions(tmp_path):
+  """mmjax.data.write puts the regions in the json member (captions stay in txt); the
+  shards then decode to the manifest's region arrays."""
+  path = _manifest(tmp_path, [{"box": [12 / 40, 4 / 20, 28 / 40, 14 / 20], "caption": "block"}])
+  res = write.write("jsonl", path, "wds", str(tmp_path / "wds"), shard_size=3)
+  a = _first(path)
+  b = _first("", source="wds", wds_shards=res["pattern"])
+  for k in ("region_boxes", "region_text", "region_valid", "text"):
+    np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
+
+
 def test_digits_ink_box_is_tight_around_the_ink():
   rng = np.random.RandomState(0)
   digit = examples.upsample(examples.load_digits()[0][3], 16)
@@ -101,5 +113,5 @@ def test_regions_from_a_source_that_has_none_is_a_config_error(tmp_path):
 
 def test_crop_boxes_is_the_crop_in_unit_coordinates():
   window = (8, 0, 32, 16)  # a 32 x 16 resize, rows 8..23 kept
-  got = decode.crop_boxes(np.asarray([[0.25, 0.0, 0.75, 1.0]], np.float32), window, 16)
+  got = regions.crop_boxes(np.asarray([[0.25, 0.0, 0.75, 1.0]], np.float32), window, 16)
   np.testing.assert_allclose(got, [[0.0, 0.0, 1.0, 1.0]])

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # run as a program, not imported: before jax is imported
   from mmjax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.set_default_platforms()  # before jax: no TPU backend on hosts without TPUs
   platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
 
 import itertools

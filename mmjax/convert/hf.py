@@ -42,6 +42,11 @@ def read_config(folder: str) -> Dict[str, Any]:
   if not os.path.isfile(path):
     raise C.ConvertError(f"{folder} has no config.json; pass a folder written by "
                          "save_pretrained (config.json + model.safetensors)")
+  return read_json(path)
+
+
+def read_json(path: str) -> Dict[str, Any]:
+  """A folder's JSON file; a broken one is a one-line ConvertError."""
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
@@ -209,11 +214,8 @@ def text_cleaning(folder: str, tokenizer: str, family: str) -> Tuple[bool, str]:
   a tokenizer.json carries its own normalizer, so only CLIP's lowercasing is kept."""
   if family != "siglip" or not tokenizer.startswith(("sentencepiece:", "spm:")):
     return C.FRAMING[family][1], ""
-  cfg = {}
   path = os.path.join(folder, "tokenizer_config.json")
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      cfg = json.load(f)
+  cfg = read_json(path) if os.path.isfile(path) else {}
   return bool(cfg.get("do_lower_case", True)), "hf"
 
 
@@ -231,12 +233,7 @@ def siglip2_framing(folder: str) -> Dict[str, str]:
   path = os.path.join(folder, "tokenizer_config.json")
   if not os.path.isfile(path):
     return specials
-  try:
-    with open(path, encoding="utf-8") as f:
-      cfg = json.load(f)
-  except json.JSONDecodeError as e:
-    raise C.ConvertError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the "
-                         "download is incomplete") from None
+  cfg = read_json(path)
   if cfg.get("padding_side", "right") != "right":
     raise C.ConvertError(f"{path} pads on the {cfg['padding_side']}; mmjax frames text padded "
                          "on the right (the text tower pools the last position), so "
@@ -255,14 +252,7 @@ def set_image_preprocessing(config, folder: str, family: str) -> None:
   any processor without a centre crop: straight to the square size; JPEGs decoded in full),
   and data.image_mean / image_std from the folder's preprocessor_config.json when it has one."""
   path = os.path.join(folder, "preprocessor_config.json")
-  pre = {}
-  if os.path.isfile(path):
-    try:
-      with open(path, encoding="utf-8") as f:
-        pre = json.load(f)
-    except json.JSONDecodeError as e:
-      raise C.ConvertError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the "
-                           "download is incomplete") from None
+  pre = read_json(path) if os.path.isfile(path) else {}
   size = pre.get("size", {})
   crop = ((not isinstance(size, dict) or "shortest_edge" in size)
           and bool(pre.get("do_center_crop", True)) if pre else family == "clip")

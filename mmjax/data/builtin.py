@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from mmjax.data import audio as audio_lib
-from mmjax.data import decode
+from mmjax.data import regions as regions_lib
 from mmjax.data import render
 from mmjax.data import text as text_lib
 
@@ -399,7 +399,7 @@ def _regions(sem, lay, s: int, slots: int, tokenizer, text_len: int) -> Dict[str
     boxes.append(shape_box(h, y, x, r, s))
     caps.append(region_caption((c, h)))
     labels[render.shape_mask(h, y, x, r, s)] = 1 + label_of("image_text", {"objects": [(c, h)]})
-  out = decode.region_arrays(np.asarray(boxes, np.float32).reshape(-1, 4), caps, slots,
+  out = regions_lib.region_arrays(np.asarray(boxes, np.float32).reshape(-1, 4), caps, slots,
                              tokenizer, text_len)
   return dict(out, pixel_labels=labels)
 

@@ -66,13 +66,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.canonicalize = ""              # '' | big_vision ('_' -> ' ' first) | hf ('_' dropped)
   # built-in set
   c.num_hard_negatives = 3         # K captions differing in exactly one binding
-  c.max_objects = 3                # image_text: 1..max_objects shapes per image
+  c.max_objects = 3                # image_text: 1..max_objects shapes per image; region slots
   c.train_examples = 50_000
   c.test_examples = 1_000
   c.builtin_seed = 0               # generation seed (the shuffle seed is make_dataset's seed)
   c.include_caption = False        # add raw 'caption' strings (not for jitted steps)
   # image_text: each object's box, own caption and the pixel class map (data/builtin.py;
-  # the LocCa objective and the referring / grounded-caption / dense-probe evaluators)
+  # the LocCa objective and the referring / grounded-caption / dense-probe evaluators);
+  # JSONL / webdataset / ArrayRecord: each example's "regions" (boxes and captions)
   c.regions = False
   # Several captions per example (a JSONL list, a TFDS Sequence such as captions/text, a
   # webdataset json list). 1: the first caption only. C > 1: up to C kept; training samples

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.data import audio as audio_lib
+from mmjax.data import regions as regions_lib
 from mmjax.data import text as text_lib
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -123,7 +124,7 @@ def resize_image(obj, size: int, recipe: str = "pil", where: str = "", draft: bo
 def resize_image_window(obj, size: int, recipe: str = "pil", where: str = "",
                         draft: bool = False):
   """(resize_image's result, window (top, left, nh, nw)): the crop kept, in pixels of the
-  nh x nw resized image (what `crop_boxes` maps boxes through)."""
+  nh x nw resized image (what regions.crop_boxes maps boxes through)."""
   squash = recipe.endswith("_squash")
   img = open_image(obj, where, (lambda h, w: (size, size) if squash else
                                 shorter_side_size(h, w, size)) if draft else None)
@@ -136,15 +137,6 @@ def resize_image_window(obj, size: int, recipe: str = "pil", where: str = "",
     top, left = int((nh - size) / 2.0), int((nw - size) / 2.0)
   out = out[top:top + size, left:left + size].astype(np.float32) * np.float32(1 / 255.0)
   return out, (top, left, nh, nw)
-
-
-def crop_boxes(boxes: np.ndarray, window, size: int) -> np.ndarray:
-  """Boxes [R, 4] (y0, x0, y1, x1 in [0, 1] of the source image) -> the same objects' boxes in
-  the size x size crop `window` (resize_image_window) of it, clipped to [0, 1]."""
-  top, left, nh, nw = window
-  scale = np.asarray([nh, nw, nh, nw], np.float32)
-  shift = np.asarray([top, left, top, left], np.float32)
-  return np.clip((boxes * scale - shift) / np.float32(size), 0.0, 1.0)
 
 
 def _size(img):
@@ -448,43 +440,6 @@ def parse_label(value, where: str = "") -> np.int32:
   return np.int32(x)
 
 
-# ----------------------------------------------------------------------------- regions
-
-def parse_regions(value, where: str = ""):
-  """A manifest's 'regions' [{"box": [y0, x0, y1, x1], "caption": str}, ...] (box in [0, 1]
-  of the whole source image, y0 <= y1, x0 <= x1) -> (boxes float32 [n, 4], captions [n]);
-  else a one-line error naming the fix."""
-  fix = ('write "regions": [{"box": [y0, x0, y1, x1], "caption": "..."}] with the box in '
-         "[0, 1] of the image")
-  if not isinstance(value, (list, tuple)):
-    raise ValueError(one_line(f"bad regions {str(value)[:60]!r} {where}: not a list; {fix}"))
-  boxes, captions = [], []
-  for r in value:
-    box = np.asarray(r.get("box", ()) if isinstance(r, dict) else (), np.float64)
-    ok = (isinstance(r, dict) and isinstance(r.get("caption"), str) and box.shape == (4,)
-          and np.isfinite(box).all() and box.min() >= 0 and box.max() <= 1
-          and box[0] <= box[2] and box[1] <= box[3])
-    if not ok:
-      raise ValueError(one_line(f"bad region {str(r)[:80]!r} {where}; {fix}"))
-    boxes.append(box.astype(np.float32))
-    captions.append(r["caption"])
-  return np.asarray(boxes, np.float32).reshape(-1, 4), captions
-
-
-def region_arrays(boxes: np.ndarray, captions, slots: int, tokenizer, text_len: int
-                  ) -> Dict[str, np.ndarray]:
-  """The first `slots` regions as 'region_boxes' [R, 4], 'region_text' [R, L] and
-  'region_valid' [R] (R = slots; a box cropped to nothing is not valid)."""
-  n = min(len(captions), slots)
-  out_boxes = np.zeros((slots, 4), np.float32)
-  out_boxes[:n] = boxes[:n]
-  valid = np.zeros(slots, bool)
-  valid[:n] = (out_boxes[:n, 2] > out_boxes[:n, 0]) & (out_boxes[:n, 3] > out_boxes[:n, 1])
-  text = text_lib.encode_batch(tokenizer, list(captions[:n]) + [""] * (slots - n), text_len)
-  text[~valid] = 0
-  return {"region_boxes": out_boxes, "region_text": text, "region_valid": valid}
-
-
 # ----------------------------------------------------------------------------- preprocessor
 
 SKIP = "_skip"  # key of the sentinel a bad example becomes under data.on_error='skip'
@@ -536,10 +491,10 @@ class Preprocessor:
       raise ValueError(f"example {where} has no regions, and data.regions=True: give every "
                        'example "regions": [{"box": [y0, x0, y1, x1], "caption": "..."}] or '
                        "set data.regions=False")
-    boxes, captions = parse_regions(raw["regions"], where)
+    boxes, captions = regions_lib.parse_regions(raw["regions"], where)
     if window is not None:
-      boxes = crop_boxes(boxes, window, self.cfg.image_size)
-    return region_arrays(boxes, captions, int(self.cfg.max_objects), self.tokenizer,
+      boxes = regions_lib.crop_boxes(boxes, window, self.cfg.image_size)
+    return regions_lib.region_arrays(boxes, captions, int(self.cfg.max_objects), self.tokenizer,
                          self.cfg.text_len)
 
   def decode(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:

@@ -10,6 +10,8 @@ i // --shard_size. Members (mmjax.data.shards reads them back):
   image   the file's bytes as they are (jpg / jpeg / png / webp; other formats become png)
   text    .txt, or .json {"captions": [...]} for a list of captions
   label   .cls (the class id as text)
+  regions .json {"regions": [{"box": [y0, x0, y1, x1], "caption": ...}, ...]} (beside the
+          captions when those are a list)
   video   .npy: the .npy file as it is, or a folder of frames stacked to uint8 [T, H, W, 3]
   audio   .wav / .npy as they are
 --from=folder reads root/<class>/<image> (labels: class folders in sorted order) and writes
@@ -30,6 +32,7 @@ from typing import Any, Dict, Iterator, Tuple
 import numpy as np
 
 from mmjax.data import decode, sources
+from mmjax.data import regions as regions_lib
 
 KEPT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -80,13 +83,19 @@ def members(raw: Dict[str, Any]) -> Dict[str, bytes]:
       raise ValueError(f"{where}: a .npy video and a .npy audio cannot share the npy member; "
                        "give the audio as .wav")
     out[ext] = _read(raw["audio"])
+  meta: Dict[str, Any] = {}
   if "text" in raw:
     text = raw["text"]
     if isinstance(text, (list, tuple)):
-      out["json"] = json.dumps({"captions": [str(t) for t in text]},
-                               ensure_ascii=False).encode("utf-8")
+      meta["captions"] = [str(t) for t in text]
     else:
       out["txt"] = str(text).encode("utf-8")
+  if "regions" in raw:  # checked here, so a bad region stops the write, not the training
+    boxes, captions = regions_lib.parse_regions(raw["regions"], where)
+    meta["regions"] = [{"box": [float(v) for v in b], "caption": c}
+                       for b, c in zip(boxes, captions)]
+  if meta:
+    out["json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
   if "label" in raw:
     out["cls"] = str(int(decode.parse_label(raw["label"], where))).encode("ascii")
   return out
