@@ -2,6 +2,9 @@
 (cached per design, budget and seed, filled over several invocations) through its CLI."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -41,10 +44,11 @@ def test_log_curve_fit_recovers_the_slope():
 
 
 # over 60 s: three invocations of the grid (two train one quick run each and evaluate it with
-# the five evaluators, robustness included; the third only reports); 40-70 s on 2 cores.
+# the five evaluators, robustness included; the third only reports), then the GPU script's
+# dry run on the cached runs; 55-90 s on 2 cores.
 def test_grid_fills_over_invocations_and_reports_from_the_cache(tmp_path):
   base = ["-m", "mmjax.bench.fusion_grid", "--quick", "--designs=dual_encoder,cross_attention",
-          "--budgets_pflops=0.000001", "--seeds=0", f"--workdir={tmp_path / 'w'}",
+          "--budgets_pflops=0.000001", "--seeds=0", f"--workdir={tmp_path / 'runs'}",
           f"--out={tmp_path / 'r'}"]
   first = run_entry(base + ["--max_runs=1"])
   assert first.returncode == 0, first.stderr[-3000:]
@@ -65,3 +69,11 @@ def test_grid_fills_over_invocations_and_reports_from_the_cache(tmp_path):
   summary = (tmp_path / "r" / "summary.md").read_text()
   assert "minimal pairs: argument swap" in summary and "| dual_encoder | 1 |" in summary
   assert (tmp_path / "r" / "quality_vs_flops.png").stat().st_size > 0
+  # bench/fusion_grid_gpu.sh's dry run is this grid: with OUT here, it finds both runs cached
+  # and writes its report
+  env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, OUT=str(tmp_path))
+  p = subprocess.run(["bash", "bench/fusion_grid_gpu.sh"], env=env, capture_output=True,
+                     text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert p.returncode == 0 and "grid: exit 0" in p.stdout, p.stdout + p.stderr
+  assert "2 of 2 cells done (0 trained now)" in p.stdout, p.stdout
+  assert (tmp_path / "report" / "summary.md").exists()
