@@ -494,8 +494,8 @@ class Preprocessor:
     boxes, captions = regions_lib.parse_regions(raw["regions"], where)
     if window is not None:
       boxes = regions_lib.crop_boxes(boxes, window, self.cfg.image_size)
-    return regions_lib.region_arrays(boxes, captions, int(self.cfg.max_objects), self.tokenizer,
-                         self.cfg.text_len)
+    return regions_lib.region_arrays(boxes, captions, int(self.cfg.max_objects),
+                                     self.tokenizer, self.cfg.text_len)
 
   def decode(self, index: int, raw: Dict[str, Any]) -> Dict[str, Any]:
     """The model-ready example; a bad one raises a one-line error naming where it is."""
