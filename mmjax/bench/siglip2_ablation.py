@@ -74,9 +74,12 @@ METRICS = (  # (results key, label); the evaluator is the key's prefix
     ("retrieval/b2a_R@1", "text→image R@1"),
     ("referring/accuracy", "referring accuracy (IoU ≥ 0.5)"),
     ("referring/shuffled_accuracy", "referring accuracy against a shuffled truth (baseline)"),
+    ("referring/other_region_accuracy", "referring: a hit on the image's other object (baseline)"),
     ("referring/mean_iou", "referring mean IoU"),
     ("grounded_caption/exact_match", "grounded caption exact match"),
     ("grounded_caption/cider", "grounded caption CIDEr-D"),
+    ("grounded_caption/shuffled_cider", "grounded caption CIDEr-D against a shuffled truth "
+     "(baseline)"),
     ("dense_probe/accuracy", "dense probe accuracy"),
     ("dense_probe/object_accuracy", "dense probe accuracy on object patches"),
     ("dense_probe/majority_object_accuracy", "dense probe majority baseline, object patches"),
@@ -349,6 +352,20 @@ def metric_tables(by_arm: Dict[str, List[Dict[str, Any]]]) -> str:
   return "\n\n".join(out)
 
 
+def compact_table(by_arm: Dict[str, List[Dict[str, Any]]]) -> str:
+  """Every METRICS entry in one table: a row per metric, a column per arm, 'mean (min–max)'."""
+  arms = list(by_arm)
+  lines = ["| metric | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+  for key, label in METRICS:
+    cells = [metric_cells(by_arm[a], key) for a in arms]
+    if not any("mean" in c for c in cells):
+      continue
+    fmt = lambda c: (f"{c['mean']:.3f} ({c['min']:.3f}–{c['max']:.3f})" if "mean" in c  # noqa: E731
+                     else "—")
+    lines.append(f"| {label} | " + " | ".join(fmt(c) for c in cells) + " |")
+  return "\n".join(lines)
+
+
 def header(r: Dict[str, Any]) -> str:
   """One dataset's budget and each arm's plan."""
   lines = [f"Budget: {r['budget'] / 1e15:.6g} PFLOPs model FLOPs per run ({r['budget_source']}); "
@@ -450,7 +467,8 @@ def summary(meta: Dict[str, Any], per: Dict[str, Dict[str, Any]], n_seeds: int) 
            + (" (one seed: each range is a single value, so this says little)" if n_seeds == 1
               else "") + "."]
   for d, r in per.items():
-    lines += ["", f"## {d}", "", header(r), "", metric_tables(r["runs"])]
+    lines += ["", f"## {d}", "", header(r), "", "Mean over seeds (seed range):", "",
+              compact_table(r["runs"]), "", metric_tables(r["runs"])]
   return "\n".join(lines) + "\n"
 
 
