@@ -9,7 +9,7 @@ from tests.helpers import run_entry
 
 # over 60 s: four runs are trained and evaluated (the full arm compiles two step programs,
 # with crops and the EMA teacher; the digits set is written first) and the bench is invoked
-# twice; about 100 s on 2 CPU cores.
+# twice; 55-115 s on 2 CPU cores.
 def test_quick_ablation_matches_flops_switches_phase_and_resumes(tmp_path):
   work, out = tmp_path / "runs", tmp_path / "out"
   args = ["-m", "mmjax.bench.siglip2_ablation", "--quick", "--seeds=0", "--arms=siglip,full",
