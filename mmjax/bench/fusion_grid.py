@@ -34,7 +34,6 @@ if __name__ == "__main__":  # run as a program, not imported: before jax is impo
   platforms.apply_cpu_defaults()  # XLA:CPU flag, malloc (docs/process_settings.md)
 
 import itertools
-import json
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ from absl import app, flags, logging
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import evaluate, trainer
-from mmjax.bench import fusion_quality, seed_stats
+from mmjax.bench import fusion_quality, records as records_lib, seed_stats
 from mmjax.fusion import names
 from mmjax.perf import processor
 
@@ -86,20 +85,6 @@ def run_dir(workdir: str, design: str, budget: float, seed: int) -> str:
   return os.path.join(workdir, design, f"b{budget:g}", f"s{seed}")
 
 
-def _read(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as fh:
-    return json.load(fh)
-
-
-def _write(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as fh:
-    json.dump(obj, fh, indent=1)
-  os.replace(path + ".tmp", path)
-
-
 def train_and_score(design: str, budget: float, seed: int, flops: float, workdir: str,
                     quick: bool, log) -> Dict[str, Any]:
   """One grid cell: train (resuming) and evaluate; its record, cached in results.json."""
@@ -119,7 +104,7 @@ def train_and_score(design: str, budget: float, seed: int, flops: float, workdir
          "eval_s": time.perf_counter() - t0,
          "final_loss": float(out["metrics"].get("loss", float("nan"))),
          "results": {k: v for k, v in res.items() if isinstance(v, (int, float, str))}}
-  _write(os.path.join(d, "results.json"), rec)
+  records_lib.write(os.path.join(d, "results.json"), rec)
   log(f"{design} b{budget:g} s{seed}: {steps} steps, trained {train_s:.0f} s, evaluated "
       f"{rec['eval_s']:.0f} s, minimal pairs "
       f"{rec['results'].get('minimal_pairs/mean_accuracy', float('nan')):.3f}")
@@ -133,7 +118,7 @@ def fill(designs: Sequence[str], budgets: Sequence[float], seeds: Sequence[int],
   flops: Dict[str, float] = {}  # FLOPs per step, lowered once per design when one trains
   records, trained = [], 0
   for budget, seed, design in itertools.product(budgets, seeds, designs):
-    rec = _read(os.path.join(run_dir(workdir, design, budget, seed), "results.json"))
+    rec = records_lib.read(os.path.join(run_dir(workdir, design, budget, seed), "results.json"))
     if rec is None and (max_runs is None or trained < max_runs):
       if design not in flops:
         flops[design] = fusion_quality.train_step_flops(grid_config(design, 0, quick))
@@ -260,7 +245,7 @@ def report(records, out_dir: str, meta: Dict[str, Any]) -> str:
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as fh:
     fh.write(text)
-  _write(os.path.join(out_dir, "grid.json"), {"meta": meta, "runs": records})
+  records_lib.write(os.path.join(out_dir, "grid.json"), {"meta": meta, "runs": records})
   if records:
     plot(records, os.path.join(out_dir, "quality_vs_flops.png"))
   return text

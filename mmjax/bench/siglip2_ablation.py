@@ -55,6 +55,7 @@ from absl import app, flags, logging
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import configure, evaluate, evaluators, objectives, sharding, train_lib, trainer
+from mmjax.bench import records as records_lib
 from mmjax.configs import siglip2
 from mmjax.data import examples
 from mmjax.perf import processor
@@ -96,7 +97,7 @@ def digits_data(workdir: str, quick: bool = False) -> str:
   (8 px with quick) at random places on a 32 px canvas (16), with regions."""
   out = os.path.join(workdir, "digits_data" + ("_quick" if quick else ""))
   size, canvas = (8, 16) if quick else (16, 32)
-  meta = _read(os.path.join(out, "meta.json")) or {}
+  meta = records_lib.read(os.path.join(out, "meta.json")) or {}
   if (meta.get("size"), meta.get("canvas"), meta.get("regions")) != (size, canvas, True):
     examples.prepare_digits(out, size=size, canvas=canvas, regions=True)
   return out
@@ -216,20 +217,6 @@ def solve_steps(arm: str, budget: float, flops) -> int:
 
 # ------------------------------------------------------------------------------ runs
 
-def _read(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as fh:
-    return json.load(fh)
-
-
-def _write(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as fh:
-    json.dump(obj, fh, indent=1)
-  os.replace(path + ".tmp", path)
-
-
 def final_step(workdir: str) -> Optional[int]:
   """The latest checkpoint step of a run's workdir (None: none)."""
   if not os.path.isdir(ckpt_lib.checkpoint_dir(workdir)):
@@ -278,7 +265,7 @@ def train_run(config, arm: str, seed: int, steps: int, workdir: str, log) -> Dic
   """Train (arm, seed) for `steps` in `workdir` unless its final checkpoint and results.json
   exist, then evaluate it; the run's record (also written to workdir/results.json)."""
   res_path = os.path.join(workdir, "results.json")
-  cached = _read(res_path) or {}
+  cached = records_lib.read(res_path) or {}
   if cached and cached.get("steps") != steps:
     raise ValueError(f"{workdir} holds a run of {cached.get('steps')} steps, this budget "
                      f"gives {steps}; pass another --workdir (or the budget it was run with)")
@@ -302,7 +289,7 @@ def train_run(config, arm: str, seed: int, steps: int, workdir: str, log) -> Dic
                                                  if ev["missing"] else ""))
   rec = {**cached, **ev, "arm": arm, "seed": seed, "steps": steps, "workdir": workdir,
          "phase": phase_record(workdir, late_start(arm, steps))}
-  _write(res_path, rec)
+  records_lib.write(res_path, rec)
   return rec
 
 
@@ -442,7 +429,7 @@ def run(workdir: str, out_dir: Optional[str] = None, arms: Sequence[str] = tuple
   meta["total_hw_flops"] = sum(r["total_hw_flops"] for r in per.values())
   text = summary(meta, per, len(seeds))
   os.makedirs(out_dir, exist_ok=True)
-  _write(os.path.join(out_dir, "results.json"), {
+  records_lib.write(os.path.join(out_dir, "results.json"), {
       "meta": meta, "datasets": {d: {"budget_flops": r["budget"], "budget_source":
                                      r["budget_source"], "arms": r["arms"],
                                      "total_flops": r["total_flops"]} for d, r in per.items()},
