@@ -49,11 +49,11 @@ def test_one_object_scenes_have_only_count_and_word_order():
 
 
 def _patched_scores(monkeypatch, column_of_truth_wins: bool):
-  def scores(ev, batch, texts, per):
+  def scores(ev, batch, texts, per, valid=None):
     n = len(texts) // per
     s = np.tile(np.arange(per, dtype=np.float64)[::-1], (n, 1))  # column 0 highest
     return s if column_of_truth_wins else -s
-  monkeypatch.setattr(mp, "_scores", scores)
+  monkeypatch.setattr(mp.itm, "pair_scores", scores)
 
 
 @pytest.mark.parametrize("wins", [True, False])

@@ -12,26 +12,36 @@ from mmjax.evaluators import base
 from mmjax.evaluators.common import inputs, quantize, take
 
 
+def pair_scores(ev, batch, texts: np.ndarray, per: int, valid=None) -> np.ndarray:
+  """Scores [n, per] (quantized) of each of the batch's n first-modality inputs with its `per`
+  rows of texts [n * per, L]: ITM log P(match) where the design has a joint output, else the
+  embeddings' cosine similarity. valid [n * per]: the text rows' validity flags, if any."""
+  n = len(texts) // per
+  enc_x = ev.encode(inputs(batch, ev.a))
+  text_in = {ev.b: texts}
+  if valid is not None:
+    text_in[f"{ev.b}_valid"] = valid
+  enc_t = ev.encode(text_in)
+  if ev.has_itm:
+    idx = np.repeat(np.arange(n), per)
+    scores = ev.itm_scores({ev.a: take(enc_x[ev.a], idx), ev.b: enc_t[ev.b]})
+  else:
+    za = ev.embeddings(enc_x)[ev.a]
+    zt = ev.embeddings(enc_t)[ev.b].reshape(n, per, -1)
+    scores = np.einsum("nd,nkd->nk", za, zt)
+  return quantize(scores).reshape(n, per)
+
+
 def evaluate(ev, batches) -> dict:
   pair_correct = group_correct = pairs = groups = 0
   k = None
   for batch in batches:
     neg = batch["neg_text"]  # [B, K, L]
     n, k, l = neg.shape
-    enc_x = ev.encode(inputs(batch, ev.a))
     texts = np.concatenate([batch[ev.b][:, None], neg], axis=1).reshape(n * (k + 1), l)
-    text_in = {ev.b: texts}
-    if f"{ev.b}_valid" in batch:
-      text_in[f"{ev.b}_valid"] = np.repeat(batch[f"{ev.b}_valid"], k + 1)
-    enc_t = ev.encode(text_in)
-    if ev.has_itm:
-      idx = np.repeat(np.arange(n), k + 1)
-      scores = ev.itm_scores({ev.a: take(enc_x[ev.a], idx), ev.b: enc_t[ev.b]})
-    else:
-      za = ev.embeddings(enc_x)[ev.a]
-      zt = ev.embeddings(enc_t)[ev.b].reshape(n, k + 1, -1)
-      scores = np.einsum("nd,nkd->nk", za, zt)
-    scores = quantize(scores).reshape(n, k + 1)
+    valid = batch.get(f"{ev.b}_valid")
+    scores = pair_scores(ev, batch, texts, k + 1,
+                         None if valid is None else np.repeat(valid, k + 1))
     wins = scores[:, :1] > scores[:, 1:]
     pair_correct += int(wins.sum())
     group_correct += int(wins.all(axis=1).sum())

@@ -29,8 +29,7 @@ import numpy as np
 
 from mmjax.data import builtin
 from mmjax.data import text as text_lib
-from mmjax.evaluators import base
-from mmjax.evaluators.common import inputs, quantize, take
+from mmjax.evaluators import base, itm
 
 KINDS = ("attribute_swap", "relation_flip", "argument_swap", "count", "word_order")
 DIRECTIONS = ("left of", "right of", "above", "below")
@@ -88,21 +87,6 @@ def scene_negatives(source, index: int, seed: int) -> Dict[str, Optional[str]]:
   return {"caption": caption, **{k: negative(k, sem, rng) for k in KINDS}}
 
 
-def _scores(ev, batch, texts: np.ndarray, per: int) -> np.ndarray:
-  """Scores [n, per] of each image with its `per` caption rows texts [n * per, L]."""
-  n = len(texts) // per
-  enc_x = ev.encode(inputs(batch, ev.a))
-  enc_t = ev.encode({ev.b: texts})
-  if ev.has_itm:
-    idx = np.repeat(np.arange(n), per)
-    scores = ev.itm_scores({ev.a: take(enc_x[ev.a], idx), ev.b: enc_t[ev.b]})
-  else:
-    za = ev.embeddings(enc_x)[ev.a]
-    zt = ev.embeddings(enc_t)[ev.b].reshape(n, per, -1)
-    scores = np.einsum("nd,nkd->nk", za, zt)
-  return quantize(scores).reshape(n, per)
-
-
 def evaluate(ev, batches, source, tokenizer, text_len: int, seed: int) -> Dict[str, object]:
   """minimal_pairs/<kind>_accuracy and <kind>_pairs, the mean over kinds, and the method."""
   wins: Dict[str, List[bool]] = {k: [] for k in KINDS}
@@ -111,7 +95,7 @@ def evaluate(ev, batches, source, tokenizer, text_len: int, seed: int) -> Dict[s
     caps = [[r["caption"]] + [r[k] or r["caption"] for k in KINDS] for r in rows]
     ids = text_lib.encode_batch(tokenizer, [c for cs in caps for c in cs], text_len)
     ids = ids.reshape(len(rows), len(KINDS) + 1, -1)
-    scores = _scores(ev, batch, ids.reshape(-1, ids.shape[-1]), len(KINDS) + 1)
+    scores = itm.pair_scores(ev, batch, ids.reshape(-1, ids.shape[-1]), len(KINDS) + 1)
     for i, r in enumerate(rows):
       for j, k in enumerate(KINDS, start=1):
         if r[k] is not None and not np.array_equal(ids[i, 0], ids[i, j]):
